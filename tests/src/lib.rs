@@ -1,0 +1,421 @@
+//! Helpers for leaktrace's end-to-end tests: building fixtures, running them, running leaktrace
+//! against them and reading its JSON export.
+//!
+//! These tests load eBPF programs, so they need root. They fail (never skip) without it.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers panic on broken set-up, as tests should"
+)]
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Panics unless running as root: the tests must fail, not skip, when eBPF cannot run.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the end-to-end tests load eBPF programs and must run as root (cargo xtask test)"
+    );
+}
+
+/// The leaktrace binary: `LEAKTRACE_BIN`, set by `cargo xtask test`.
+pub fn leaktrace_bin() -> PathBuf {
+    let path = std::env::var_os("LEAKTRACE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/release/leaktrace"));
+    assert!(
+        path.is_file(),
+        "leaktrace binary {} not found: run the tests with `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+fn fixture_dir() -> PathBuf {
+    let dir = workspace().join("target/fixtures");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run_build(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// How a fixture is built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Build {
+    /// `leaky.c`, gcc -O2 with frame pointers, dynamically linked.
+    CFramePointers,
+    /// `leaky.c`, gcc -O2 -static with frame pointers.
+    CStatic,
+    /// `map_leak.rs`, rustc -O with forced frame pointers.
+    RustFramePointers,
+}
+
+/// Builds (once per test binary) and returns the path of a fixture.
+pub fn fixture(build: Build) -> PathBuf {
+    static BUILT: OnceLock<Mutex<Vec<(Build, PathBuf)>>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
+    let mut built = built.lock().unwrap();
+    if let Some((_, path)) = built.iter().find(|(b, _)| *b == build) {
+        return path.clone();
+    }
+    let src = workspace().join("tests/fixtures");
+    let dir = fixture_dir();
+    let c_flags = [
+        "-O2",
+        "-g",
+        "-fno-omit-frame-pointer",
+        "-fno-optimize-sibling-calls",
+        "-pthread",
+        "-Wall",
+        "-Wno-deprecated-declarations",
+    ];
+    let path = match build {
+        Build::CFramePointers | Build::CStatic => {
+            let name = if build == Build::CStatic {
+                "leaky-static"
+            } else {
+                "leaky"
+            };
+            let out = dir.join(name);
+            let mut cmd = Command::new("gcc");
+            cmd.args(c_flags)
+                .arg(src.join("leaky.c"))
+                .arg("-o")
+                .arg(&out);
+            if build == Build::CStatic {
+                cmd.arg("-static");
+            }
+            run_build(&mut cmd);
+            out
+        }
+        Build::RustFramePointers => {
+            let out = dir.join("map_leak");
+            run_build(
+                Command::new("rustc")
+                    .args([
+                        "--edition",
+                        "2021",
+                        "-O",
+                        "-g",
+                        "-C",
+                        "force-frame-pointers=yes",
+                    ])
+                    .arg(src.join("map_leak.rs"))
+                    .arg("-o")
+                    .arg(&out),
+            );
+            out
+        }
+    };
+    built.push((build, path.clone()));
+    path
+}
+
+/// A running fixture process, killed when dropped.
+pub struct Fixture {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    /// Its pid.
+    pub pid: u32,
+}
+
+impl Fixture {
+    /// Starts `path` and waits for its `ready PID` line.
+    pub fn start(path: &Path) -> Self {
+        let mut child = Command::new(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", path.display()));
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let pid = line
+            .strip_prefix("ready ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("fixture said {line:?}"));
+        Self {
+            child,
+            stdin,
+            stdout,
+            pid,
+        }
+    }
+
+    /// Sends one command and returns its `ok...` reply.
+    pub fn cmd(&mut self, command: &str) -> String {
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("ok"),
+            "fixture answered {line:?} to {command:?}"
+        );
+        line.trim().to_owned()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Asks the fixture to exit and waits for it.
+    pub fn exit(&mut self) -> ExitStatus {
+        let _ = writeln!(self.stdin, "exit");
+        let _ = self.stdin.flush();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running leaktrace, with its stderr collected in the background.
+pub struct Tracer {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    /// Where it writes its JSON export.
+    pub export: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// What a finished leaktrace left behind.
+#[derive(Debug)]
+pub struct Finished {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Its stdout (the text report).
+    pub stdout: String,
+    /// Its stderr (status lines and messages).
+    pub stderr: String,
+    /// The JSON export, if one was written.
+    pub report: Option<Value>,
+}
+
+impl Tracer {
+    /// Starts `leaktrace --no-tui --export DIR/out.json ARGS` and waits until it has attached.
+    pub fn start(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let export = dir.path().join("out.json");
+        let mut child = Command::new(leaktrace_bin())
+            .arg("--no-tui")
+            .arg("--export")
+            .arg(&export)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = BufReader::new(child.stderr.take().unwrap());
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while pipe.read_line(&mut line).unwrap_or(0) > 0 {
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        let tracer = Self {
+            child,
+            stderr,
+            export,
+            _dir: dir,
+        };
+        tracer.wait_for_stderr("leaktrace: tracing pid", Duration::from_secs(20));
+        tracer
+    }
+
+    /// Attaches to `pid` with extra arguments.
+    pub fn attach(pid: u32, extra: &[&str]) -> Self {
+        let pid = pid.to_string();
+        let mut args = vec!["-p", pid.as_str()];
+        args.extend_from_slice(extra);
+        Self::start(&args)
+    }
+
+    /// Waits until stderr contains `needle`; panics with what it saw after `timeout`.
+    pub fn wait_for_stderr(&self, needle: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            if self.stderr.lock().unwrap().contains(needle) {
+                return;
+            }
+            let text = self.stderr.lock().unwrap().clone();
+            assert!(
+                start.elapsed() < timeout,
+                "leaktrace never printed {needle:?}; stderr:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Pid of the leaktrace process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` and waits for leaktrace to finish.
+    pub fn signal(self, signal: i32) -> Finished {
+        // SAFETY: sends a signal to our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        self.wait()
+    }
+
+    /// Ctrl-C: leaktrace detaches, reports and exports.
+    pub fn interrupt(self) -> Finished {
+        self.signal(libc::SIGINT)
+    }
+
+    /// Waits (at most 60 s) for leaktrace to finish on its own.
+    pub fn wait(mut self) -> Finished {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                let _ = self.child.kill();
+                panic!("leaktrace did not finish; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stdout = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            out.read_to_string(&mut stdout).unwrap();
+        }
+        // Let the stderr thread catch up.
+        std::thread::sleep(Duration::from_millis(50));
+        let report = std::fs::read_to_string(&self.export)
+            .ok()
+            .filter(|text| !text.is_empty())
+            .map(|text| serde_json::from_str(&text).unwrap());
+        Finished {
+            status,
+            stdout,
+            stderr: self.stderr(),
+            report,
+        }
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs leaktrace to completion with `args` (no export flags added) and returns what it did.
+pub fn run_leaktrace(args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(leaktrace_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The function names of a stack, innermost first (null functions as "?").
+pub fn functions(stack: &Value) -> Vec<String> {
+    stack["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["function"].as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+/// Whether `names` appear in `haystack` in order (not necessarily adjacent).
+pub fn has_subsequence(haystack: &[String], names: &[&str]) -> bool {
+    let mut rest = haystack.iter();
+    names
+        .iter()
+        .all(|name| rest.any(|f| f == name || f.ends_with(&format!("::{name}"))))
+}
+
+/// The stacks whose frames start with `first` (the allocator's caller).
+pub fn stacks_from<'a>(report: &'a Value, first: &str) -> Vec<&'a Value> {
+    report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            functions(s)
+                .first()
+                .is_some_and(|f| f == first || f.ends_with(&format!("::{first}")))
+        })
+        .collect()
+}
+
+/// The one stack whose frames start with `first`; panics (showing the report) otherwise.
+pub fn stack_from<'a>(report: &'a Value, first: &str) -> &'a Value {
+    let found = stacks_from(report, first);
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one stack from {first}, got {}; report:\n{report:#}",
+        found.len()
+    );
+    found[0]
+}
+
+/// A u64 field of a JSON object.
+pub fn num(value: &Value, field: &str) -> u64 {
+    value[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} missing in {value}"))
+}
+
+/// The stacks whose function names contain `names` in order.
+pub fn stacks_with<'a>(report: &'a Value, names: &[&str]) -> Vec<&'a Value> {
+    report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| has_subsequence(&functions(s), names))
+        .collect()
+}

@@ -1,0 +1,463 @@
+//! End-to-end tests: leaktrace attached to real processes, exact bytes, counts and symbols.
+//! Run as root through `cargo xtask test`.
+#![expect(clippy::unwrap_used, reason = "tests panic on failure")]
+
+use std::time::Duration;
+
+use leaktrace_tests::{
+    Build, Fixture, Tracer, fixture, functions, has_subsequence, num, require_root, run_leaktrace,
+    stack_from, stacks_from, stacks_with,
+};
+use serde_json::Value;
+
+/// Checks the common post-conditions of a clean run.
+fn assert_clean(report: &Value) {
+    let totals = &report["totals"];
+    assert_eq!(num(totals, "lost_events"), 0, "lost events: {report:#}");
+    assert_eq!(num(&report["diagnostics"], "stack_failed"), 0);
+    assert_eq!(num(&report["diagnostics"], "stack_map_full"), 0);
+}
+
+fn assert_stack(report: &Value, first: &str, live_bytes: u64, live_allocs: u64, path: &[&str]) {
+    let stack = stack_from(report, first);
+    assert_eq!(num(stack, "live_bytes"), live_bytes, "{first}: {stack:#}");
+    assert_eq!(num(stack, "live_allocs"), live_allocs, "{first}: {stack:#}");
+    let names = functions(stack);
+    assert!(
+        has_subsequence(&names, path),
+        "{first}: expected {path:?} in {names:?}"
+    );
+}
+
+mod c_fixture {
+    use super::*;
+
+    #[test]
+    fn leaks_are_reported_exactly_by_stack_and_churn_is_not() {
+        require_root();
+        let mut target = Fixture::start(&fixture(Build::CFramePointers));
+        let tracer = Tracer::attach(target.pid, &["--top", "100"]);
+        target.cmd("churn 20000");
+        target.cmd("leak 25 1000");
+        target.cmd("cache 7 333");
+        target.cmd("churn 20000");
+        let done = tracer.interrupt();
+        assert!(done.status.success(), "{}", done.stderr);
+        let report = done.report.unwrap();
+        assert_clean(&report);
+        assert_stack(
+            &report,
+            "alloc_buffer",
+            25_000,
+            25,
+            &[
+                "alloc_buffer",
+                "parse_header",
+                "leak_request",
+                "run",
+                "main",
+            ],
+        );
+        assert_stack(
+            &report,
+            "make_node",
+            7 * 333,
+            7,
+            &["make_node", "cache_insert", "run", "main"],
+        );
+        let churn = stacks_from(&report, "churn_alloc");
+        assert!(!churn.is_empty(), "churn stacks missing: {report:#}");
+        for stack in churn {
+            assert_eq!(num(stack, "live_bytes"), 0, "churn holds bytes: {stack:#}");
+        }
+        let churned: u64 = stacks_from(&report, "churn_alloc")
+            .iter()
+            .map(|s| num(s, "total_allocs"))
+            .sum();
+        assert_eq!(churned, 40_000);
+        assert!(report["totals"]["frees"].as_u64().unwrap() >= 40_000);
+        // The target keeps running unharmed after detach.
+        assert!(target.is_running());
+        target.cmd("leak 1 10");
+        assert!(
+            done.stdout.contains("alloc_buffer"),
+            "text report: {}",
+            done.stdout
+        );
+        assert!(
+            done.stderr.contains("free: +3"),
+            "free should be probed past its NULL check: {}",
+            done.stderr
+        );
+    }
+
+    #[test]
+    fn every_entry_point_is_accounted() {
+        require_root();
+        let mut target = Fixture::start(&fixture(Build::CFramePointers));
+        let tracer = Tracer::attach(target.pid, &["--top", "100"]);
+        target.cmd("entry");
+        let report = tracer.interrupt().report.unwrap();
+        assert_clean(&report);
+        for (first, bytes) in [
+            ("e_malloc", 100),
+            ("e_calloc", 200),
+            ("e_realloc_grow", 500),
+            ("e_realloc_shrink", 10),
+            ("e_failing_source", 70),
+            ("e_realloc_null", 300),
+            ("e_reallocarray", 300),
+            ("e_posix_memalign", 640),
+            ("e_aligned_alloc", 128),
+            ("e_memalign", 256),
+            ("e_valloc", 4096),
+            ("e_pvalloc", 100),
+        ] {
+            assert_stack(
+                &report,
+                first,
+                bytes,
+                1,
+                &[first, "entry_points", "run", "main"],
+            );
+        }
+        // The blocks realloc grew, shrank or freed were allocated here and are gone.
+        let first = stacks_from(&report, "e_first");
+        assert_eq!(first.len(), 3, "one per caller: {report:#}");
+        assert_eq!(first.iter().map(|s| num(s, "live_bytes")).sum::<u64>(), 0);
+        assert_eq!(
+            first.iter().map(|s| num(s, "total_bytes")).sum::<u64>(),
+            50 + 1000 + 80
+        );
+        // A failed realloc leaves its block alone; failed calls record nothing.
+        for silent in [
+            "e_realloc_fail",
+            "e_realloc_zero",
+            "e_reallocarray_overflow",
+            "e_posix_memalign_fail",
+            "e_free_null",
+        ] {
+            assert!(
+                stacks_from(&report, silent).is_empty(),
+                "{silent} recorded something: {report:#}"
+            );
+        }
+        assert_eq!(num(&report["totals"], "unmatched_frees"), 0, "{report:#}");
+    }
+
+    #[test]
+    fn allocations_inside_glibc_have_their_callers() {
+        require_root();
+        let mut target = Fixture::start(&fixture(Build::CFramePointers));
+        let tracer = Tracer::attach(target.pid, &["--top", "100"]);
+        target.cmd("libc 13");
+        let report = tracer.interrupt().report.unwrap();
+        // glibc keeps no frame pointers, so with frame-pointer stacks the first frame is strdup
+        // itself (the frames above it need .eh_frame unwinding).
+        let stacks: Vec<&Value> = report["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| functions(s).first().is_some_and(|f| f.contains("strdup")))
+            .collect();
+        assert_eq!(stacks.len(), 1, "{report:#}");
+        assert_eq!(
+            (num(stacks[0], "live_bytes"), num(stacks[0], "live_allocs")),
+            (13 * 31, 13)
+        );
+        assert_eq!(stacks[0]["frames"][0]["module"], "libc.so.6");
+    }
+
+    #[test]
+    fn eight_threads_at_200k_events_per_second_lose_nothing() {
+        require_root();
+        let mut target = Fixture::start(&fixture(Build::CFramePointers));
+        let tracer = Tracer::attach(target.pid, &["--top", "100"]);
+        let (threads, per_thread, every) = (8u64, 100_000u64, 100u64);
+        let reply = target.cmd(&format!("threads {threads} {per_thread} {every}"));
+        let elapsed_ns: u64 = reply.trim_start_matches("ok ").parse().unwrap();
+        let leaked = threads * per_thread.div_ceil(every);
+        let churned = threads * per_thread - leaked;
+        let events = leaked + 2 * churned;
+        let rate = events as f64 / (elapsed_ns as f64 / 1e9);
+        let report = tracer.interrupt().report.unwrap();
+        eprintln!(
+            "{events} events in {:.3}s: {rate:.0} events/s",
+            elapsed_ns as f64 / 1e9
+        );
+        assert_clean(&report);
+        assert!(rate >= 200_000.0, "only {rate:.0} events/s");
+        assert_stack(
+            &report,
+            "thread_leak",
+            leaked * 48,
+            leaked,
+            &["thread_leak", "thread_churn"],
+        );
+        let churn: Vec<&Value> = stacks_with(&report, &["churn_alloc", "thread_churn"]);
+        assert_eq!(
+            churn.iter().map(|s| num(s, "total_allocs")).sum::<u64>(),
+            churned
+        );
+        assert_eq!(churn.iter().map(|s| num(s, "live_bytes")).sum::<u64>(), 0);
+    }
+
+    #[test]
+    fn statically_linked_target() {
+        require_root();
+        let mut target = Fixture::start(&fixture(Build::CStatic));
+        let tracer = Tracer::attach(target.pid, &["--top", "100"]);
+        target.cmd("leak 9 777");
+        target.cmd("churn 1000");
+        let done = tracer.interrupt();
+        let report = done.report.unwrap();
+        assert!(
+            done.stderr.contains("leaky-static"),
+            "should probe the executable: {}",
+            done.stderr
+        );
+        assert_clean(&report);
+        assert_stack(
+            &report,
+            "alloc_buffer",
+            9 * 777,
+            9,
+            &[
+                "alloc_buffer",
+                "parse_header",
+                "leak_request",
+                "run",
+                "main",
+            ],
+        );
+    }
+}
+
+mod rust_fixture {
+    use super::*;
+
+    #[test]
+    fn map_that_is_never_pruned() {
+        require_root();
+        let mut target = Fixture::start(&fixture(Build::RustFramePointers));
+        let tracer = Tracer::attach(target.pid, &["--top", "100"]);
+        target.cmd("register 40 4096");
+        target.cmd("churn 2000");
+        let report = tracer.interrupt().report.unwrap();
+        assert_clean(&report);
+        let stacks = stacks_with(&report, &["session_buffer", "register_session", "main"]);
+        assert_eq!(stacks.len(), 1, "{report:#}");
+        assert_eq!(
+            (num(stacks[0], "live_bytes"), num(stacks[0], "live_allocs")),
+            (40 * 4096, 40)
+        );
+        let churn = stacks_with(&report, &["handle_request", "main"]);
+        assert_eq!(churn.iter().map(|s| num(s, "live_bytes")).sum::<u64>(), 0);
+        assert_eq!(
+            churn.iter().map(|s| num(s, "total_allocs")).sum::<u64>(),
+            2000
+        );
+    }
+}
+
+mod lifecycle {
+    use super::*;
+
+    #[test]
+    fn launch_mode_traces_from_the_first_instruction() {
+        require_root();
+        let leaky = fixture(Build::CFramePointers);
+        let leaky = leaky.to_str().unwrap();
+        let tracer = Tracer::start(&[
+            "--top",
+            "100",
+            "--",
+            leaky,
+            "leak 10 1234",
+            "cache 3 10",
+            "exit",
+        ]);
+        let done = tracer.wait();
+        assert!(done.status.success(), "{}", done.stderr);
+        let report = done.report.unwrap();
+        assert_clean(&report);
+        assert_stack(
+            &report,
+            "alloc_buffer",
+            12_340,
+            10,
+            &[
+                "alloc_buffer",
+                "parse_header",
+                "leak_request",
+                "run",
+                "main",
+            ],
+        );
+        assert_stack(&report, "make_node", 30, 3, &["make_node", "cache_insert"]);
+        assert!(done.stderr.contains("target exited"), "{}", done.stderr);
+    }
+
+    #[test]
+    fn target_exiting_mid_trace_ends_with_a_symbolized_report() {
+        require_root();
+        let mut target = Fixture::start(&fixture(Build::CFramePointers));
+        let tracer = Tracer::attach(target.pid, &[]);
+        target.cmd("leak 5 4000");
+        assert!(target.exit().success());
+        let done = tracer.wait();
+        assert!(done.status.success(), "{}", done.stderr);
+        assert!(done.stderr.contains("target exited"), "{}", done.stderr);
+        let report = done.report.unwrap();
+        assert_stack(
+            &report,
+            "alloc_buffer",
+            20_000,
+            5,
+            &["alloc_buffer", "parse_header", "leak_request"],
+        );
+    }
+
+    #[test]
+    fn sigterm_detaches_and_exports_and_the_target_lives_on() {
+        require_root();
+        let mut target = Fixture::start(&fixture(Build::CFramePointers));
+        let tracer = Tracer::attach(target.pid, &[]);
+        target.cmd("leak 3 100");
+        let done = tracer.signal(libc::SIGTERM);
+        assert!(done.status.success(), "{}", done.stderr);
+        assert!(done.stderr.contains("probes detached"));
+        assert_stack(
+            &done.report.unwrap(),
+            "alloc_buffer",
+            300,
+            3,
+            &["alloc_buffer"],
+        );
+        for _ in 0..3 {
+            target.cmd("churn 1000");
+        }
+        assert!(target.is_running());
+    }
+
+    #[test]
+    fn duration_ends_the_run() {
+        require_root();
+        let mut target = Fixture::start(&fixture(Build::CFramePointers));
+        let tracer = Tracer::attach(target.pid, &["--duration", "1", "--interval", "0.2"]);
+        target.cmd("leak 2 50");
+        let done = tracer.wait();
+        assert!(done.status.success());
+        assert!(done.stderr.contains("duration reached"), "{}", done.stderr);
+        assert!(
+            done.stderr.contains("allocs/s"),
+            "status lines missing: {}",
+            done.stderr
+        );
+        assert!(target.is_running());
+    }
+}
+
+mod bad_input {
+    use super::*;
+
+    fn assert_usage_error(args: &[&str], needle: &str) {
+        let (status, _, stderr) = run_leaktrace(args);
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{args:?}: not one line: {stderr}"
+        );
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(stderr.contains("hint:"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+
+    #[test]
+    fn bad_arguments() {
+        require_root();
+        assert_usage_error(&[], "nothing to trace");
+        assert_usage_error(&["-p", "abc"], "abc");
+        assert_usage_error(&["-p", "1", "--duration", "-2"], "-2");
+        assert_usage_error(&["-p", "1", "--duration", "soon"], "soon");
+        assert_usage_error(&["-p", "1", "--format", "xml"], "xml");
+        assert_usage_error(&["--bogus"], "bogus");
+    }
+
+    #[test]
+    fn bad_targets() {
+        require_root();
+        assert_usage_error(&["-p", "3999999"], "no process with pid 3999999");
+        assert_usage_error(&["-p", "2"], "kernel thread");
+        assert_usage_error(&["--", "/nonexistent/program"], "command not found");
+    }
+
+    #[test]
+    fn unwritable_export_path_is_refused_before_attaching() {
+        require_root();
+        let mut target = Fixture::start(&fixture(Build::CFramePointers));
+        let pid = target.pid.to_string();
+        assert_usage_error(
+            &["-p", &pid, "--export", "/nonexistent-dir/x.json"],
+            "cannot write export file",
+        );
+        assert_usage_error(&["-p", &pid, "--export", "/tmp"], "is a directory");
+        target.cmd("churn 100");
+    }
+
+    #[test]
+    fn go_program_has_no_malloc() {
+        require_root();
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("main.go");
+        std::fs::write(
+            &src,
+            "package main\nimport \"time\"\nfunc main() { time.Sleep(time.Minute) }\n",
+        )
+        .unwrap();
+        let bin = dir.path().join("sleeper");
+        let out = std::process::Command::new("go")
+            .args(["build", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .env("GOCACHE", dir.path().join("cache"))
+            .env("CGO_ENABLED", "0")
+            .output()
+            .expect("go is installed by `cargo xtask test`");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut child = std::process::Command::new(&bin).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let pid = child.id().to_string();
+        assert_usage_error(&["-p", &pid], "Go program");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn unprivileged_user_is_refused() {
+        require_root();
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(leaktrace_tests::leaktrace_bin())
+            .args(["-p", "1"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("not permitted") && stderr.contains("sudo"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+}

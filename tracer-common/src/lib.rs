@@ -1,0 +1,267 @@
+//! Types shared across the kernel/user boundary of leaktrace.
+//!
+//! Every type here is `#[repr(C)]`, made of explicit integers with no implicit padding, and
+//! implements `aya::Pod` under the `user` feature. The eBPF programs write these records and user
+//! space reads them back byte for byte, so any change here changes both sides at once.
+#![no_std]
+#![deny(missing_docs)]
+
+/// Deepest user stack recorded, in frames. Matches the kernel's default
+/// `kernel.perf_event_max_stack`.
+pub const MAX_FRAMES: usize = 127;
+
+/// Names of the programs and maps, shared so user space looks them up by the same strings.
+pub mod names {
+    /// Entry program for every allocating function; the attach cookie carries its [`crate::AllocKind`].
+    pub const ALLOC_ENTER: &str = "alloc_enter";
+    /// Return program for every allocating function; the attach cookie carries its kind.
+    pub const ALLOC_EXIT: &str = "alloc_exit";
+    /// Entry program for `free`.
+    pub const FREE_ENTER: &str = "free_enter";
+    /// Ring buffer of [`crate::Event`] records.
+    pub const EVENTS: &str = "EVENTS";
+    /// Deduplicated user stacks: stack id to [`crate::StackTrace`].
+    pub const STACKS: &str = "STACKS";
+    /// Per-CPU loss and health counters, indexed by [`crate::Counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Global configuration written by user space before load.
+    pub const CONFIG: &str = "CONFIG";
+}
+
+/// Which allocator entry point produced an event. Stored as the attach cookie and in [`Event::kind`].
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AllocKind {
+    /// `malloc(size)`
+    Malloc = 1,
+    /// `calloc(n, size)`
+    Calloc = 2,
+    /// `realloc(ptr, size)`
+    Realloc = 3,
+    /// `reallocarray(ptr, n, size)`
+    ReallocArray = 4,
+    /// `posix_memalign(&ptr, align, size)`
+    PosixMemalign = 5,
+    /// `aligned_alloc(align, size)`
+    AlignedAlloc = 6,
+    /// `memalign(align, size)`
+    Memalign = 7,
+    /// `valloc(size)`
+    Valloc = 8,
+    /// `pvalloc(size)`
+    Pvalloc = 9,
+    /// `free(ptr)`
+    Free = 10,
+}
+
+impl AllocKind {
+    /// Every allocating entry point (everything but `free`), in probe order.
+    pub const ALLOCATING: [AllocKind; 9] = [
+        AllocKind::Malloc,
+        AllocKind::Calloc,
+        AllocKind::Realloc,
+        AllocKind::ReallocArray,
+        AllocKind::PosixMemalign,
+        AllocKind::AlignedAlloc,
+        AllocKind::Memalign,
+        AllocKind::Valloc,
+        AllocKind::Pvalloc,
+    ];
+
+    /// Decodes a raw kind; `None` for values no program writes.
+    pub const fn from_raw(raw: u16) -> Option<Self> {
+        Some(match raw {
+            1 => Self::Malloc,
+            2 => Self::Calloc,
+            3 => Self::Realloc,
+            4 => Self::ReallocArray,
+            5 => Self::PosixMemalign,
+            6 => Self::AlignedAlloc,
+            7 => Self::Memalign,
+            8 => Self::Valloc,
+            9 => Self::Pvalloc,
+            10 => Self::Free,
+            _ => return None,
+        })
+    }
+
+    /// The C symbol this kind is probed at.
+    pub const fn symbol(self) -> &'static str {
+        match self {
+            Self::Malloc => "malloc",
+            Self::Calloc => "calloc",
+            Self::Realloc => "realloc",
+            Self::ReallocArray => "reallocarray",
+            Self::PosixMemalign => "posix_memalign",
+            Self::AlignedAlloc => "aligned_alloc",
+            Self::Memalign => "memalign",
+            Self::Valloc => "valloc",
+            Self::Pvalloc => "pvalloc",
+            Self::Free => "free",
+        }
+    }
+}
+
+/// What an [`Event`] does to the heap model.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventOp {
+    /// `addr` became live with `size` bytes; `old_addr`, when non-zero, stopped being live
+    /// (a successful realloc that moved or resized the block).
+    Alloc = 1,
+    /// `addr` stopped being live.
+    Free = 2,
+}
+
+/// Bits of [`Event::flags`] and [`StackTrace::flags`].
+pub mod flags {
+    /// No stack could be captured for this event (`bpf_get_stack` failed).
+    pub const STACK_FAILED: u16 = 1;
+    /// The stack filled all [`crate::MAX_FRAMES`] frames and may continue beyond them.
+    pub const STACK_TRUNCATED: u16 = 2;
+    /// The stack was captured but could not be stored in the stack map (full).
+    pub const STACK_DROPPED: u16 = 4;
+}
+
+/// One allocator event, as written to the ring buffer. 48 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()` when the event happened (return for allocations, entry for frees).
+    pub ts_ns: u64,
+    /// The address made live (alloc) or released (free).
+    pub addr: u64,
+    /// For a successful realloc: the old block, now released (0 when there was none).
+    pub old_addr: u64,
+    /// Requested size in bytes (allocations only).
+    pub size: u64,
+    /// Stack id in the stack map (0 when none was recorded; see `flags`).
+    pub stack_id: u64,
+    /// Thread id (kernel pid of the thread).
+    pub tid: u32,
+    /// An [`AllocKind`].
+    pub kind: u8,
+    /// An [`EventOp`].
+    pub op: u8,
+    /// Bits from [`flags`].
+    pub flags: u16,
+}
+
+/// A deduplicated user stack, innermost frame first (the allocator's caller).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackTrace {
+    /// Number of valid entries in `ips`.
+    pub len: u32,
+    /// Bits from [`flags`] (only `STACK_TRUNCATED` is stored here).
+    pub flags: u32,
+    /// Return addresses, innermost first.
+    pub ips: [u64; MAX_FRAMES],
+}
+
+/// Counters kept per CPU by the eBPF programs; user space sums them.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Events that could not be reserved in the ring buffer: lost.
+    RingbufFull = 0,
+    /// `bpf_get_stack` failed: the event was sent without a stack.
+    StackFailed = 1,
+    /// The stack map was full: the event was sent without a stack id.
+    StackMapFull = 2,
+    /// Stacks that filled all frames and may have been cut.
+    StackTruncated = 3,
+    /// The pending-call map was full at entry: that call's event is lost.
+    PendingFull = 4,
+    /// A pending entry was overwritten before its return (same kind nested on one thread).
+    PendingClobbered = 5,
+    /// A return without a recorded entry (the call began before attach).
+    PendingMissing = 6,
+    /// Allocator calls made from inside another traced call (accounted by the outer call).
+    Nested = 7,
+    /// Events written to the ring buffer.
+    Sent = 8,
+}
+
+impl Counter {
+    /// Number of counters, the size of the per-CPU array.
+    pub const COUNT: u32 = 9;
+}
+
+/// Key of a pending call: the thread and the kind of call, so nested calls of different kinds on
+/// one thread keep separate state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingKey {
+    /// Thread id.
+    pub tid: u32,
+    /// An [`AllocKind`] as u32.
+    pub kind: u32,
+}
+
+/// Arguments saved at entry until the call returns.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pending {
+    /// First three integer arguments, as passed.
+    pub args: [u64; 3],
+    /// Stack pointer at entry, used to recognise nested calls.
+    pub sp: u64,
+    /// 1 when this call runs inside another traced call on the same thread.
+    pub nested: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+/// The outermost traced call in progress on a thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Outer {
+    /// Stack pointer at the outer call's entry; a deeper call has a smaller one.
+    pub sp: u64,
+    /// When the outer call began; an old one is taken as stale (its return was never seen).
+    pub started_ns: u64,
+    /// Its [`AllocKind`].
+    pub kind: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are `#[repr(C)]`, `Copy`, made of integers only and have no implicit
+    // padding (checked by the size tests below), so any byte pattern is a valid value.
+    unsafe impl aya::Pod for super::Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::StackTrace {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PendingKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Pending {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Outer {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(size_of::<Event>(), 5 * 8 + 4 + 1 + 1 + 2);
+        assert_eq!(size_of::<StackTrace>(), 8 + MAX_FRAMES * 8);
+        assert_eq!(size_of::<PendingKey>(), 8);
+        assert_eq!(size_of::<Pending>(), 3 * 8 + 8 + 8);
+        assert_eq!(size_of::<Outer>(), 24);
+    }
+
+    #[test]
+    fn kinds_round_trip() {
+        for kind in AllocKind::ALLOCATING.into_iter().chain([AllocKind::Free]) {
+            assert_eq!(AllocKind::from_raw(kind as u16), Some(kind));
+        }
+        assert_eq!(AllocKind::from_raw(0), None);
+        assert_eq!(AllocKind::from_raw(11), None);
+    }
+}

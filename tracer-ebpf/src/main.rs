@@ -1,0 +1,430 @@
+//! leaktrace's eBPF programs.
+//!
+//! Three programs serve every allocator entry point:
+//! - `alloc_enter` (uprobe) saves the call's arguments, keyed by thread and kind;
+//! - `alloc_exit` (uretprobe) reads the result, captures the user stack, deduplicates it into
+//!   `STACKS` and writes one [`Event`] to the `EVENTS` ring buffer;
+//! - `free_enter` (uprobe) writes a free event.
+//!
+//! The kind of call comes from the attach cookie, so one program pair covers malloc, calloc,
+//! realloc, reallocarray, posix_memalign, aligned_alloc, memalign, valloc and pvalloc.
+//!
+//! Nothing is lost silently: every failure (ring buffer full, stack capture or stack map
+//! failure, pending-state overflow) increments a per-CPU counter in `COUNTERS`.
+//!
+//! # Minimum kernel version
+//! Ring buffers need 5.8, attach cookies 5.15; leaktrace is developed on 6.18.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{
+        BPF_ANY, BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_AVAIL_DATA,
+        BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+    },
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns,
+        bpf_probe_read_user,
+    },
+    macros::{map, uprobe, uretprobe},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RetProbeContext},
+};
+use tracer_common::{
+    AllocKind, Counter, Event, EventOp, MAX_FRAMES, Outer, Pending, PendingKey, StackTrace, flags,
+};
+
+/// Ring buffer size in bytes; user space overrides it at load (`set_max_entries`).
+const DEFAULT_RINGBUF_BYTES: u32 = 16 << 20;
+/// A pending outer call older than this is taken as stale (its return was never seen).
+const OUTER_STALE_NS: u64 = 1_000_000_000;
+
+/// Bytes of unread data above which a submit wakes the reader; below it the reader is not woken
+/// per event and drains the buffer on its own timer. Set by user space before load.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 4 << 20;
+
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RINGBUF_BYTES, 0);
+
+/// Deduplicated stacks, keyed by a 64-bit hash of their frames. Not preallocated: memory grows
+/// with the number of distinct stacks, up to the entry limit.
+#[map(name = "STACKS")]
+static STACKS: HashMap<u64, StackTrace> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+
+/// Per-thread scratch space for stack capture. Keyed by thread, not CPU: a uprobe program can be
+/// preempted on a preemptible kernel, and another thread on the same CPU would then overwrite a
+/// per-CPU buffer halfway through.
+#[map(name = "SCRATCH")]
+static SCRATCH: LruHashMap<u32, StackTrace> = LruHashMap::with_max_entries(8192, 0);
+
+/// An all-zero stack used to create a thread's scratch entry (too large for the BPF stack).
+#[map(name = "ZERO_STACK")]
+static ZERO_STACK: PerCpuArray<StackTrace> = PerCpuArray::with_max_entries(1, 0);
+
+/// Arguments of calls in progress, by thread and kind.
+#[map(name = "PENDING")]
+static PENDING: LruHashMap<PendingKey, Pending> = LruHashMap::with_max_entries(16384, 0);
+
+/// The outermost traced call in progress on each thread.
+#[map(name = "OUTER")]
+static OUTER: LruHashMap<u32, Outer> = LruHashMap::with_max_entries(16384, 0);
+
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: the pointer comes from a successful per-CPU array lookup, so it points at this
+        // CPU's u64 slot; uprobe programs run with migration disabled, so no other CPU touches it.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn current_tid() -> u32 {
+    // The low 32 bits are the thread id.
+    bpf_get_current_pid_tgid() as u32
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: a helper with no arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Whether a call at stack pointer `sp` runs inside the outer traced call recorded for `tid`.
+#[inline(always)]
+fn inside_outer_call(tid: u32, sp: u64, now: u64) -> bool {
+    match OUTER.get_ptr(tid) {
+        Some(outer) => {
+            // SAFETY: pointer from a successful map lookup, valid for this program run.
+            let outer = unsafe { *outer };
+            // The stack grows down: a call made from inside the outer call has a smaller sp.
+            // `<=`: a tail call into another traced function (glibc's reallocarray jumps to realloc)
+            // runs at the outer call's own stack pointer.
+            sp <= outer.sp && now.wrapping_sub(outer.started_ns) < OUTER_STALE_NS
+        }
+        None => false,
+    }
+}
+
+#[uprobe]
+pub fn alloc_enter(ctx: ProbeContext) -> u32 {
+    // SAFETY: `ctx.regs` is the kernel-provided `pt_regs` for this probe hit.
+    let regs = unsafe { &*ctx.regs };
+    // SAFETY: a helper reading this program's attach cookie.
+    let kind = (unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }) as u32;
+    let tid = current_tid();
+    let now = now_ns();
+    let sp = regs.rsp;
+    let nested = inside_outer_call(tid, sp, now);
+    if nested {
+        count(Counter::Nested);
+    } else {
+        let outer = Outer {
+            sp,
+            started_ns: now,
+            kind,
+            _pad: 0,
+        };
+        if OUTER.insert(tid, outer, u64::from(BPF_ANY)).is_err() {
+            count(Counter::PendingFull);
+        }
+    }
+    let key = PendingKey { tid, kind };
+    let pending = Pending {
+        args: [regs.rdi, regs.rsi, regs.rdx],
+        sp,
+        nested: u32::from(nested),
+        _pad: 0,
+    };
+    if PENDING
+        .insert(key, pending, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
+        // Either a call of the same kind is already pending on this thread (its state is
+        // replaced and counted) or the map could not take the entry.
+        count(Counter::PendingClobbered);
+        if PENDING.insert(key, pending, u64::from(BPF_ANY)).is_err() {
+            count(Counter::PendingFull);
+        }
+    }
+    0
+}
+
+/// What a finished call did to the heap.
+struct Outcome {
+    op: EventOp,
+    addr: u64,
+    old_addr: u64,
+    size: u64,
+}
+
+/// `a * b`, or `None` on overflow (the call then fails with ENOMEM and records nothing).
+#[inline(always)]
+fn mul(a: u64, b: u64) -> Option<u64> {
+    // Done in 32-bit halves: `checked_mul` (and the division check, which LLVM folds back into
+    // it) lowers to a 128-bit multiply the BPF backend lacks.
+    let (a_hi, a_lo) = (a >> 32, a & 0xffff_ffff);
+    let (b_hi, b_lo) = (b >> 32, b & 0xffff_ffff);
+    if a_hi != 0 && b_hi != 0 {
+        return None;
+    }
+    let cross = a_hi * b_lo + a_lo * b_hi;
+    if cross >> 32 != 0 {
+        return None;
+    }
+    (cross << 32).checked_add(a_lo * b_lo)
+}
+
+#[inline(always)]
+fn alloc(addr: u64, size: u64) -> Option<Outcome> {
+    (addr != 0).then_some(Outcome {
+        op: EventOp::Alloc,
+        addr,
+        old_addr: 0,
+        size,
+    })
+}
+
+#[inline(always)]
+fn outcome(kind: u32, args: &[u64; 3], ret: u64) -> Option<Outcome> {
+    if kind == AllocKind::Malloc as u32
+        || kind == AllocKind::Valloc as u32
+        || kind == AllocKind::Pvalloc as u32
+    {
+        alloc(ret, args[0])
+    } else if kind == AllocKind::Calloc as u32 {
+        alloc(ret, mul(args[0], args[1])?)
+    } else if kind == AllocKind::AlignedAlloc as u32 || kind == AllocKind::Memalign as u32 {
+        alloc(ret, args[1])
+    } else if kind == AllocKind::Realloc as u32 || kind == AllocKind::ReallocArray as u32 {
+        let old = args[0];
+        let size = if kind == AllocKind::Realloc as u32 {
+            args[1]
+        } else {
+            mul(args[1], args[2])?
+        };
+        if ret != 0 {
+            // Success: the old block (if any) is released and the new one is live.
+            Some(Outcome {
+                op: EventOp::Alloc,
+                addr: ret,
+                old_addr: old,
+                size,
+            })
+        } else if size == 0 && old != 0 {
+            // realloc(p, 0) frees p and returns NULL.
+            Some(Outcome {
+                op: EventOp::Free,
+                addr: old,
+                old_addr: 0,
+                size: 0,
+            })
+        } else {
+            // Failure: p is untouched.
+            None
+        }
+    } else if kind == AllocKind::PosixMemalign as u32 {
+        if ret as u32 != 0 {
+            return None;
+        }
+        let out = args[0] as *const u64;
+        // SAFETY: reads 8 bytes of the target's memory through the helper, which checks the
+        // address and fails instead of faulting.
+        let addr = unsafe { bpf_probe_read_user(out) }.ok()?;
+        alloc(addr, args[2])
+    } else {
+        None
+    }
+}
+
+/// Captures the current user stack, stores it in `STACKS` if new, and returns its id and flags.
+#[inline(always)]
+fn capture_stack(ctx: &RetProbeContext, tid: u32) -> (u64, u16) {
+    let scratch = match SCRATCH.get_ptr_mut(tid) {
+        Some(ptr) => ptr,
+        None => {
+            let Some(zero) = ZERO_STACK.get_ptr(0) else {
+                count(Counter::StackFailed);
+                return (0, flags::STACK_FAILED);
+            };
+            // SAFETY: pointer from a successful array lookup; the value is copied by the insert.
+            if SCRATCH
+                .insert(tid, unsafe { &*zero }, u64::from(BPF_ANY))
+                .is_err()
+            {
+                count(Counter::StackFailed);
+                return (0, flags::STACK_FAILED);
+            }
+            match SCRATCH.get_ptr_mut(tid) {
+                Some(ptr) => ptr,
+                None => {
+                    count(Counter::StackFailed);
+                    return (0, flags::STACK_FAILED);
+                }
+            }
+        }
+    };
+    // SAFETY: `scratch` points at this thread's map value (only this thread uses its key); the
+    // helper writes at most the size we pass, which is the size of `ips`.
+    let bytes = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            (*scratch).ips.as_mut_ptr().cast(),
+            (MAX_FRAMES * 8) as u32,
+            u64::from(BPF_F_USER_STACK),
+        )
+    };
+    if bytes <= 0 {
+        count(Counter::StackFailed);
+        return (0, flags::STACK_FAILED);
+    }
+    let len = (bytes as u64 / 8) as u32;
+    let mut stack_flags = 0u16;
+    if len as usize >= MAX_FRAMES {
+        stack_flags |= flags::STACK_TRUNCATED;
+        count(Counter::StackTruncated);
+    }
+    // FNV-1a over the frames, with the length and truncation folded in so a cut stack never
+    // aliases a complete one.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(len) ^ (u64::from(stack_flags) << 40);
+    for i in 0..MAX_FRAMES {
+        if i as u32 >= len {
+            break;
+        }
+        // SAFETY: `i < MAX_FRAMES`, within `ips`; `scratch` is valid as above.
+        let ip = unsafe { (*scratch).ips[i] };
+        hash = (hash ^ ip).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // Id 0 means "no stack".
+    let id = hash | 1;
+    // SAFETY: `scratch` is valid as above.
+    unsafe {
+        (*scratch).len = len;
+        (*scratch).flags = u32::from(stack_flags);
+    }
+    if STACKS.get_ptr(id).is_none() {
+        // SAFETY: `scratch` is valid as above; the insert copies the value.
+        let inserted = STACKS.insert(id, unsafe { &*scratch }, u64::from(BPF_NOEXIST));
+        if let Err(err) = inserted {
+            // -EEXIST: another CPU stored the same stack first, which is fine.
+            if err != -17 {
+                count(Counter::StackMapFull);
+                return (0, stack_flags | flags::STACK_DROPPED);
+            }
+        }
+    }
+    (id, stack_flags)
+}
+
+#[inline(always)]
+fn submit(event: Event) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(Counter::RingbufFull);
+        return;
+    };
+    entry.write(event);
+    // SAFETY: reading a global that user space sets before load; volatile so the compiler does
+    // not fold the default value in.
+    let wakeup_bytes = unsafe { core::ptr::read_volatile(&raw const WAKEUP_BYTES) };
+    let wake = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= wakeup_bytes {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(u64::from(wake));
+    count(Counter::Sent);
+}
+
+#[uretprobe]
+pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
+    // SAFETY: a helper reading this program's attach cookie.
+    let kind = (unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }) as u32;
+    let tid = current_tid();
+    let key = PendingKey { tid, kind };
+    let Some(pending) = PENDING.get_ptr(key) else {
+        count(Counter::PendingMissing);
+        return 0;
+    };
+    // SAFETY: pointer from a successful map lookup, copied before the entry is removed.
+    let pending = unsafe { *pending };
+    let _ = PENDING.remove(key);
+    if pending.nested != 0 {
+        return 0;
+    }
+    if let Some(outer) = OUTER.get_ptr(tid) {
+        // SAFETY: pointer from a successful map lookup.
+        let outer = unsafe { *outer };
+        if outer.kind == kind && outer.sp == pending.sp {
+            let _ = OUTER.remove(tid);
+        }
+    }
+    let ret: u64 = ctx.ret();
+    let Some(outcome) = outcome(kind, &pending.args, ret) else {
+        return 0;
+    };
+    let ts_ns = now_ns();
+    let (stack_id, stack_flags) = if outcome.op == EventOp::Alloc {
+        capture_stack(&ctx, tid)
+    } else {
+        (0, 0)
+    };
+    submit(Event {
+        ts_ns,
+        addr: outcome.addr,
+        old_addr: outcome.old_addr,
+        size: outcome.size,
+        stack_id,
+        tid,
+        kind: kind as u8,
+        op: outcome.op as u8,
+        flags: stack_flags,
+    });
+    0
+}
+
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    // SAFETY: `ctx.regs` is the kernel-provided `pt_regs` for this probe hit.
+    let regs = unsafe { &*ctx.regs };
+    let addr = regs.rdi;
+    if addr == 0 {
+        return 0;
+    }
+    let tid = current_tid();
+    let now = now_ns();
+    if inside_outer_call(tid, regs.rsp, now) {
+        // A free made by the allocator itself (realloc(p, 0) calls free): the outer call's
+        // return accounts for it.
+        count(Counter::Nested);
+        return 0;
+    }
+    submit(Event {
+        ts_ns: now,
+        addr,
+        old_addr: 0,
+        size: 0,
+        stack_id: 0,
+        tid,
+        kind: AllocKind::Free as u8,
+        op: EventOp::Free as u8,
+        flags: 0,
+    });
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    // SAFETY: eBPF programs cannot panic at run time; the verifier rejects any path that could
+    // reach here, so this is never executed.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

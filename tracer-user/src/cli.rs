@@ -1,0 +1,160 @@
+//! Command-line interface.
+use std::{ffi::OsString, path::PathBuf};
+
+use clap::Parser;
+
+use crate::export::Format;
+
+/// Attach to a running process (or start one) and report its outstanding heap by call stack.
+///
+/// leaktrace puts eBPF uprobes on the target's allocator (malloc, calloc, realloc, reallocarray,
+/// posix_memalign, aligned_alloc, memalign, valloc, pvalloc and free), keeps a live model of
+/// every outstanding allocation and its call stack, and reports the stacks holding the most
+/// bytes. The target is not restarted, recompiled or paused; every probe is removed on exit.
+/// Needs root (or CAP_BPF and CAP_PERFMON).
+#[derive(Debug, Parser)]
+#[command(name = "leaktrace", version, about, long_about = None)]
+#[command(after_help = "Examples:\n  \
+    sudo leaktrace -p 1234\n  \
+    sudo leaktrace -p 1234 --duration 60 --export heap.json\n  \
+    sudo leaktrace --no-tui --export heap.folded -- ./my-service --port 8080")]
+pub struct Cli {
+    /// Trace the running process with this pid.
+    #[arg(short, long, value_name = "PID", conflicts_with = "command")]
+    pub pid: Option<u32>,
+
+    /// Stop after this many seconds (default: until the target exits or Ctrl-C).
+    #[arg(short, long, value_name = "SECS", value_parser = positive_secs)]
+    pub duration: Option<f64>,
+
+    /// Seconds between status updates.
+    #[arg(short, long, value_name = "SECS", default_value = "1", value_parser = positive_secs)]
+    pub interval: f64,
+
+    /// Number of stacks in the final report.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+
+    /// Write the final report (all stacks with live bytes, not only the top N) to this file.
+    #[arg(short, long, value_name = "PATH")]
+    pub export: Option<PathBuf>,
+
+    /// Format of the export file: json, folded (for inferno/flamegraph.pl) or text.
+    /// Default: from the file's extension (.json, .folded, .txt), else json.
+    #[arg(short, long, value_name = "FORMAT")]
+    pub format: Option<Format>,
+
+    /// Print status lines and a final report instead of the live view, even in a terminal.
+    #[arg(long)]
+    pub no_tui: bool,
+
+    /// Kernel ring buffer size in MiB (a power of two).
+    #[arg(long, value_name = "MIB", default_value_t = 32, value_parser = ringbuf_mib)]
+    pub ringbuf_mib: u32,
+
+    /// Command to start with the probes attached before it runs (instead of -p).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+fn positive_secs(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if value.is_finite() && value > 0.0 {
+        Ok(value)
+    } else {
+        Err(format!("`{text}` must be a positive number of seconds"))
+    }
+}
+
+fn ringbuf_mib(text: &str) -> Result<u32, String> {
+    let value: u32 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number"))?;
+    if value.is_power_of_two() && value <= 1024 {
+        Ok(value)
+    } else {
+        Err(format!(
+            "`{text}` must be a power of two between 1 and 1024"
+        ))
+    }
+}
+
+impl Cli {
+    /// The export format: `--format`, else the export file's extension, else JSON.
+    pub fn export_format(&self) -> Format {
+        if let Some(format) = self.format {
+            return format;
+        }
+        match self
+            .export
+            .as_ref()
+            .and_then(|p| p.extension())
+            .and_then(|e| e.to_str())
+        {
+            Some("folded" | "collapsed") => Format::Folded,
+            Some("txt" | "text") => Format::Text,
+            _ => Format::Json,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_pid_and_command_modes() {
+        let cli = Cli::try_parse_from(["leaktrace", "-p", "42", "--duration", "1.5"]).expect("pid");
+        assert_eq!(cli.pid, Some(42));
+        assert_eq!(cli.duration, Some(1.5));
+        let cli = Cli::try_parse_from(["leaktrace", "--no-tui", "--", "./app", "-x"]).expect("cmd");
+        assert_eq!(
+            cli.command,
+            vec![OsString::from("./app"), OsString::from("-x")]
+        );
+        assert!(Cli::try_parse_from(["leaktrace", "-p", "1", "--", "ls"]).is_err());
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        for args in [
+            &["leaktrace", "-p", "x"][..],
+            &["leaktrace", "-p", "1", "--duration", "-3"],
+            &["leaktrace", "-p", "1", "--interval", "0"],
+            &["leaktrace", "-p", "1", "--format", "xml"],
+            &["leaktrace", "-p", "1", "--ringbuf-mib", "3"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn export_format_follows_the_extension() {
+        let format = |args: &[&str]| Cli::try_parse_from(args).expect("parse").export_format();
+        assert_eq!(
+            format(&["leaktrace", "-p", "1", "-e", "out.folded"]),
+            Format::Folded
+        );
+        assert_eq!(
+            format(&["leaktrace", "-p", "1", "-e", "out.txt"]),
+            Format::Text
+        );
+        assert_eq!(
+            format(&["leaktrace", "-p", "1", "-e", "out.json"]),
+            Format::Json
+        );
+        assert_eq!(
+            format(&["leaktrace", "-p", "1", "-e", "out.txt", "-f", "json"]),
+            Format::Json
+        );
+    }
+}

@@ -1,0 +1,375 @@
+//! Writers that turn a [`Report`] into a file format: pure functions onto any [`Write`].
+//!
+//! - [`Format::Json`]: the serde form of [`Report`], pretty-printed ([`json`]).
+//! - [`Format::Folded`]: folded stacks weighted by live bytes, for `inferno-flamegraph
+//!   --countname bytes` or `flamegraph.pl` ([`folded`]).
+//! - [`Format::Text`]: a report for people ([`text`]).
+//!
+//! ```
+//! use leaktrace::export::{Format, write_report};
+//! # fn show(report: &leaktrace::report::Report) -> std::io::Result<()> {
+//! let format: Format = "folded".parse().expect("a known format");
+//! write_report(report, format, std::io::stdout().lock())?;
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+use std::{borrow::Cow, fmt, io::Write, str::FromStr};
+
+use crate::report::Report;
+
+pub mod folded;
+pub mod json;
+pub mod text;
+
+/// An export format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// Pretty-printed JSON ([`json`]).
+    Json,
+    /// Folded stacks, one `root;…;leaf bytes` line per stack ([`folded`]).
+    Folded,
+    /// Human-readable text ([`text`]).
+    Text,
+}
+
+impl Format {
+    /// Every format, in the order they are listed to users.
+    pub const ALL: [Format; 3] = [Format::Json, Format::Folded, Format::Text];
+
+    /// The name [`FromStr`] accepts and [`fmt::Display`] prints.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Folded => "folded",
+            Format::Text => "text",
+        }
+    }
+
+    /// The customary file extension, without the dot.
+    pub const fn extension(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Folded => "folded",
+            Format::Text => "txt",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A format name that is not one of [`Format::ALL`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown report format {given:?}, expected one of: json, folded, text")]
+pub struct ParseFormatError {
+    /// The name that was given.
+    pub given: String,
+}
+
+impl FromStr for Format {
+    type Err = ParseFormatError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Format::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| ParseFormatError {
+                given: s.to_owned(),
+            })
+    }
+}
+
+/// Writes `report` to `out` in `format`. `out` is written in many small pieces: pass a
+/// [`std::io::BufWriter`] for files and pipes.
+pub fn write_report<W: Write>(report: &Report, format: Format, out: W) -> std::io::Result<()> {
+    match format {
+        Format::Json => json::write(report, out),
+        Format::Folded => folded::write(report, out),
+        Format::Text => text::write(report, out),
+    }
+}
+
+/// Formats a byte count with binary units and one decimal: `512 B`, `1.5 KiB`, `1.0 MiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut divisor: u128 = 1;
+    for unit in UNITS {
+        divisor *= 1024;
+        // Tenths of this unit, rounded half up, in exact integer arithmetic.
+        let tenths = (u128::from(bytes) * 10 + divisor / 2) / divisor;
+        // Move up a unit when this one would print 1024.0 or more (unless it is the last).
+        if tenths < 10 * 1024 || unit == "EiB" {
+            return format!("{}.{} {unit}", tenths / 10, tenths % 10);
+        }
+    }
+    format!("{bytes} B")
+}
+
+/// `s` with every control character (newlines, tabs, …) replaced by a space, so a name from
+/// debug info cannot break a line-oriented format.
+pub(crate) fn one_line(s: &str) -> Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        Cow::Owned(
+            s.chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, path::PathBuf};
+
+    use super::*;
+    use crate::report::{Diagnostics, Frame, ReportTotals, StackReport, sort_stacks};
+
+    /// Set to `1` to rewrite the golden files from the current output.
+    const BLESS_ENV: &str = "LEAKTRACE_BLESS";
+
+    fn frame(function: &str, file: &str, line: u32, addr: u64, inlined: bool) -> Frame {
+        Frame {
+            function: Some(function.to_owned()),
+            module: Some("/usr/bin/server".to_owned()),
+            file: Some(file.to_owned()),
+            line: Some(line),
+            addr,
+            inlined,
+        }
+    }
+
+    /// One report exercising every format feature: inlined frames, unknown frames, a name with
+    /// `;`, a truncated stack, a stack with no live bytes, lost events and non-zero diagnostics.
+    pub(super) fn sample_report() -> Report {
+        let diagnostics = Diagnostics {
+            ringbuf_full: 5,
+            stacks_truncated: 1,
+            pending_full: 2,
+            pending_missing: 3,
+            replaced_live: 1,
+            tracer_memory_bytes: 1_234_567,
+            ..Diagnostics::default()
+        };
+        let mut stacks = vec![
+            StackReport {
+                live_bytes: 0,
+                live_allocs: 0,
+                total_allocs: 500,
+                total_bytes: 64_000,
+                oldest_age_s: None,
+                truncated: false,
+                frames: vec![
+                    Frame {
+                        function: Some("parse_header".to_owned()),
+                        module: Some("/usr/bin/server".to_owned()),
+                        file: None,
+                        line: None,
+                        addr: 0x55d0_c0de_4000,
+                        inlined: false,
+                    },
+                    frame("main", "src/main.c", 18, 0x55d0_c0de_0100, false),
+                ],
+            },
+            StackReport {
+                live_bytes: 4096,
+                live_allocs: 1,
+                total_allocs: 1,
+                total_bytes: 4096,
+                oldest_age_s: Some(3.0),
+                truncated: true,
+                frames: vec![
+                    Frame {
+                        module: Some("/usr/lib/libfoo.so.1".to_owned()),
+                        ..Frame::unknown(0x7f3a_0000_1234)
+                    },
+                    Frame {
+                        function: Some("<alloc::vec::Vec<[u8; 8]>>::with_capacity".to_owned()),
+                        module: Some("/usr/lib/libbar.so".to_owned()),
+                        file: Some("/rustc/library/alloc/src/vec/mod.rs".to_owned()),
+                        line: Some(480),
+                        addr: 0x7f3a_0000_5678,
+                        inlined: false,
+                    },
+                    Frame::unknown(0x7ffd_0000_9abc),
+                ],
+            },
+            StackReport {
+                live_bytes: 1_572_864,
+                live_allocs: 3,
+                total_allocs: 10,
+                total_bytes: 2_097_152,
+                oldest_age_s: Some(12.5),
+                truncated: false,
+                frames: vec![
+                    frame("grow_buffer", "src/buffer.c", 42, 0x55d0_c0de_1234, true),
+                    frame("buffer_append", "src/buffer.c", 88, 0x55d0_c0de_1234, false),
+                    frame(
+                        "handle_request",
+                        "src/server.c",
+                        210,
+                        0x55d0_c0de_2345,
+                        false,
+                    ),
+                    frame("main", "src/main.c", 25, 0x55d0_c0de_0150, false),
+                ],
+            },
+        ];
+        sort_stacks(&mut stacks);
+        Report {
+            pid: 4242,
+            command: "./server --port 8080".to_owned(),
+            duration_s: 12.75,
+            unwind: "fp".to_owned(),
+            totals: ReportTotals {
+                allocs: 511,
+                frees: 510,
+                live_bytes: 1_576_960,
+                live_allocs: 4,
+                unmatched_frees: 3,
+                lost_events: diagnostics.lost_events(),
+            },
+            diagnostics,
+            stacks,
+        }
+    }
+
+    pub(super) fn render(report: &Report, format: Format) -> String {
+        let mut out = Vec::new();
+        write_report(report, format, &mut out).expect("writing to a Vec succeeds");
+        String::from_utf8(out).expect("every format writes UTF-8")
+    }
+
+    fn check_golden(format: Format, file: &str) {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(file);
+        let actual = render(&sample_report(), format);
+        if std::env::var_os(BLESS_ENV).is_some_and(|v| v == "1") {
+            fs::write(&path, &actual).expect("writing the golden file");
+            return;
+        }
+        let expected = fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "reading {}: {e}; run with {BLESS_ENV}=1 to create it",
+                path.display()
+            )
+        });
+        if let Some((n, (want, got))) = expected
+            .split_inclusive('\n')
+            .zip(actual.split_inclusive('\n'))
+            .enumerate()
+            .find(|(_, (want, got))| want != got)
+        {
+            panic!(
+                "{}:{}: output differs\n want: {want:?}\n  got: {got:?}\n\
+                 run with {BLESS_ENV}=1 to accept the new output",
+                path.display(),
+                n + 1
+            );
+        }
+        assert!(
+            expected == actual,
+            "{}: output has {} bytes, golden file {} (run with {BLESS_ENV}=1 to accept)",
+            path.display(),
+            actual.len(),
+            expected.len()
+        );
+    }
+
+    #[test]
+    fn json_matches_golden_file() {
+        check_golden(Format::Json, "report.json");
+    }
+
+    #[test]
+    fn folded_matches_golden_file() {
+        check_golden(Format::Folded, "report.folded");
+    }
+
+    #[test]
+    fn text_matches_golden_file() {
+        check_golden(Format::Text, "report.txt");
+    }
+
+    #[test]
+    fn formats_parse_from_and_display_as_their_names() {
+        for format in Format::ALL {
+            assert_eq!(format.to_string().parse::<Format>(), Ok(format));
+        }
+        assert_eq!("folded".parse::<Format>(), Ok(Format::Folded));
+        assert_eq!(Format::Text.extension(), "txt");
+    }
+
+    #[test]
+    fn unknown_format_error_lists_the_valid_names() {
+        // When parsing an unknown name
+        let err = "svg".parse::<Format>().expect_err("svg is not a format");
+
+        // Then the message names it and every valid one
+        let message = err.to_string();
+        assert!(message.contains("\"svg\""), "{message}");
+        for format in Format::ALL {
+            assert!(message.contains(format.name()), "{message}");
+        }
+        assert!("JSON".parse::<Format>().is_err(), "names are exact");
+    }
+
+    #[test]
+    fn human_bytes_uses_binary_units_with_one_decimal() {
+        let cases = [
+            (0, "0 B"),
+            (1, "1 B"),
+            (1023, "1023 B"),
+            (1024, "1.0 KiB"),
+            (1536, "1.5 KiB"),
+            (10 * 1024 + 51, "10.0 KiB"),
+            (10 * 1024 + 52, "10.1 KiB"),
+            (1_572_864, "1.5 MiB"),
+            // 1023.96 KiB would round to 1024.0 KiB: shown as the next unit instead
+            (1024 * 1024 - 40, "1.0 MiB"),
+            (1024 * 1024 - 60, "1023.9 KiB"),
+            (5 << 30, "5.0 GiB"),
+            (3 << 40, "3.0 TiB"),
+            (1 << 50, "1.0 PiB"),
+            (u64::MAX, "16.0 EiB"),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(human_bytes(bytes), want, "{bytes} bytes");
+        }
+    }
+
+    #[test]
+    fn one_line_replaces_control_characters() {
+        assert_eq!(one_line("a\nb\r\tc  d"), "a b  c  d");
+        assert!(matches!(one_line("plain"), Cow::Borrowed("plain")));
+    }
+
+    #[test]
+    fn every_format_handles_an_empty_report() {
+        // Given a report with nothing in it
+        let report = Report {
+            pid: 1,
+            command: String::new(),
+            duration_s: 0.0,
+            unwind: "fp".to_owned(),
+            totals: ReportTotals::default(),
+            diagnostics: Diagnostics::default(),
+            stacks: Vec::new(),
+        };
+
+        // Then every format writes something sensible
+        assert!(render(&report, Format::Json).contains("\"stacks\": []"));
+        assert_eq!(render(&report, Format::Folded), "");
+        assert!(render(&report, Format::Text).contains("no stacks"));
+    }
+}

@@ -1,0 +1,239 @@
+//! Text export: a report for people.
+//!
+//! A header with the process, the totals, a `LOST EVENTS` warning when the kernel side dropped
+//! events, and every non-zero diagnostic; then each stack in report order with its live bytes
+//! (human units and exact), live blocks, totals since attach and oldest live age, followed by
+//! its frames, innermost first:
+//!
+//! ```text
+//!   #0 grow_buffer (server) src/buffer.c:42 [inlined]
+//!   #1 [libfoo.so.1] 0x7f3a00001234
+//! ```
+
+use std::io::Write;
+
+use super::{human_bytes, one_line};
+use crate::report::{Frame, Report, StackReport};
+
+/// Writes `report` as text.
+pub fn write<W: Write>(report: &Report, mut out: W) -> std::io::Result<()> {
+    write_header(report, &mut out)?;
+    if report.stacks.is_empty() {
+        writeln!(out, "no stacks recorded")?;
+    } else {
+        let count = report.stacks.len();
+        let noun = if count == 1 { "stack" } else { "stacks" };
+        writeln!(out, "top {count} {noun} by live bytes")?;
+        for (rank, stack) in report.stacks.iter().enumerate() {
+            writeln!(out)?;
+            write_stack(rank + 1, stack, &mut out)?;
+        }
+    }
+    out.flush()
+}
+
+fn write_header<W: Write>(report: &Report, out: &mut W) -> std::io::Result<()> {
+    let totals = &report.totals;
+    writeln!(out, "leaktrace report")?;
+    writeln!(out, "  pid:       {}", report.pid)?;
+    writeln!(out, "  command:   {}", one_line(&report.command))?;
+    writeln!(out, "  duration:  {}", human_seconds(report.duration_s))?;
+    writeln!(out, "  unwinding: {}", one_line(&report.unwind))?;
+    writeln!(out)?;
+    if totals.lost_events > 0 {
+        let d = &report.diagnostics;
+        writeln!(
+            out,
+            "WARNING: LOST EVENTS: {} (ring buffer full: {}, pending map full: {}); live figures \
+             may be wrong",
+            totals.lost_events, d.ringbuf_full, d.pending_full
+        )?;
+        writeln!(out)?;
+    }
+    writeln!(out, "totals")?;
+    writeln!(
+        out,
+        "  live:            {} ({} bytes) in {}",
+        human_bytes(totals.live_bytes),
+        totals.live_bytes,
+        count(totals.live_allocs, "allocation")
+    )?;
+    writeln!(out, "  allocations:     {}", totals.allocs)?;
+    writeln!(out, "  frees:           {}", totals.frees)?;
+    writeln!(out, "  unmatched frees: {}", totals.unmatched_frees)?;
+    writeln!(out, "  lost events:     {}", totals.lost_events)?;
+    let diagnostics: Vec<(&str, u64)> = report
+        .diagnostics
+        .fields()
+        .into_iter()
+        .filter(|(_, value)| *value > 0)
+        .collect();
+    if !diagnostics.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "diagnostics")?;
+        let width = diagnostics
+            .iter()
+            .map(|(name, _)| name.len())
+            .max()
+            .unwrap_or(0)
+            + 1;
+        for (name, value) in diagnostics {
+            let label = format!("{name}:");
+            if name.ends_with("_bytes") {
+                writeln!(out, "  {label:width$} {value} ({})", human_bytes(value))?;
+            } else {
+                writeln!(out, "  {label:width$} {value}")?;
+            }
+        }
+    }
+    writeln!(out)
+}
+
+fn write_stack<W: Write>(rank: usize, stack: &StackReport, out: &mut W) -> std::io::Result<()> {
+    let oldest = stack
+        .oldest_age_s
+        .map_or_else(|| "-".to_owned(), human_seconds);
+    writeln!(
+        out,
+        "#{rank}: {} ({} bytes) live in {}, oldest {oldest}",
+        human_bytes(stack.live_bytes),
+        stack.live_bytes,
+        count(stack.live_allocs, "allocation"),
+    )?;
+    writeln!(
+        out,
+        "    since attach: {}, {} ({} bytes)",
+        count(stack.total_allocs, "allocation"),
+        human_bytes(stack.total_bytes),
+        stack.total_bytes
+    )?;
+    if stack.frames.is_empty() {
+        writeln!(out, "  (no stack recorded)")?;
+    }
+    for (i, frame) in stack.frames.iter().enumerate() {
+        writeln!(out, "  #{i} {}", frame_line(frame))?;
+    }
+    if stack.truncated {
+        writeln!(
+            out,
+            "  ... (stack truncated after {} frames)",
+            stack.frames.len()
+        )?;
+    }
+    Ok(())
+}
+
+/// One frame: `function (module) file:line [inlined]`, or `[module] 0xaddr` without a name.
+fn frame_line(frame: &Frame) -> String {
+    let mut line = match (frame.function.as_deref(), frame.module_name()) {
+        (Some(function), module) => {
+            let mut s = one_line(function).into_owned();
+            if let Some(module) = module {
+                s.push_str(&format!(" ({})", one_line(module)));
+            }
+            s
+        }
+        (None, Some(module)) => format!("[{}] {:#x}", one_line(module), frame.addr),
+        (None, None) => format!("[unknown] {:#x}", frame.addr),
+    };
+    match (&frame.file, frame.line) {
+        (Some(file), Some(n)) => line.push_str(&format!(" {}:{n}", one_line(file))),
+        (Some(file), None) => line.push_str(&format!(" {}", one_line(file))),
+        (None, _) => {}
+    }
+    if frame.inlined {
+        line.push_str(" [inlined]");
+    }
+    line
+}
+
+/// `1 allocation`, `2 allocations`.
+fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// A duration for people: `0.25 s`, `12.5 s`, `4m 05s`, `2h 03m`.
+fn human_seconds(seconds: f64) -> String {
+    if !seconds.is_finite() || seconds < 0.0 {
+        return "?".to_owned();
+    }
+    if seconds < 10.0 {
+        return format!("{seconds:.2} s");
+    }
+    if seconds < 60.0 {
+        return format!("{seconds:.1} s");
+    }
+    // Whole seconds from here; the float-to-int cast saturates for huge values.
+    let whole = seconds.round() as u64;
+    if whole < 3600 {
+        format!("{}m {:02}s", whole / 60, whole % 60)
+    } else {
+        format!("{}h {:02}m", whole / 3600, whole % 3600 / 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{super::tests::sample_report, *};
+    use crate::export::{Format, tests::render};
+
+    #[test]
+    fn frames_show_name_module_and_location() {
+        let mut frame = Frame {
+            function: Some("grow_buffer".to_owned()),
+            module: Some("/usr/bin/server".to_owned()),
+            file: Some("src/buffer.c".to_owned()),
+            line: Some(42),
+            addr: 0x10,
+            inlined: true,
+        };
+        assert_eq!(
+            frame_line(&frame),
+            "grow_buffer (server) src/buffer.c:42 [inlined]"
+        );
+        frame.inlined = false;
+        frame.line = None;
+        assert_eq!(frame_line(&frame), "grow_buffer (server) src/buffer.c");
+        frame.file = None;
+        frame.module = None;
+        assert_eq!(frame_line(&frame), "grow_buffer");
+        frame.function = None;
+        assert_eq!(frame_line(&frame), "[unknown] 0x10");
+        frame.module = Some("/lib/libfoo.so".to_owned());
+        assert_eq!(frame_line(&frame), "[libfoo.so] 0x10");
+        frame.function = Some("bad\nname".to_owned());
+        assert_eq!(frame_line(&frame), "bad name (libfoo.so)");
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_seconds(0.25), "0.25 s");
+        assert_eq!(human_seconds(12.5), "12.5 s");
+        assert_eq!(human_seconds(245.0), "4m 05s");
+        assert_eq!(human_seconds(7380.0), "2h 03m");
+        assert_eq!(human_seconds(f64::NAN), "?");
+        assert_eq!(human_seconds(-1.0), "?");
+    }
+
+    #[test]
+    fn lost_events_are_announced_only_when_there_are_some() {
+        // Given the sample, which lost events
+        let mut report = sample_report();
+        assert!(render(&report, Format::Text).contains("WARNING: LOST EVENTS: 7"));
+
+        // When nothing was lost
+        report.totals.lost_events = 0;
+        report.diagnostics.ringbuf_full = 0;
+        report.diagnostics.pending_full = 0;
+        let text = render(&report, Format::Text);
+
+        // Then there is no warning, and zero diagnostics are not listed
+        assert!(!text.contains("LOST EVENTS"), "{text}");
+        assert!(!text.contains("ringbuf_full"), "{text}");
+        assert!(text.contains("stacks_truncated:"), "{text}");
+    }
+}

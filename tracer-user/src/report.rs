@@ -1,0 +1,455 @@
+//! The report model: a snapshot of the heap by call stack, symbolized, ready for
+//! [`crate::export`].
+//!
+//! Its JSON form (serde) is a contract for other tools:
+//!
+//! ```text
+//! {"pid", "command", "duration_s", "unwind",
+//!  "totals": {"allocs", "frees", "live_bytes", "live_allocs", "unmatched_frees", "lost_events"},
+//!  "diagnostics": {"ringbuf_full", ..., "tracer_memory_bytes"},
+//!  "stacks": [{"live_bytes", "live_allocs", "total_allocs", "total_bytes", "oldest_age_s",
+//!              "truncated", "frames": [{"function", "module", "file", "line", "addr",
+//!                                       "inlined"}]}]}
+//! ```
+//!
+//! Missing values are `null`; `addr` is a hex string such as `"0x55d0c0de1234"`.
+#![warn(missing_docs)]
+
+use std::cmp::Ordering;
+
+use serde::{Serialize, Serializer};
+use tracer_common::Counter;
+
+use crate::heap::{StackStats, Totals};
+
+/// Nanoseconds per second, for ages and durations.
+const NS_PER_S: f64 = 1e9;
+
+/// Everything one export contains.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct Report {
+    /// The traced process.
+    pub pid: u32,
+    /// Its command line, as shown to the user.
+    pub command: String,
+    /// How long it was traced, in seconds.
+    pub duration_s: f64,
+    /// How stacks were unwound (`"fp"`: frame pointers).
+    pub unwind: String,
+    /// Whole-process counters.
+    pub totals: ReportTotals,
+    /// Every loss and health counter.
+    pub diagnostics: Diagnostics,
+    /// Stacks, sorted by [`sort_stacks`] and cut to the top N by the caller.
+    pub stacks: Vec<StackReport>,
+}
+
+/// Whole-process counters of a [`Report`].
+#[derive(Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReportTotals {
+    /// Allocations seen.
+    pub allocs: u64,
+    /// Block releases seen (`free`s and blocks released by `realloc`), matched or not.
+    pub frees: u64,
+    /// Bytes still live.
+    pub live_bytes: u64,
+    /// Blocks still live.
+    pub live_allocs: u64,
+    /// Releases of blocks that were not known to be live.
+    pub unmatched_frees: u64,
+    /// Events the kernel side could not deliver: [`Diagnostics::lost_events`].
+    pub lost_events: u64,
+}
+
+impl ReportTotals {
+    /// Combines the heap model's totals with the loss counters.
+    pub fn new(heap: &Totals, diagnostics: &Diagnostics) -> Self {
+        Self {
+            allocs: heap.allocs,
+            frees: heap.frees,
+            live_bytes: heap.live_bytes,
+            live_allocs: heap.live_allocs,
+            unmatched_frees: heap.unmatched_frees,
+            lost_events: diagnostics.lost_events(),
+        }
+    }
+}
+
+/// Loss and health counters, each under its own name. The first eight come from the kernel side
+/// (summed over CPUs), the rest from user space.
+#[derive(Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Diagnostics {
+    /// Events lost because the ring buffer was full.
+    pub ringbuf_full: u64,
+    /// Events sent without a stack because capturing it failed.
+    pub stack_failed: u64,
+    /// Events sent without a stack because the stack map was full.
+    pub stack_map_full: u64,
+    /// Stacks that filled every frame slot and may be cut short.
+    pub stacks_truncated: u64,
+    /// Calls lost because the pending-call map was full at entry.
+    pub pending_full: u64,
+    /// Pending entries overwritten before their return (same call nested on one thread).
+    pub pending_clobbered: u64,
+    /// Returns without a recorded entry (calls that began before attach).
+    pub pending_missing: u64,
+    /// Allocator calls made inside another traced call, accounted by the outer call.
+    pub nested_calls: u64,
+    /// Allocations returning an address that was still live: a release was missed.
+    pub replaced_live: u64,
+    /// Allocations not tracked because the live table was full.
+    pub dropped_over_limit: u64,
+    /// Estimated heap bytes used by the tracer's heap model.
+    pub tracer_memory_bytes: u64,
+}
+
+impl Diagnostics {
+    /// Builds the counters from the kernel's per-CPU counters (summed, indexed by
+    /// [`Counter`]), the heap model's totals and its memory estimate.
+    pub fn new(
+        kernel: &[u64; Counter::COUNT as usize],
+        heap: &Totals,
+        tracer_memory_bytes: usize,
+    ) -> Self {
+        let k = |c: Counter| kernel.get(c as usize).copied().unwrap_or(0);
+        Self {
+            ringbuf_full: k(Counter::RingbufFull),
+            stack_failed: k(Counter::StackFailed),
+            stack_map_full: k(Counter::StackMapFull),
+            stacks_truncated: k(Counter::StackTruncated),
+            pending_full: k(Counter::PendingFull),
+            pending_clobbered: k(Counter::PendingClobbered),
+            pending_missing: k(Counter::PendingMissing),
+            nested_calls: k(Counter::Nested),
+            replaced_live: heap.replaced_live,
+            dropped_over_limit: heap.dropped_over_limit,
+            tracer_memory_bytes: u64::try_from(tracer_memory_bytes).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Events the kernel side could not deliver: ring buffer full plus pending map full.
+    pub fn lost_events(&self) -> u64 {
+        self.ringbuf_full.saturating_add(self.pending_full)
+    }
+
+    /// Every counter with its JSON name, in declaration order.
+    pub fn fields(&self) -> [(&'static str, u64); 11] {
+        [
+            ("ringbuf_full", self.ringbuf_full),
+            ("stack_failed", self.stack_failed),
+            ("stack_map_full", self.stack_map_full),
+            ("stacks_truncated", self.stacks_truncated),
+            ("pending_full", self.pending_full),
+            ("pending_clobbered", self.pending_clobbered),
+            ("pending_missing", self.pending_missing),
+            ("nested_calls", self.nested_calls),
+            ("replaced_live", self.replaced_live),
+            ("dropped_over_limit", self.dropped_over_limit),
+            ("tracer_memory_bytes", self.tracer_memory_bytes),
+        ]
+    }
+}
+
+/// One allocating call stack.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct StackReport {
+    /// Bytes allocated here and still live.
+    pub live_bytes: u64,
+    /// Blocks allocated here and still live.
+    pub live_allocs: u64,
+    /// Allocations made here since attach.
+    pub total_allocs: u64,
+    /// Bytes requested here since attach.
+    pub total_bytes: u64,
+    /// Age of the oldest live block, in seconds; `None` when nothing is live.
+    pub oldest_age_s: Option<f64>,
+    /// The stack filled every frame slot and may continue beyond `frames`.
+    pub truncated: bool,
+    /// Frames, innermost first: index 0 is the allocator's caller.
+    pub frames: Vec<Frame>,
+}
+
+impl StackReport {
+    /// A stack's report from the heap model's figures and its symbolized frames.
+    pub fn new(stats: &StackStats, truncated: bool, frames: Vec<Frame>) -> Self {
+        Self {
+            live_bytes: stats.live_bytes,
+            live_allocs: stats.live_allocs,
+            total_allocs: stats.total_allocs,
+            total_bytes: stats.total_bytes,
+            oldest_age_s: stats.oldest_live_age_ns.map(ns_to_s),
+            truncated,
+            frames,
+        }
+    }
+
+    /// Function name of the innermost frame, if known.
+    pub fn leaf_function(&self) -> Option<&str> {
+        self.frames.first().and_then(|f| f.function.as_deref())
+    }
+}
+
+/// One frame of a stack. A return address inlined several functions deep yields several frames
+/// with the same `addr`: all but the outermost have `inlined` set.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Function name, demangled, if symbolization found one.
+    pub function: Option<String>,
+    /// Path of the object file (executable or shared library) containing `addr`, if known.
+    pub module: Option<String>,
+    /// Source file, if debug info has it.
+    pub file: Option<String>,
+    /// Source line, if debug info has it.
+    pub line: Option<u32>,
+    /// Address in the traced process (serialized as a `"0x…"` string).
+    #[serde(serialize_with = "serialize_hex")]
+    pub addr: u64,
+    /// This function was inlined into the next (outer) frame.
+    pub inlined: bool,
+}
+
+impl Frame {
+    /// A frame nothing is known about but its address.
+    pub fn unknown(addr: u64) -> Self {
+        Self {
+            function: None,
+            module: None,
+            file: None,
+            line: None,
+            addr,
+            inlined: false,
+        }
+    }
+
+    /// The last path component of [`Frame::module`] (`libc.so.6` for `/usr/lib/libc.so.6`).
+    pub fn module_name(&self) -> Option<&str> {
+        self.module
+            .as_deref()
+            .map(|m| m.rsplit('/').next().unwrap_or(m))
+    }
+}
+
+/// Converts nanoseconds to seconds.
+pub fn ns_to_s(ns: u64) -> f64 {
+    // Precision loss above 2^53 ns (104 days) is far below what a report shows.
+    ns as f64 / NS_PER_S
+}
+
+/// The report order: live bytes descending, then total bytes descending, then the innermost
+/// frame's function name (named before unnamed), then its address and the stack depth, so the
+/// order does not depend on the input order.
+pub fn compare_stacks(a: &StackReport, b: &StackReport) -> Ordering {
+    fn leaf_name(s: &StackReport) -> (bool, Option<&str>) {
+        let name = s.leaf_function();
+        (name.is_none(), name)
+    }
+    let leaf_addr = |s: &StackReport| s.frames.first().map(|f| f.addr);
+    b.live_bytes
+        .cmp(&a.live_bytes)
+        .then(b.total_bytes.cmp(&a.total_bytes))
+        .then_with(|| leaf_name(a).cmp(&leaf_name(b)))
+        .then_with(|| leaf_addr(a).cmp(&leaf_addr(b)))
+        .then(a.frames.len().cmp(&b.frames.len()))
+}
+
+/// Sorts stacks into report order ([`compare_stacks`]).
+pub fn sort_stacks(stacks: &mut [StackReport]) {
+    stacks.sort_by(compare_stacks);
+}
+
+/// Sorts stacks into report order and keeps the first `top_n`.
+pub fn top_stacks(mut stacks: Vec<StackReport>, top_n: usize) -> Vec<StackReport> {
+    sort_stacks(&mut stacks);
+    stacks.truncate(top_n);
+    stacks
+}
+
+fn serialize_hex<S: Serializer>(addr: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&format_args!("{addr:#x}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack(live_bytes: u64, total_bytes: u64, leaf: Option<&str>, addr: u64) -> StackReport {
+        StackReport {
+            live_bytes,
+            live_allocs: 1,
+            total_allocs: 1,
+            total_bytes,
+            oldest_age_s: None,
+            truncated: false,
+            frames: vec![Frame {
+                function: leaf.map(str::to_owned),
+                ..Frame::unknown(addr)
+            }],
+        }
+    }
+
+    #[test]
+    fn stacks_sort_by_live_then_total_then_leaf_name() {
+        // Given stacks in scrambled order
+        let mut stacks = vec![
+            stack(10, 10, None, 0x1),
+            stack(10, 10, Some("b"), 0x1),
+            stack(0, 99, Some("z"), 0x1),
+            stack(10, 20, Some("z"), 0x1),
+            stack(50, 50, Some("y"), 0x1),
+            stack(10, 10, Some("a"), 0x2),
+            stack(10, 10, Some("a"), 0x1),
+        ];
+
+        // When sorting
+        sort_stacks(&mut stacks);
+
+        // Then the order is by live bytes, total bytes, leaf name (unnamed last), leaf address
+        let order: Vec<(u64, u64, Option<&str>, u64)> = stacks
+            .iter()
+            .map(|s| {
+                (
+                    s.live_bytes,
+                    s.total_bytes,
+                    s.leaf_function(),
+                    s.frames[0].addr,
+                )
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (50, 50, Some("y"), 0x1),
+                (10, 20, Some("z"), 0x1),
+                (10, 10, Some("a"), 0x1),
+                (10, 10, Some("a"), 0x2),
+                (10, 10, Some("b"), 0x1),
+                (10, 10, None, 0x1),
+                (0, 99, Some("z"), 0x1),
+            ]
+        );
+    }
+
+    #[test]
+    fn top_stacks_sorts_then_truncates() {
+        // Given three stacks
+        let stacks = vec![
+            stack(1, 1, None, 1),
+            stack(3, 3, None, 3),
+            stack(2, 2, None, 2),
+        ];
+
+        // When keeping the top two
+        let top = top_stacks(stacks, 2);
+
+        // Then the biggest two remain
+        assert_eq!(top.iter().map(|s| s.live_bytes).collect::<Vec<_>>(), [3, 2]);
+    }
+
+    #[test]
+    fn stack_report_converts_the_age_to_seconds() {
+        // Given heap figures with an oldest block 1.5 s old
+        let stats = StackStats {
+            live_bytes: 10,
+            live_allocs: 2,
+            total_allocs: 3,
+            total_bytes: 30,
+            oldest_live_ts_ns: Some(1),
+            oldest_live_age_ns: Some(1_500_000_000),
+        };
+
+        // When building the report entry
+        let report = StackReport::new(&stats, true, Vec::new());
+
+        // Then the figures carry over
+        assert_eq!(report.oldest_age_s, Some(1.5));
+        assert_eq!((report.live_bytes, report.live_allocs), (10, 2));
+        assert_eq!((report.total_allocs, report.total_bytes), (3, 30));
+        assert!(report.truncated);
+        assert_eq!(
+            StackReport::new(&StackStats::default(), false, vec![]).oldest_age_s,
+            None
+        );
+    }
+
+    #[test]
+    fn diagnostics_map_every_kernel_counter_by_name() {
+        // Given distinct values for every kernel counter and heap counter
+        let kernel: [u64; Counter::COUNT as usize] = [1, 2, 3, 4, 5, 6, 7, 8, 9];
+        let heap = Totals {
+            replaced_live: 10,
+            dropped_over_limit: 11,
+            late_events: 12,
+            unmatched_frees: 13,
+            ..Totals::default()
+        };
+
+        // When building diagnostics and totals
+        let diagnostics = Diagnostics::new(&kernel, &heap, 4096);
+        let totals = ReportTotals::new(&heap, &diagnostics);
+
+        // Then each lands under its name; `sent` (index 8) is not a diagnostic
+        assert_eq!(
+            diagnostics.fields(),
+            [
+                ("ringbuf_full", 1),
+                ("stack_failed", 2),
+                ("stack_map_full", 3),
+                ("stacks_truncated", 4),
+                ("pending_full", 5),
+                ("pending_clobbered", 6),
+                ("pending_missing", 7),
+                ("nested_calls", 8),
+                ("replaced_live", 10),
+                ("dropped_over_limit", 11),
+                ("tracer_memory_bytes", 4096),
+            ]
+        );
+        assert_eq!(totals.lost_events, 1 + 5);
+        assert_eq!(totals.unmatched_frees, 13);
+    }
+
+    #[test]
+    fn diagnostics_fields_match_the_json_names() {
+        // Given diagnostics
+        let diagnostics = Diagnostics::default();
+
+        // When serializing
+        let json = serde_json::to_value(diagnostics).expect("diagnostics serialize");
+
+        // Then the JSON keys are exactly the names `fields` uses
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        let mut names: Vec<&str> = diagnostics.fields().iter().map(|(n, _)| *n).collect();
+        keys.sort_unstable();
+        names.sort_unstable();
+        assert_eq!(keys, names);
+    }
+
+    #[test]
+    fn frames_serialize_addresses_as_hex_and_missing_values_as_null() {
+        // Given a frame with only an address
+        let frame = Frame::unknown(0x55d0_c0de_1234);
+
+        // When serializing
+        let json = serde_json::to_string(&frame).expect("frame serializes");
+
+        // Then
+        assert_eq!(
+            json,
+            r#"{"function":null,"module":null,"file":null,"line":null,"addr":"0x55d0c0de1234","inlined":false}"#
+        );
+    }
+
+    #[test]
+    fn module_name_is_the_last_path_component() {
+        let frame = |m: &str| Frame {
+            module: Some(m.to_owned()),
+            ..Frame::unknown(0)
+        };
+        assert_eq!(frame("/usr/lib/libc.so.6").module_name(), Some("libc.so.6"));
+        assert_eq!(frame("server").module_name(), Some("server"));
+        assert_eq!(Frame::unknown(0).module_name(), None);
+    }
+}

@@ -1,0 +1,558 @@
+//! One tracing session: from the command line to the final report.
+//!
+//! The session checks its input, finds the allocator, attaches the probes, then runs one loop
+//! that owns the heap model: it drains the ring buffer on a short timer (the kernel side wakes it
+//! only when the buffer fills up), prints status, and stops on the first of: duration over,
+//! target exited, Ctrl-C or SIGTERM. Then it detaches, drains what is left, and reports.
+use std::{
+    collections::{HashMap, HashSet},
+    fs::{File, OpenOptions},
+    io::{IsTerminal as _, Write as _},
+    num::NonZeroU32,
+    os::fd::{FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    allocator::{self, Allocator},
+    cli::Cli,
+    error::{Failure, chain},
+    events,
+    export::{self, Format},
+    heap::{HeapConfig, HeapModel},
+    launch::{self, Launched},
+    probes::{Counters, ProbeConfig, Probes},
+    process::Process,
+    report::{Diagnostics, Report, ReportTotals, StackReport, sort_stacks},
+    symbolize::{ModuleMap, StackSymbolizer},
+};
+
+/// How often the ring buffer is drained when the kernel has not woken us.
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
+
+/// Why the session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StopReason {
+    Duration,
+    TargetExited,
+    Interrupted,
+    Terminated,
+}
+
+impl StopReason {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Duration => "duration reached",
+            Self::TargetExited => "target exited",
+            Self::Interrupted => "interrupted",
+            Self::Terminated => "terminated",
+        }
+    }
+}
+
+/// Runs leaktrace as the command line asks; `Ok` means exit code 0.
+pub fn run(cli: &Cli) -> Result<(), Failure> {
+    if cli.pid.is_none() && cli.command.is_empty() {
+        return Err(Failure::usage(
+            "nothing to trace",
+            "give -p PID for a running process, or -- CMD ARGS... to start one",
+        ));
+    }
+    check_privileges()?;
+    let export = match &cli.export {
+        Some(path) => Some((path.clone(), cli.export_format(), check_export_path(path)?)),
+        None => None,
+    };
+
+    let (process, allocator, launched) = match cli.pid {
+        Some(pid) => {
+            if pid == std::process::id() {
+                return Err(Failure::usage(
+                    "leaktrace cannot trace itself",
+                    "give another pid",
+                ));
+            }
+            let process = Process::open(pid)
+                .map_err(|err| Failure::usage(chain(&err), "check the pid with `ps -p PID`"))?;
+            let allocator = allocator::find_for_process(&process).map_err(|err| {
+                Failure::usage(
+                    chain(&err),
+                    "leaktrace traces programs that allocate with malloc",
+                )
+            })?;
+            (process, allocator, None)
+        }
+        None => {
+            let launched = launch::spawn_held(&cli.command)
+                .map_err(|err| Failure::usage(chain(&err), "check the command and its path"))?;
+            let allocator = allocator::find_for_executable(&launched.exe).map_err(|err| {
+                Failure::usage(
+                    chain(&err),
+                    "leaktrace traces programs that allocate with malloc",
+                )
+            })?;
+            let command = cli
+                .command
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ");
+            (
+                Process {
+                    pid: launched.pid,
+                    command,
+                },
+                allocator,
+                Some(launched),
+            )
+        }
+    };
+
+    let mut probes = Probes::load(ProbeConfig {
+        ringbuf_bytes: cli.ringbuf_mib << 20,
+    })
+    .map_err(|err| {
+        Failure::runtime(
+            chain(&err),
+            Some("leaktrace needs a kernel with BPF ring buffers and uprobes (5.15+)".into()),
+        )
+    })?;
+    let Some(pid) = NonZeroU32::new(process.pid) else {
+        return Err(Failure::usage(
+            "pid 0 cannot be traced",
+            "give a user process",
+        ));
+    };
+    probes
+        .attach(&allocator, pid)
+        .map_err(|err| Failure::runtime(chain(&err), None))?;
+    describe_attach(&process, &allocator, &probes);
+
+    let mut session = Session::new(cli, process, probes, launched);
+    if let Some(launched) = session.launched.as_mut() {
+        launched
+            .release()
+            .map_err(|err| Failure::usage(chain(&err), "check the command and its path"))?;
+        session.refresh_maps();
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Failure::runtime(format!("starting the runtime: {err}"), None))?;
+    let reason = runtime.block_on(session.trace())?;
+    session.finish(reason, export)
+}
+
+/// Refuses to start without the privileges to load BPF programs.
+fn check_privileges() -> Result<(), Failure> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(());
+    }
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let effective = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        Ok(())
+    } else {
+        Err(Failure::usage(
+            "not permitted to load BPF programs",
+            "run as root (sudo leaktrace ...) or grant CAP_BPF and CAP_PERFMON",
+        ))
+    }
+}
+
+/// Checks at start that the export file can be written, so a long session does not end in an
+/// error. Opens without truncating; the report replaces the contents at the end.
+fn check_export_path(path: &Path) -> Result<File, Failure> {
+    if path.is_dir() {
+        return Err(Failure::usage(
+            format!("export path {} is a directory", path.display()),
+            "give a file name, e.g. --export heap.json",
+        ));
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|err| {
+            Failure::usage(
+                format!("cannot write export file {}: {err}", path.display()),
+                "choose a writable path for --export",
+            )
+        })
+}
+
+fn describe_attach(process: &Process, allocator: &Allocator, probes: &Probes) {
+    eprintln!(
+        "leaktrace: tracing pid {} ({}) through {} ({} probes)",
+        process.pid,
+        process.command,
+        allocator.display_path,
+        probes.attached()
+    );
+    for point in &allocator.points {
+        let aliases: Vec<&str> = point.aliases.iter().map(|k| k.symbol()).collect();
+        let aliases = if aliases.is_empty() {
+            String::new()
+        } else {
+            format!(" (also {})", aliases.join(", "))
+        };
+        eprintln!(
+            "leaktrace:   {}{aliases}: {}",
+            point.kind.symbol(),
+            point.site.reason
+        );
+    }
+    if !allocator.missing.is_empty() {
+        let missing: Vec<&str> = allocator.missing.iter().map(|k| k.symbol()).collect();
+        eprintln!("leaktrace:   not defined there: {}", missing.join(", "));
+    }
+}
+
+/// Opens a pidfd for `pid`: readable once the process exits.
+fn pidfd(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: the syscall returned a fresh descriptor that nothing else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// leaktrace's own resident memory in bytes.
+fn own_rss_bytes() -> u64 {
+    Process {
+        pid: std::process::id(),
+        command: String::new(),
+    }
+    .rss_bytes()
+    .unwrap_or(0)
+}
+
+struct Session {
+    process: Process,
+    probes: Probes,
+    launched: Option<Launched>,
+    heap: HeapModel,
+    modules: ModuleMap,
+    symbolizer: StackSymbolizer,
+    /// Stack ids seen in events, to notice new ones.
+    seen_stacks: HashSet<u64>,
+    /// Frames read from the kernel's stack map, by id.
+    stacks: HashMap<u64, (Vec<u64>, bool)>,
+    maps_dirty: bool,
+    started: Instant,
+    duration: Option<Duration>,
+    interval: Duration,
+    top: usize,
+    live_view: bool,
+    undecodable: u64,
+    last_status: (Instant, u64, u64),
+}
+
+impl Session {
+    fn new(cli: &Cli, process: Process, probes: Probes, launched: Option<Launched>) -> Self {
+        // A launched child still runs leaktrace's own image until it execs: learn its modules
+        // after release, from the first stacks.
+        let mut modules = ModuleMap::new(process.pid);
+        if launched.is_none()
+            && let Ok(maps) = process.maps()
+        {
+            modules.update(&maps);
+        }
+        let now = Instant::now();
+        Self {
+            modules,
+            process,
+            probes,
+            launched,
+            heap: HeapModel::new(HeapConfig::default()),
+            symbolizer: StackSymbolizer::new(),
+            seen_stacks: HashSet::new(),
+            stacks: HashMap::new(),
+            maps_dirty: true,
+            started: now,
+            duration: cli.duration.map(Duration::from_secs_f64),
+            interval: Duration::from_secs_f64(cli.interval),
+            top: cli.top,
+            live_view: !cli.no_tui && std::io::stdout().is_terminal(),
+            undecodable: 0,
+            last_status: (now, 0, 0),
+        }
+    }
+
+    /// The main loop; returns why it stopped.
+    async fn trace(&mut self) -> Result<StopReason, Failure> {
+        let ring = self
+            .probes
+            .take_events()
+            .ok_or_else(|| Failure::runtime("event ring buffer already taken", None))?;
+        // SAFETY: the ring buffer owns its map descriptor, which stays open and unchanged for as
+        // long as the `AsyncFd` owns the ring buffer.
+        let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|err| Failure::runtime(format!("polling the ring buffer: {err}"), None))?;
+        // SAFETY: the `AsyncFd` owns the pidfd, which stays open until it is dropped.
+        let exited = pidfd(self.process.pid)
+            .and_then(|fd| unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok());
+        let signal_failure = |err: std::io::Error| {
+            Failure::runtime(format!("installing signal handlers: {err}"), None)
+        };
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_failure)?;
+        let mut terminate = signal(SignalKind::terminate()).map_err(signal_failure)?;
+        let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+        drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut status_tick = tokio::time::interval(self.interval);
+        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        status_tick.tick().await;
+        let duration = self.duration;
+        let deadline = async move {
+            match duration {
+                Some(duration) => tokio::time::sleep(duration).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        let target_exit = async {
+            match &exited {
+                Some(fd) => {
+                    let _ = fd.readable().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(target_exit);
+
+        let reason = loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    if let Ok(mut guard) = guard {
+                        self.drain(guard.get_inner_mut());
+                        guard.clear_ready();
+                    }
+                }
+                _ = drain_tick.tick() => self.drain(ring.get_mut()),
+                _ = status_tick.tick() => self.status(),
+                _ = interrupt.recv() => break StopReason::Interrupted,
+                _ = terminate.recv() => break StopReason::Terminated,
+                () = &mut target_exit => break StopReason::TargetExited,
+                () = &mut deadline => break StopReason::Duration,
+            }
+        };
+        // Detach first so no new events arrive, then take everything still buffered.
+        self.probes.detach();
+        self.drain(ring.get_mut());
+        self.heap.flush();
+        Ok(reason)
+    }
+
+    /// Moves every available event from the ring buffer into the heap model.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        let mut new_stacks = Vec::new();
+        while let Some(item) = ring.next() {
+            match events::decode(&item) {
+                Some(event) => {
+                    if event.stack != 0 && self.seen_stacks.insert(event.stack) {
+                        new_stacks.push(event.stack);
+                    }
+                    self.heap.push(event);
+                }
+                None => self.undecodable += 1,
+            }
+        }
+        self.heap.advance();
+        // Read each new stack once, while the target is certainly alive, and learn any module
+        // its frames lie in (a library loaded since, or the program itself after exec).
+        for id in new_stacks {
+            let frames = self.probes.stack(id).unwrap_or_default();
+            if !self.modules.covers(&frames.0) {
+                self.maps_dirty = true;
+            }
+            self.stacks.insert(id, frames);
+        }
+        if self.maps_dirty {
+            self.refresh_maps();
+        }
+    }
+
+    /// Re-reads the target's mappings (new libraries, exec) while it is alive.
+    fn refresh_maps(&mut self) {
+        if let Ok(maps) = self.process.maps() {
+            self.modules.update(&maps);
+        }
+        self.maps_dirty = false;
+    }
+
+    fn counters(&self) -> Counters {
+        self.probes.counters()
+    }
+
+    fn status(&mut self) {
+        let totals = self.heap.totals();
+        let counters = self.counters();
+        let (then, allocs_then, frees_then) = self.last_status;
+        let dt = then.elapsed().as_secs_f64().max(1e-3);
+        let allocs_per_s = (totals.allocs - allocs_then) as f64 / dt;
+        let frees_per_s = (totals.frees - frees_then) as f64 / dt;
+        self.last_status = (Instant::now(), totals.allocs, totals.frees);
+        let lost = counters.ringbuf_full + counters.pending_full;
+        let line = format!(
+            "[{:>7.1}s] live {} in {} allocs | {:.0} allocs/s {:.0} frees/s | lost {} | unmatched frees {} | stacks without frames {}",
+            self.started.elapsed().as_secs_f64(),
+            export::human_bytes(totals.live_bytes),
+            totals.live_allocs,
+            allocs_per_s,
+            frees_per_s,
+            lost,
+            totals.unmatched_frees,
+            counters.stack_failed + counters.stack_map_full,
+        );
+        if self.live_view {
+            let report = self.report(StopReason::Duration, self.top.min(10));
+            let mut out = std::io::stdout().lock();
+            // Clear the screen and home the cursor, then the status and the top stacks.
+            let _ = write!(out, "\x1b[2J\x1b[H{line}\n\n");
+            let _ = export::write_report(&report, Format::Text, &mut out);
+            let _ = out.flush();
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    /// Builds the report of the `top` stacks with the most live bytes.
+    fn report(&mut self, reason: StopReason, top: usize) -> Report {
+        if reason != StopReason::TargetExited && self.process.is_alive() {
+            self.refresh_maps();
+        }
+        let now_ns = events::monotonic_now_ns();
+        let mut stats = self.heap.stack_stats(now_ns);
+        stats.sort_by(|a, b| {
+            b.1.live_bytes
+                .cmp(&a.1.live_bytes)
+                .then(b.1.total_bytes.cmp(&a.1.total_bytes))
+        });
+        stats.truncate(top);
+        let mut stacks = Vec::with_capacity(stats.len());
+        for (id, stat) in stats {
+            let (ips, truncated) = if id == 0 {
+                (Vec::new(), false)
+            } else {
+                self.stacks
+                    .entry(id)
+                    .or_insert_with(|| self.probes.stack(id).unwrap_or_default())
+                    .clone()
+            };
+            let frames = self.symbolizer.frames(&self.modules, &ips);
+            stacks.push(StackReport {
+                live_bytes: stat.live_bytes,
+                live_allocs: stat.live_allocs,
+                total_allocs: stat.total_allocs,
+                total_bytes: stat.total_bytes,
+                oldest_age_s: stat
+                    .oldest_live_ts_ns
+                    .map(|ts| now_ns.saturating_sub(ts) as f64 / 1e9),
+                truncated,
+                frames,
+            });
+        }
+        sort_stacks(&mut stacks);
+        let totals = self.heap.totals();
+        let counters = self.counters();
+        Report {
+            pid: self.process.pid,
+            command: self.process.command.clone(),
+            duration_s: self.started.elapsed().as_secs_f64(),
+            unwind: "fp".to_owned(),
+            totals: ReportTotals {
+                allocs: totals.allocs,
+                frees: totals.frees,
+                live_bytes: totals.live_bytes,
+                live_allocs: totals.live_allocs,
+                unmatched_frees: totals.unmatched_frees,
+                lost_events: counters.ringbuf_full + counters.pending_full + self.undecodable,
+            },
+            diagnostics: Diagnostics {
+                ringbuf_full: counters.ringbuf_full,
+                stack_failed: counters.stack_failed,
+                stack_map_full: counters.stack_map_full,
+                stacks_truncated: counters.stacks_truncated,
+                pending_full: counters.pending_full,
+                pending_clobbered: counters.pending_clobbered,
+                pending_missing: counters.pending_missing,
+                nested_calls: counters.nested_calls,
+                replaced_live: totals.replaced_live,
+                dropped_over_limit: totals.dropped_over_limit,
+                tracer_memory_bytes: own_rss_bytes(),
+            },
+            stacks,
+        }
+    }
+
+    /// Final report on stdout and in the export file.
+    fn finish(
+        &mut self,
+        reason: StopReason,
+        export: Option<(PathBuf, Format, File)>,
+    ) -> Result<(), Failure> {
+        let report = self.report(reason, self.top);
+        let mut stdout = std::io::stdout().lock();
+        if self.live_view {
+            let _ = write!(stdout, "\x1b[2J\x1b[H");
+        }
+        let _ = export::write_report(&report, Format::Text, &mut stdout);
+        let _ = stdout.flush();
+        eprintln!(
+            "leaktrace: stopped ({}) after {:.1}s; probes detached",
+            reason.describe(),
+            report.duration_s
+        );
+        if let Some((path, format, file)) = export {
+            let write = || -> std::io::Result<()> {
+                file.set_len(0)?;
+                let mut out = std::io::BufWriter::new(&file);
+                export::write_report(&report, format, &mut out)?;
+                out.flush()
+            };
+            write().map_err(|err| {
+                Failure::runtime(format!("writing {}: {err}", path.display()), None)
+            })?;
+            eprintln!("leaktrace: wrote {} ({format})", path.display());
+        }
+        if let Some(launched) = &self.launched
+            && reason == StopReason::TargetExited
+        {
+            let mut status = 0;
+            // SAFETY: reaps our own child, which has exited.
+            unsafe { libc::waitpid(launched.pid as libc::pid_t, &raw mut status, 0) };
+            if libc::WIFEXITED(status) {
+                eprintln!(
+                    "leaktrace: target exited with status {}",
+                    libc::WEXITSTATUS(status)
+                );
+            } else if libc::WIFSIGNALED(status) {
+                eprintln!(
+                    "leaktrace: target killed by signal {}",
+                    libc::WTERMSIG(status)
+                );
+            }
+        }
+        Ok(())
+    }
+}

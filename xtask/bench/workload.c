@@ -1,0 +1,56 @@
+/*
+ * Benchmark workload: THREADS threads each do OPS malloc+free pairs (16 B to 4 KiB) through a
+ * ten-frame call chain. It prints "ready PID", waits for a line on stdin (so a tracer can attach
+ * first), runs, and prints "ns_per_pair X": the mean of each thread's own loop time per pair.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NOINLINE __attribute__((noinline))
+#define KEEP(p) __asm__ volatile("" : : "r"(p) : "memory")
+
+static long ops;
+
+static long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+NOINLINE void pair(long i) { void *p = malloc(16 + (size_t)(i * 61) % 4080); KEEP(p); free(p); }
+NOINLINE void f1(long i) { pair(i); KEEP(i); }
+NOINLINE void f2(long i) { f1(i); KEEP(i); }
+NOINLINE void f3(long i) { f2(i); KEEP(i); }
+NOINLINE void f4(long i) { f3(i); KEEP(i); }
+NOINLINE void f5(long i) { f4(i); KEEP(i); }
+NOINLINE void f6(long i) { f5(i); KEEP(i); }
+NOINLINE void f7(long i) { f6(i); KEEP(i); }
+NOINLINE void f8(long i) { f7(i); KEEP(i); }
+
+static void *worker(void *out) {
+    long start = now_ns();
+    for (long i = 0; i < ops; i++) f8(i);
+    *(long *)out = now_ns() - start;
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    int threads = argc > 1 ? atoi(argv[1]) : 2;
+    ops = argc > 2 ? atol(argv[2]) : 50000;
+    if (threads < 1 || threads > 64) threads = 2;
+    printf("ready %d\n", (int)getpid());
+    fflush(stdout);
+    char line[16];
+    if (!fgets(line, sizeof line, stdin)) return 1;
+    pthread_t t[64];
+    long elapsed[64];
+    for (int i = 0; i < threads; i++) pthread_create(&t[i], NULL, worker, &elapsed[i]);
+    long total = 0;
+    for (int i = 0; i < threads; i++) { pthread_join(t[i], NULL); total += elapsed[i]; }
+    printf("ns_per_pair %.1f\n", (double)total / (double)(ops * threads));
+    fflush(stdout);
+    return 0;
+}

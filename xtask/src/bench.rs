@@ -1,0 +1,319 @@
+//! `cargo xtask bench`: the cost of tracing a malloc-heavy workload, measured in one run.
+//!
+//! Each configuration (untraced, leaktrace, and bcc's memleak when installed) runs the same C
+//! workload `reps` times, interleaved so drift affects all alike. The workload waits on stdin
+//! until the tracer has attached, then times its own loops, so start-up is excluded.
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::run_cmd;
+
+const THREADS: u32 = 2;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Config {
+    Untraced,
+    Leaktrace,
+    Memleak,
+}
+
+impl Config {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Untraced => "untraced",
+            Self::Leaktrace => "leaktrace (every alloc, fp stacks)",
+            Self::Memleak => "bcc memleak-bpfcc -p PID",
+        }
+    }
+}
+
+struct Sample {
+    ns_per_pair: f64,
+    lost: Option<u64>,
+}
+
+/// A tracer process whose stderr/stdout is collected until it prints `ready_marker`.
+struct TracerProc {
+    child: Child,
+    output: Arc<Mutex<String>>,
+}
+
+impl TracerProc {
+    fn start(mut cmd: Command, ready_marker: &str, timeout: Duration) -> Result<Self> {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()?;
+        let output = Arc::new(Mutex::new(String::new()));
+        for pipe in [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let sink = Arc::clone(&output);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(pipe);
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    if let Ok(mut out) = sink.lock() {
+                        out.push_str(&line);
+                    }
+                    line.clear();
+                }
+            });
+        }
+        let started = Instant::now();
+        loop {
+            if output.lock().is_ok_and(|o| o.contains(ready_marker)) {
+                return Ok(Self { child, output });
+            }
+            if started.elapsed() > timeout || child.try_wait()?.is_some() {
+                let text = output.lock().map(|o| o.clone()).unwrap_or_default();
+                let _ = child.kill();
+                bail!("tracer did not become ready:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(mut self) -> Result<String> {
+        // SAFETY: kill(2) takes plain integers; the pid is our own child's.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        Ok(self.output.lock().map(|o| o.clone()).unwrap_or_default())
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn bcc_kernel_source(workspace: &Path) -> Option<PathBuf> {
+    // The running kernel ships no headers: overlay Debian's newest -amd64 headers on -common.
+    let mut amd64: Vec<PathBuf> = std::fs::read_dir("/usr/src")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with("linux-headers-") && n.ends_with("-amd64")
+            })
+        })
+        .collect();
+    amd64.sort_by_key(|p| {
+        p.file_name()
+            .map(|n| {
+                n.to_string_lossy()
+                    .split(|c: char| !c.is_ascii_digit())
+                    .filter_map(|x| x.parse::<u32>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    });
+    let amd64 = amd64.pop()?;
+    let name = amd64.file_name()?.to_string_lossy().into_owned();
+    let common = amd64.with_file_name(name.replace("-amd64", "-common"));
+    let overlay = workspace.join("target/bcc-kernel-source");
+    if !overlay.join("Makefile").exists() {
+        let _ = std::fs::remove_dir_all(&overlay);
+        std::fs::create_dir_all(&overlay).ok()?;
+        for tree in [&common, &amd64] {
+            let status = Command::new("cp")
+                .arg("-asf")
+                .arg(format!("{}/.", tree.display()))
+                .arg(&overlay)
+                .status()
+                .ok()?;
+            if !status.success() {
+                return None;
+            }
+        }
+    }
+    Some(overlay)
+}
+
+fn run_once(
+    workload: &Path,
+    leaktrace: &Path,
+    config: Config,
+    ops: u64,
+    kernel_source: Option<&Path>,
+) -> Result<Sample> {
+    let mut child = Command::new(workload)
+        .arg(THREADS.to_string())
+        .arg(ops.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the workload")?;
+    let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
+    let mut line = String::new();
+    stdout.read_line(&mut line)?;
+    let pid: u32 = line
+        .trim()
+        .strip_prefix("ready ")
+        .context("workload handshake")?
+        .parse()?;
+    let dir = tempfile_dir()?;
+    let export = dir.join("bench.json");
+    let tracer = match config {
+        Config::Untraced => None,
+        Config::Leaktrace => {
+            let mut cmd = Command::new(leaktrace);
+            cmd.args(["--no-tui", "-p", &pid.to_string(), "--export"])
+                .arg(&export);
+            Some(TracerProc::start(
+                cmd,
+                "leaktrace: tracing pid",
+                Duration::from_secs(30),
+            )?)
+        }
+        Config::Memleak => {
+            let mut cmd = Command::new("memleak-bpfcc");
+            cmd.args(["-p", &pid.to_string()]);
+            if let Some(source) = kernel_source {
+                cmd.env("BCC_KERNEL_SOURCE", source);
+            }
+            let tracer = TracerProc::start(cmd, "Attaching to pid", Duration::from_secs(120))?;
+            // memleak prints before its probes are all in place; give it a moment.
+            std::thread::sleep(Duration::from_secs(2));
+            Some(tracer)
+        }
+    };
+    let mut stdin = child.stdin.take().context("stdin")?;
+    writeln!(stdin, "go")?;
+    line.clear();
+    stdout.read_line(&mut line)?;
+    let ns_per_pair: f64 = line
+        .trim()
+        .strip_prefix("ns_per_pair ")
+        .with_context(|| format!("workload said {line:?}"))?
+        .parse()?;
+    let _ = child.wait();
+    let mut lost = None;
+    if let Some(tracer) = tracer {
+        tracer.stop()?;
+        if config == Config::Leaktrace {
+            let text = std::fs::read_to_string(&export).unwrap_or_default();
+            lost = text
+                .split("\"lost_events\":")
+                .nth(1)
+                .and_then(|rest| {
+                    rest.trim_start()
+                        .split(|c: char| !c.is_ascii_digit())
+                        .next()
+                })
+                .and_then(|n| n.parse().ok());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Sample { ns_per_pair, lost })
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "leaktrace-bench-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Runs the benchmark and prints the table.
+pub(crate) fn run(workspace: &Path, reps: usize, ops: u64) -> Result<()> {
+    let workload = workspace.join("target/bench-workload");
+    run_cmd(
+        Command::new("gcc")
+            .args(["-O2", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+            .arg(&workload)
+            .arg(workspace.join("xtask/bench/workload.c")),
+    )?;
+    let leaktrace = workspace.join("target/release/leaktrace");
+    let mut configs = vec![Config::Untraced, Config::Leaktrace];
+    let memleak = Command::new("sh")
+        .args(["-c", "command -v memleak-bpfcc"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let kernel_source = if memleak {
+        bcc_kernel_source(workspace)
+    } else {
+        None
+    };
+    if memleak {
+        configs.push(Config::Memleak);
+    } else {
+        eprintln!(
+            "bench: memleak-bpfcc not installed (apt-get install bpfcc-tools linux-headers-amd64): skipping it"
+        );
+    }
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    let mut lost_total = 0u64;
+    for rep in 0..reps {
+        for (i, config) in configs.iter().enumerate() {
+            match run_once(
+                &workload,
+                &leaktrace,
+                *config,
+                ops,
+                kernel_source.as_deref(),
+            ) {
+                Ok(sample) => {
+                    eprintln!(
+                        "bench: rep {rep} {:<36} {:>10.0} ns/pair",
+                        config.name(),
+                        sample.ns_per_pair
+                    );
+                    lost_total += sample.lost.unwrap_or(0);
+                    samples[i].push(sample.ns_per_pair);
+                }
+                Err(err) if *config == Config::Memleak => {
+                    eprintln!("bench: memleak failed: {err:#}")
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+    let base = median(&mut samples[0].clone());
+    println!();
+    println!(
+        "{THREADS} threads x {ops} malloc+free pairs, {reps} interleaved repetitions, medians:"
+    );
+    println!(
+        "{:<36} {:>12} {:>14} {:>8}",
+        "configuration", "ns/pair", "added us/pair", "ratio"
+    );
+    for (config, values) in configs.iter().zip(samples.iter_mut()) {
+        if values.is_empty() {
+            continue;
+        }
+        let m = median(values);
+        println!(
+            "{:<36} {:>12.0} {:>14.2} {:>7.1}x",
+            config.name(),
+            m,
+            (m - base) / 1000.0,
+            m / base
+        );
+    }
+    println!("leaktrace lost events over all runs: {lost_total}");
+    Ok(())
+}

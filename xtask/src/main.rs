@@ -1,0 +1,348 @@
+//! `cargo xtask`: set-up, build, run, test and benchmark leaktrace.
+//!
+//! Every task first installs what is missing (the nightly `rust-src` component, bpf-linker
+//! built against the nightly's own LLVM, and the Debian packages the tests and benchmark use),
+//! so the two README commands work on a fresh machine.
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+mod bench;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "leaktrace's development tasks")]
+struct Args {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain pieces and packages leaktrace needs.
+    Setup,
+    /// Build leaktrace (release), then run it as root with these arguments; with none, trace the
+    /// bundled demo service.
+    Run {
+        /// Arguments for leaktrace, e.g. `-- -p 1234`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Run every check and test: formatting, clippy, unit tests and end-to-end eBPF tests (root).
+    Test {
+        /// Only run tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Lint the workspace and the eBPF crate with clippy, warnings denied.
+    Clippy,
+    /// Measure the cost of tracing: untraced vs leaktrace (vs bcc memleak when installed).
+    Bench {
+        /// Repetitions of each configuration (interleaved).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// malloc+free pairs per thread per run.
+        #[arg(long, default_value_t = 50_000)]
+        ops: u64,
+    },
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    match args.task {
+        Task::Setup => setup(),
+        Task::Run { args } => run(&args),
+        Task::Test { filter } => test(filter.as_deref()),
+        Task::Clippy => {
+            setup()?;
+            clippy()
+        }
+        Task::Bench { reps, ops } => {
+            setup()?;
+            build_release()?;
+            bench::run(&workspace(), reps, ops)
+        }
+    }
+}
+
+/// The workspace root.
+pub(crate) fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Runs a command, failing with its description when it fails.
+pub(crate) fn run_cmd(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: {}", describe(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {}", describe(cmd)))?;
+    if !status.success() {
+        bail!("{} failed ({status})", describe(cmd));
+    }
+    Ok(())
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut text = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        text.push(' ');
+        text.push_str(&arg.to_string_lossy());
+    }
+    text
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("starting {}", describe(cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            describe(cmd),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_ok_and(|uid| uid.trim() == "0")
+}
+
+/// Installs whatever is missing.
+fn setup() -> Result<()> {
+    // The eBPF crate builds core from source with nightly.
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context(
+        "leaktrace's eBPF programs need a nightly toolchain (rustup toolchain install nightly)",
+    )?;
+    if !components.lines().any(|c| c.starts_with("rust-src")) {
+        run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    if !have("bpf-linker") && !cargo_bin("bpf-linker").is_file() {
+        install_bpf_linker()?;
+    }
+    apt_install(&[
+        ("gcc", "gcc"),
+        ("go", "golang-go"),
+        ("setpriv", "util-linux"),
+        ("tmux", "tmux"),
+    ])?;
+    Ok(())
+}
+
+fn cargo_bin(name: &str) -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+    home.join("bin").join(name)
+}
+
+/// Builds bpf-linker from crates.io against the nightly toolchain's own libLLVM: a folder whose
+/// `lib/` links to it under the names llvm-sys looks for.
+fn install_bpf_linker() -> Result<()> {
+    let version = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let llvm_major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("rustc +nightly -vV shows no LLVM version")?
+        .to_owned();
+    let sysroot = PathBuf::from(
+        output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim(),
+    );
+    let lib = std::fs::read_dir(sysroot.join("lib"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|name| name.starts_with(&format!("libLLVM.so.{llvm_major}")))
+        .with_context(|| {
+            format!(
+                "no libLLVM.so.{llvm_major}* in {}",
+                sysroot.join("lib").display()
+            )
+        })?;
+    let prefix = workspace().join("target/llvm-prefix");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    for name in ["libLLVM.so".to_owned(), lib.clone()] {
+        let link = prefix_lib.join(&name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(sysroot.join("lib").join(&lib), &link)?;
+    }
+    run_cmd(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--no-default-features",
+                "--features",
+            ])
+            .arg(format!("llvm-{llvm_major}"))
+            .env("LLVM_PREFIX", &prefix),
+    )
+}
+
+/// Installs Debian packages for the commands that are missing.
+pub(crate) fn apt_install(wanted: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing {}: install them (apt-get install {}) or run as root",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    run_cmd(Command::new("apt-get").arg("update").arg("-q"))?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(workspace());
+    cmd
+}
+
+fn build_release() -> Result<PathBuf> {
+    run_cmd(cargo().args(["build", "--release", "-p", "leaktrace"]))?;
+    Ok(workspace().join("target/release/leaktrace"))
+}
+
+/// Builds the bundled demo service.
+fn build_demo() -> Result<PathBuf> {
+    let out = workspace().join("target/demo-service");
+    run_cmd(
+        Command::new("gcc")
+            .args(["-O2", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+            .arg(&out)
+            .arg(workspace().join("xtask/demo/demo_service.c")),
+    )?;
+    Ok(out)
+}
+
+fn run(args: &[OsString]) -> Result<()> {
+    setup()?;
+    let leaktrace = build_release()?;
+    let mut args = args.to_vec();
+    if args.first().is_some_and(|a| a == "--") {
+        args.remove(0);
+    }
+    if args.is_empty() {
+        let demo = build_demo()?;
+        eprintln!("xtask: no arguments: tracing the bundled demo service for 15 seconds");
+        args = vec!["--".into(), demo.into_os_string()];
+    }
+    let mut cmd = if is_root() {
+        Command::new(&leaktrace)
+    } else {
+        let mut sudo = Command::new("sudo");
+        sudo.arg(&leaktrace);
+        sudo
+    };
+    let status = cmd.args(&args).status().context("starting leaktrace")?;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+fn clippy() -> Result<()> {
+    // The workspace without the eBPF crate: its `user` features would otherwise be unified into
+    // the eBPF build.
+    run_cmd(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--exclude",
+        "tracer-ebpf",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The eBPF crate on its own target; panic=abort because eBPF has no unwinding.
+    run_cmd(
+        cargo()
+            .args([
+                "+nightly",
+                "clippy",
+                "-p",
+                "tracer-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .env("CARGO_TARGET_DIR", workspace().join("target/ebpf-clippy")),
+    )
+}
+
+fn test(filter: Option<&str>) -> Result<()> {
+    setup()?;
+    run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    clippy()?;
+    // Unit tests (pure logic, no root needed).
+    let mut unit = cargo();
+    unit.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "tracer-ebpf",
+        "--exclude",
+        "leaktrace-tests",
+    ]);
+    if let Some(filter) = filter {
+        unit.arg(filter);
+    }
+    run_cmd(&mut unit)?;
+    // End-to-end tests: real eBPF on real processes, as root. They fail without root.
+    if !is_root() {
+        bail!("the end-to-end tests load eBPF programs: run `sudo -E cargo xtask test`");
+    }
+    let leaktrace = build_release()?;
+    let mut e2e = cargo();
+    e2e.args(["test", "--release", "-p", "leaktrace-tests"])
+        .env("LEAKTRACE_BIN", &leaktrace);
+    e2e.arg("--");
+    if let Some(filter) = filter {
+        e2e.arg(filter);
+    }
+    // Tests that measure rates or lost events run alone so they do not compete for the 2 cores.
+    e2e.args(["--test-threads", "1"]);
+    run_cmd(&mut e2e)
+}
