@@ -171,9 +171,9 @@ pub enum Counter {
     StackMapFull = 2,
     /// Stacks that filled all frames and may have been cut.
     StackTruncated = 3,
-    /// The pending-call map was full at entry: that call's event is lost.
+    /// No per-thread state could be created at entry: that call's event is lost.
     PendingFull = 4,
-    /// A pending entry was overwritten before its return (same kind nested on one thread).
+    /// A pending call was overwritten before its return (same kind nested on one thread).
     PendingClobbered = 5,
     /// A return without a recorded entry (the call began before attach).
     PendingMissing = 6,
@@ -188,43 +188,40 @@ impl Counter {
     pub const COUNT: u32 = 9;
 }
 
-/// Key of a pending call: the thread and the kind of call, so nested calls of different kinds on
-/// one thread keep separate state.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PendingKey {
-    /// Thread id.
-    pub tid: u32,
-    /// An [`AllocKind`] as u32.
-    pub kind: u32,
-}
-
-/// Arguments saved at entry until the call returns.
+/// Arguments saved at a call's entry until it returns.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Pending {
     /// First three integer arguments, as passed.
     pub args: [u64; 3],
-    /// Stack pointer at entry, used to recognise nested calls.
+    /// Stack pointer at entry.
     pub sp: u64,
+    /// 1 while the call is in progress.
+    pub active: u32,
     /// 1 when this call runs inside another traced call on the same thread.
     pub nested: u32,
-    /// Explicit padding.
-    pub _pad: u32,
 }
 
-/// The outermost traced call in progress on a thread.
+/// Number of pending-call slots per thread: one per [`AllocKind`] value (index = kind).
+pub const PENDING_SLOTS: usize = 11;
+
+/// Everything the programs keep per thread, in one map entry so each probe hit costs one lookup.
+/// Only the owning thread touches its entry (a thread runs one probe program at a time).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Outer {
-    /// Stack pointer at the outer call's entry; a deeper call has a smaller one.
-    pub sp: u64,
-    /// When the outer call began; an old one is taken as stale (its return was never seen).
-    pub started_ns: u64,
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadState {
+    /// Stack pointer at the entry of the outermost traced call in progress (0: none).
+    pub outer_sp: u64,
+    /// When that call began; an old one is taken as stale (its return was never seen).
+    pub outer_started_ns: u64,
     /// Its [`AllocKind`].
-    pub kind: u32,
+    pub outer_kind: u32,
     /// Explicit padding.
     pub _pad: u32,
+    /// Pending calls, keyed by thread (the entry) and kind (the slot).
+    pub pending: [Pending; PENDING_SLOTS],
+    /// Scratch space for capturing this thread's stack.
+    pub stack: StackTrace,
 }
 
 #[cfg(feature = "user")]
@@ -235,11 +232,9 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::StackTrace {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::PendingKey {}
-    // SAFETY: as above.
     unsafe impl aya::Pod for super::Pending {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::Outer {}
+    unsafe impl aya::Pod for super::ThreadState {}
 }
 
 #[cfg(test)]
@@ -251,9 +246,12 @@ mod tests {
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<Event>(), 5 * 8 + 4 + 1 + 1 + 2);
         assert_eq!(size_of::<StackTrace>(), 8 + MAX_FRAMES * 8);
-        assert_eq!(size_of::<PendingKey>(), 8);
         assert_eq!(size_of::<Pending>(), 3 * 8 + 8 + 8);
-        assert_eq!(size_of::<Outer>(), 24);
+        assert_eq!(
+            size_of::<ThreadState>(),
+            24 + PENDING_SLOTS * size_of::<Pending>() + size_of::<StackTrace>()
+        );
+        assert!((AllocKind::Free as usize) < PENDING_SLOTS);
     }
 
     #[test]

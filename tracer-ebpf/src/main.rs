@@ -20,8 +20,8 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_ANY, BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_AVAIL_DATA,
-        BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
+        BPF_RB_NO_WAKEUP,
     },
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns,
@@ -32,7 +32,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use tracer_common::{
-    AllocKind, Counter, Event, EventOp, MAX_FRAMES, Outer, Pending, PendingKey, StackTrace, flags,
+    AllocKind, Counter, Event, EventOp, MAX_FRAMES, PENDING_SLOTS, Pending, StackTrace,
+    ThreadState, flags,
 };
 
 /// Ring buffer size in bytes; user space overrides it at load (`set_max_entries`).
@@ -53,23 +54,16 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RINGBUF_BYTES, 0);
 #[map(name = "STACKS")]
 static STACKS: HashMap<u64, StackTrace> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
 
-/// Per-thread scratch space for stack capture. Keyed by thread, not CPU: a uprobe program can be
-/// preempted on a preemptible kernel, and another thread on the same CPU would then overwrite a
-/// per-CPU buffer halfway through.
-#[map(name = "SCRATCH")]
-static SCRATCH: LruHashMap<u32, StackTrace> = LruHashMap::with_max_entries(8192, 0);
+/// Per-thread state: pending calls by kind, the outermost call in progress, and scratch space
+/// for stack capture. Keyed by thread, not CPU: a uprobe program can be preempted on a
+/// preemptible kernel, and another thread on the same CPU would then overwrite a per-CPU buffer
+/// halfway through. LRU, so entries of threads that have exited make room for new ones.
+#[map(name = "THREADS")]
+static THREADS: LruHashMap<u32, ThreadState> = LruHashMap::with_max_entries(8192, 0);
 
-/// An all-zero stack used to create a thread's scratch entry (too large for the BPF stack).
-#[map(name = "ZERO_STACK")]
-static ZERO_STACK: PerCpuArray<StackTrace> = PerCpuArray::with_max_entries(1, 0);
-
-/// Arguments of calls in progress, by thread and kind.
-#[map(name = "PENDING")]
-static PENDING: LruHashMap<PendingKey, Pending> = LruHashMap::with_max_entries(16384, 0);
-
-/// The outermost traced call in progress on each thread.
-#[map(name = "OUTER")]
-static OUTER: LruHashMap<u32, Outer> = LruHashMap::with_max_entries(16384, 0);
+/// An all-zero state used to create a thread's entry (too large for the BPF stack).
+#[map(name = "ZERO_STATE")]
+static ZERO_STATE: PerCpuArray<ThreadState> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
@@ -95,20 +89,34 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// Whether a call at stack pointer `sp` runs inside the outer traced call recorded for `tid`.
+/// This thread's state, created (zeroed) on first use.
 #[inline(always)]
-fn inside_outer_call(tid: u32, sp: u64, now: u64) -> bool {
-    match OUTER.get_ptr(tid) {
-        Some(outer) => {
-            // SAFETY: pointer from a successful map lookup, valid for this program run.
-            let outer = unsafe { *outer };
-            // The stack grows down: a call made from inside the outer call has a smaller sp.
-            // `<=`: a tail call into another traced function (glibc's reallocarray jumps to realloc)
-            // runs at the outer call's own stack pointer.
-            sp <= outer.sp && now.wrapping_sub(outer.started_ns) < OUTER_STALE_NS
-        }
-        None => false,
+fn thread_state(tid: u32, create: bool) -> Option<*mut ThreadState> {
+    if let Some(state) = THREADS.get_ptr_mut(tid) {
+        return Some(state);
     }
+    if !create {
+        return None;
+    }
+    let zero = ZERO_STATE.get_ptr(0)?;
+    // SAFETY: pointer from a successful array lookup; the insert copies the value.
+    let zero = unsafe { &*zero };
+    if THREADS.insert(tid, zero, u64::from(BPF_NOEXIST)).is_err() {
+        // Another program of this thread cannot run concurrently, so this is a full map.
+        return None;
+    }
+    THREADS.get_ptr_mut(tid)
+}
+
+/// Whether a call at stack pointer `sp` runs inside the thread's outer traced call.
+#[inline(always)]
+fn inside_outer_call(state: &ThreadState, sp: u64, now: u64) -> bool {
+    // The stack grows down: a call made from inside the outer call has a smaller sp. `<=`: a
+    // tail call into another traced function (glibc's reallocarray jumps to realloc) runs at
+    // the outer call's own stack pointer.
+    state.outer_sp != 0
+        && sp <= state.outer_sp
+        && now.wrapping_sub(state.outer_started_ns) < OUTER_STALE_NS
 }
 
 #[uprobe]
@@ -116,42 +124,39 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
     // SAFETY: `ctx.regs` is the kernel-provided `pt_regs` for this probe hit.
     let regs = unsafe { &*ctx.regs };
     // SAFETY: a helper reading this program's attach cookie.
-    let kind = (unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }) as u32;
+    let kind = (unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }) as usize;
+    if kind >= PENDING_SLOTS {
+        return 0;
+    }
     let tid = current_tid();
+    let Some(state) = thread_state(tid, true) else {
+        count(Counter::PendingFull);
+        return 0;
+    };
+    // SAFETY: pointer from a successful map lookup; only this thread uses its entry, and a
+    // thread runs one probe program at a time.
+    let state = unsafe { &mut *state };
     let now = now_ns();
     let sp = regs.rsp;
-    let nested = inside_outer_call(tid, sp, now);
+    let nested = inside_outer_call(state, sp, now);
     if nested {
         count(Counter::Nested);
     } else {
-        let outer = Outer {
-            sp,
-            started_ns: now,
-            kind,
-            _pad: 0,
-        };
-        if OUTER.insert(tid, outer, u64::from(BPF_ANY)).is_err() {
-            count(Counter::PendingFull);
-        }
+        state.outer_sp = sp;
+        state.outer_started_ns = now;
+        state.outer_kind = kind as u32;
     }
-    let key = PendingKey { tid, kind };
-    let pending = Pending {
+    let slot = &mut state.pending[kind];
+    if slot.active != 0 {
+        // A call of the same kind is already pending on this thread: its state is replaced.
+        count(Counter::PendingClobbered);
+    }
+    *slot = Pending {
         args: [regs.rdi, regs.rsi, regs.rdx],
         sp,
+        active: 1,
         nested: u32::from(nested),
-        _pad: 0,
     };
-    if PENDING
-        .insert(key, pending, u64::from(BPF_NOEXIST))
-        .is_err()
-    {
-        // Either a call of the same kind is already pending on this thread (its state is
-        // replaced and counted) or the map could not take the entry.
-        count(Counter::PendingClobbered);
-        if PENDING.insert(key, pending, u64::from(BPF_ANY)).is_err() {
-            count(Counter::PendingFull);
-        }
-    }
     0
 }
 
@@ -244,31 +249,8 @@ fn outcome(kind: u32, args: &[u64; 3], ret: u64) -> Option<Outcome> {
 
 /// Captures the current user stack, stores it in `STACKS` if new, and returns its id and flags.
 #[inline(always)]
-fn capture_stack(ctx: &RetProbeContext, tid: u32) -> (u64, u16) {
-    let scratch = match SCRATCH.get_ptr_mut(tid) {
-        Some(ptr) => ptr,
-        None => {
-            let Some(zero) = ZERO_STACK.get_ptr(0) else {
-                count(Counter::StackFailed);
-                return (0, flags::STACK_FAILED);
-            };
-            // SAFETY: pointer from a successful array lookup; the value is copied by the insert.
-            if SCRATCH
-                .insert(tid, unsafe { &*zero }, u64::from(BPF_ANY))
-                .is_err()
-            {
-                count(Counter::StackFailed);
-                return (0, flags::STACK_FAILED);
-            }
-            match SCRATCH.get_ptr_mut(tid) {
-                Some(ptr) => ptr,
-                None => {
-                    count(Counter::StackFailed);
-                    return (0, flags::STACK_FAILED);
-                }
-            }
-        }
-    };
+fn capture_stack(ctx: &RetProbeContext, state: &mut ThreadState) -> (u64, u16) {
+    let scratch = &raw mut state.stack;
     // SAFETY: `scratch` points at this thread's map value (only this thread uses its key); the
     // helper writes at most the size we pass, which is the size of `ips`.
     let bytes = unsafe {
@@ -309,7 +291,8 @@ fn capture_stack(ctx: &RetProbeContext, tid: u32) -> (u64, u16) {
     }
     if STACKS.get_ptr(id).is_none() {
         // SAFETY: `scratch` is valid as above; the insert copies the value.
-        let inserted = STACKS.insert(id, unsafe { &*scratch }, u64::from(BPF_NOEXIST));
+        let stack = unsafe { &*scratch };
+        let inserted = STACKS.insert(id, stack, u64::from(BPF_NOEXIST));
         if let Err(err) = inserted {
             // -EEXIST: another CPU stored the same stack first, which is fine.
             if err != -17 {
@@ -343,33 +326,36 @@ fn submit(event: Event) {
 #[uretprobe]
 pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
     // SAFETY: a helper reading this program's attach cookie.
-    let kind = (unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }) as u32;
+    let kind = (unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }) as usize;
+    if kind >= PENDING_SLOTS {
+        return 0;
+    }
     let tid = current_tid();
-    let key = PendingKey { tid, kind };
-    let Some(pending) = PENDING.get_ptr(key) else {
+    let Some(state) = thread_state(tid, false) else {
         count(Counter::PendingMissing);
         return 0;
     };
-    // SAFETY: pointer from a successful map lookup, copied before the entry is removed.
-    let pending = unsafe { *pending };
-    let _ = PENDING.remove(key);
+    // SAFETY: as in `alloc_enter`.
+    let state = unsafe { &mut *state };
+    let pending = state.pending[kind];
+    if pending.active == 0 {
+        count(Counter::PendingMissing);
+        return 0;
+    }
+    state.pending[kind].active = 0;
     if pending.nested != 0 {
         return 0;
     }
-    if let Some(outer) = OUTER.get_ptr(tid) {
-        // SAFETY: pointer from a successful map lookup.
-        let outer = unsafe { *outer };
-        if outer.kind == kind && outer.sp == pending.sp {
-            let _ = OUTER.remove(tid);
-        }
+    if state.outer_kind == kind as u32 && state.outer_sp == pending.sp {
+        state.outer_sp = 0;
     }
     let ret: u64 = ctx.ret();
-    let Some(outcome) = outcome(kind, &pending.args, ret) else {
+    let Some(outcome) = outcome(kind as u32, &pending.args, ret) else {
         return 0;
     };
     let ts_ns = now_ns();
     let (stack_id, stack_flags) = if outcome.op == EventOp::Alloc {
-        capture_stack(&ctx, tid)
+        capture_stack(&ctx, state)
     } else {
         (0, 0)
     };
@@ -397,7 +383,12 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     }
     let tid = current_tid();
     let now = now_ns();
-    if inside_outer_call(tid, regs.rsp, now) {
+    let inside = match thread_state(tid, false) {
+        // SAFETY: as in `alloc_enter`; only read here.
+        Some(state) => inside_outer_call(unsafe { &*state }, regs.rsp, now),
+        None => false,
+    };
+    if inside {
         // A free made by the allocator itself (realloc(p, 0) calls free): the outer call's
         // return accounts for it.
         count(Counter::Nested);
