@@ -419,3 +419,25 @@ pub fn stacks_with<'a>(report: &'a Value, names: &[&str]) -> Vec<&'a Value> {
         .filter(|s| has_subsequence(&functions(s), names))
         .collect()
 }
+
+/// Names of loaded BPF programs that belong to leaktrace (none may remain after it exits).
+pub fn leaktrace_programs_loaded() -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool is installed by `cargo xtask test`");
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let progs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    progs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .filter(|name| ["alloc_enter", "alloc_exit", "free_enter"].contains(name))
+        .map(str::to_owned)
+        .collect()
+}

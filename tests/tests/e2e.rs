@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use leaktrace_tests::{
-    Build, Fixture, Tracer, fixture, functions, has_subsequence, num, require_root, run_leaktrace,
-    stack_from, stacks_from, stacks_with,
+    Build, Fixture, Tracer, fixture, functions, has_subsequence, leaktrace_programs_loaded, num,
+    require_root, run_leaktrace, stack_from, stacks_from, stacks_with,
 };
 use serde_json::Value;
 
@@ -324,9 +324,18 @@ mod lifecycle {
         let mut target = Fixture::start(&fixture(Build::CFramePointers));
         let tracer = Tracer::attach(target.pid, &[]);
         target.cmd("leak 3 100");
+        assert_eq!(
+            leaktrace_programs_loaded().len(),
+            3,
+            "programs should be loaded while tracing"
+        );
         let done = tracer.signal(libc::SIGTERM);
         assert!(done.status.success(), "{}", done.stderr);
         assert!(done.stderr.contains("probes detached"));
+        assert!(
+            leaktrace_programs_loaded().is_empty(),
+            "programs left loaded after exit"
+        );
         assert_stack(
             &done.report.unwrap(),
             "alloc_buffer",
@@ -372,6 +381,10 @@ mod bad_input {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
         assert!(stderr.contains("hint:"), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(
+            leaktrace_programs_loaded().is_empty(),
+            "{args:?}: programs left loaded"
+        );
     }
 
     #[test]

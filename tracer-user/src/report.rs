@@ -153,6 +153,10 @@ impl Diagnostics {
 /// One allocating call stack.
 #[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct StackReport {
+    /// The kernel's id for this stack within this run (not exported: ids are hashes of
+    /// addresses, which differ between runs).
+    #[serde(skip)]
+    pub id: u64,
     /// Bytes allocated here and still live.
     pub live_bytes: u64,
     /// Blocks allocated here and still live.
@@ -171,8 +175,9 @@ pub struct StackReport {
 
 impl StackReport {
     /// A stack's report from the heap model's figures and its symbolized frames.
-    pub fn new(stats: &StackStats, truncated: bool, frames: Vec<Frame>) -> Self {
+    pub fn new(id: u64, stats: &StackStats, truncated: bool, frames: Vec<Frame>) -> Self {
         Self {
+            id,
             live_bytes: stats.live_bytes,
             live_allocs: stats.live_allocs,
             total_allocs: stats.total_allocs,
@@ -274,6 +279,7 @@ mod tests {
 
     fn stack(live_bytes: u64, total_bytes: u64, leaf: Option<&str>, addr: u64) -> StackReport {
         StackReport {
+            id: addr,
             live_bytes,
             live_allocs: 1,
             total_allocs: 1,
@@ -358,7 +364,7 @@ mod tests {
         };
 
         // When building the report entry
-        let report = StackReport::new(&stats, true, Vec::new());
+        let report = StackReport::new(7, &stats, true, Vec::new());
 
         // Then the figures carry over
         assert_eq!(report.oldest_age_s, Some(1.5));
@@ -366,7 +372,7 @@ mod tests {
         assert_eq!((report.total_allocs, report.total_bytes), (3, 30));
         assert!(report.truncated);
         assert_eq!(
-            StackReport::new(&StackStats::default(), false, vec![]).oldest_age_s,
+            StackReport::new(1, &StackStats::default(), false, vec![]).oldest_age_s,
             None
         );
     }

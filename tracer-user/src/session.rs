@@ -461,6 +461,7 @@ impl Session {
             };
             let frames = self.symbolizer.frames(&self.modules, &ips);
             stacks.push(StackReport {
+                id,
                 live_bytes: stat.live_bytes,
                 live_allocs: stat.live_allocs,
                 total_allocs: stat.total_allocs,

@@ -336,8 +336,15 @@ fn test(filter: Option<&str>) -> Result<()> {
     }
     let leaktrace = build_release()?;
     let mut e2e = cargo();
-    e2e.args(["test", "--release", "-p", "leaktrace-tests", "--test", "e2e"])
-        .env("LEAKTRACE_BIN", &leaktrace);
+    e2e.args([
+        "test",
+        "--release",
+        "-p",
+        "leaktrace-tests",
+        "--test",
+        "e2e",
+    ])
+    .env("LEAKTRACE_BIN", &leaktrace);
     e2e.arg("--");
     if let Some(filter) = filter {
         e2e.arg(filter);

@@ -165,6 +165,7 @@ mod tests {
         twin.live_bytes = 100;
         report.stacks.push(twin);
         report.stacks.push(StackReport {
+            id: 0,
             frames: Vec::new(),
             ..report.stacks[0].clone()
         });

@@ -162,6 +162,7 @@ mod tests {
         };
         let mut stacks = vec![
             StackReport {
+                id: 0,
                 live_bytes: 0,
                 live_allocs: 0,
                 total_allocs: 500,
@@ -181,6 +182,7 @@ mod tests {
                 ],
             },
             StackReport {
+                id: 0,
                 live_bytes: 4096,
                 live_allocs: 1,
                 total_allocs: 1,
@@ -204,6 +206,7 @@ mod tests {
                 ],
             },
             StackReport {
+                id: 0,
                 live_bytes: 1_572_864,
                 live_allocs: 3,
                 total_allocs: 10,
