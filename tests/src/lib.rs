@@ -441,3 +441,20 @@ pub fn leaktrace_programs_loaded() -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// Asserts that no leaktrace program stays loaded (the kernel frees them shortly after the last
+/// descriptor closes, so this waits up to 3 s).
+pub fn assert_no_programs_left(context: &str) {
+    let start = Instant::now();
+    loop {
+        let loaded = leaktrace_programs_loaded();
+        if loaded.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{context}: programs left loaded: {loaded:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

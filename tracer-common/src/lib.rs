@@ -121,6 +121,8 @@ pub mod flags {
     pub const STACK_TRUNCATED: u16 = 2;
     /// The stack was captured but could not be stored in the stack map (full).
     pub const STACK_DROPPED: u16 = 4;
+    /// The unwinder stopped before the outermost frame (see the `Unwind*` counters for why).
+    pub const STACK_INCOMPLETE: u16 = 8;
 }
 
 /// One allocator event, as written to the ring buffer. 48 bytes, no padding.
@@ -181,11 +183,19 @@ pub enum Counter {
     Nested = 7,
     /// Events written to the ring buffer.
     Sent = 8,
+    /// Unwinding stopped at a pc outside every known executable mapping.
+    UnwindNoMapping = 9,
+    /// Unwinding stopped at a CFI rule it cannot follow.
+    UnwindUnsupported = 10,
+    /// Unwinding stopped because the target's stack could not be read.
+    UnwindReadFailed = 11,
+    /// Unwinding stopped because the stack pointer did not move up.
+    UnwindNoProgress = 12,
 }
 
 impl Counter {
     /// Number of counters, the size of the per-CPU array.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 13;
 }
 
 /// Arguments saved at a call's entry until it returns.
@@ -194,8 +204,11 @@ impl Counter {
 pub struct Pending {
     /// First three integer arguments, as passed.
     pub args: [u64; 3],
-    /// Stack pointer at entry.
+    /// Stack pointer at entry: the address of the slot holding the return address.
     pub sp: u64,
+    /// The return address at entry, before a return probe replaces it with the kernel's
+    /// trampoline (the unwinder puts it back).
+    pub ret_addr: u64,
     /// 1 while the call is in progress.
     pub active: u32,
     /// 1 when this call runs inside another traced call on the same thread.
@@ -224,8 +237,71 @@ pub struct ThreadState {
     pub stack: StackTrace,
 }
 
+/// Compact unwind rules compiled from a binary's `.eh_frame`, searched by the eBPF unwinder.
+pub mod unwind {
+    /// No CFI covers this address: fall back to frame pointers.
+    pub const CFA_NONE: u8 = 0;
+    /// CFA = rsp + `cfa_offset`.
+    pub const CFA_RSP: u8 = 1;
+    /// CFA = rbp + `cfa_offset`.
+    pub const CFA_RBP: u8 = 2;
+    /// A `.plt` stub: CFA = rsp + 8, plus 8 when `(rip & 15) >= 11`.
+    pub const CFA_PLT: u8 = 3;
+    /// The outermost frame (return address undefined): the stack is complete.
+    pub const CFA_END: u8 = 4;
+    /// A signal trampoline: the interrupted registers are in a `ucontext` at rsp.
+    pub const CFA_SIGNAL: u8 = 5;
+    /// A rule the unwinder cannot follow: the stack stops here, flagged.
+    pub const CFA_UNSUPPORTED: u8 = 6;
+    /// rbp is unchanged in this frame.
+    pub const RBP_SAME: u8 = 0;
+    /// The caller's rbp is saved at CFA + `rbp_offset`.
+    pub const RBP_AT_CFA: u8 = 1;
+    /// rbp's rule cannot be followed: the caller's rbp is unknown.
+    pub const RBP_UNSUPPORTED: u8 = 2;
+
+    /// One row: the rules that apply from `pc` up to the next row's `pc`. 12 bytes.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct UnwindRow {
+        /// ELF virtual address (in the binary's own address space) where the row starts.
+        pub pc: u32,
+        /// Offset added to the CFA base register.
+        pub cfa_offset: i32,
+        /// Where the caller's rbp is saved, relative to the CFA (for `RBP_AT_CFA`).
+        pub rbp_offset: i16,
+        /// One of the `CFA_*` constants.
+        pub cfa_type: u8,
+        /// One of the `RBP_*` constants.
+        pub rbp_type: u8,
+    }
+
+    /// One executable mapping of the target, with the location of its binary's rows.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct ExecMapping {
+        /// First address of the mapping.
+        pub start: u64,
+        /// One past its last address.
+        pub end: u64,
+        /// Runtime address minus ELF virtual address for this binary.
+        pub bias: u64,
+        /// Index of the binary's first row in the rows array.
+        pub rows_start: u32,
+        /// Number of rows (0: no CFI, unwind with frame pointers).
+        pub rows_len: u32,
+    }
+
+    /// Most executable mappings the unwinder knows at once.
+    pub const MAX_MAPPINGS: u32 = 256;
+}
+
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: plain integers, no padding (size tests below).
+    unsafe impl aya::Pod for super::unwind::UnwindRow {}
+    // SAFETY: plain integers, no padding (size tests below).
+    unsafe impl aya::Pod for super::unwind::ExecMapping {}
     // SAFETY: all of these are `#[repr(C)]`, `Copy`, made of integers only and have no implicit
     // padding (checked by the size tests below), so any byte pattern is a valid value.
     unsafe impl aya::Pod for super::Event {}
@@ -246,12 +322,18 @@ mod tests {
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<Event>(), 5 * 8 + 4 + 1 + 1 + 2);
         assert_eq!(size_of::<StackTrace>(), 8 + MAX_FRAMES * 8);
-        assert_eq!(size_of::<Pending>(), 3 * 8 + 8 + 8);
+        assert_eq!(size_of::<Pending>(), 3 * 8 + 8 + 8 + 8);
         assert_eq!(
             size_of::<ThreadState>(),
             24 + PENDING_SLOTS * size_of::<Pending>() + size_of::<StackTrace>()
         );
         assert!((AllocKind::Free as usize) < PENDING_SLOTS);
+    }
+
+    #[test]
+    fn unwind_layouts_have_no_padding() {
+        assert_eq!(size_of::<unwind::UnwindRow>(), 12);
+        assert_eq!(size_of::<unwind::ExecMapping>(), 32);
     }
 
     #[test]

@@ -17,6 +17,8 @@
 #![no_std]
 #![no_main]
 
+mod unwind;
+
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
@@ -46,6 +48,18 @@ const OUTER_STALE_NS: u64 = 1_000_000_000;
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 4 << 20;
 
+/// How stacks are captured: 0 = the kernel's frame-pointer walk, 1 = `.eh_frame` tables with
+/// frame pointers where a binary has no tables (auto), 2 = tables only. Set before load.
+#[unsafe(no_mangle)]
+static UNWIND_MODE: u32 = 0;
+
+#[inline(always)]
+fn unwind_mode() -> u32 {
+    // SAFETY: reading a global that user space sets before load; volatile so the compiler does
+    // not fold the default value in.
+    unsafe { core::ptr::read_volatile(&raw const UNWIND_MODE) }
+}
+
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RINGBUF_BYTES, 0);
 
@@ -69,7 +83,7 @@ static ZERO_STATE: PerCpuArray<ThreadState> = PerCpuArray::with_max_entries(1, 0
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
 #[inline(always)]
-fn count(counter: Counter) {
+pub(crate) fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: the pointer comes from a successful per-CPU array lookup, so it points at this
         // CPU's u64 slot; uprobe programs run with migration disabled, so no other CPU touches it.
@@ -151,9 +165,18 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
         // A call of the same kind is already pending on this thread: its state is replaced.
         count(Counter::PendingClobbered);
     }
+    // The unwinder needs the real return address of calls still in progress: a return probe
+    // swaps it for the kernel's trampoline right after this program runs.
+    let ret_addr = if unwind_mode() != 0 {
+        // SAFETY: the helper reads target memory and fails instead of faulting.
+        unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0)
+    } else {
+        0
+    };
     *slot = Pending {
         args: [regs.rdi, regs.rsi, regs.rdx],
         sp,
+        ret_addr,
         active: 1,
         nested: u32::from(nested),
     };
@@ -247,16 +270,23 @@ fn outcome(kind: u32, args: &[u64; 3], ret: u64) -> Option<Outcome> {
     }
 }
 
-/// Captures the current user stack, stores it in `STACKS` if new, and returns its id and flags.
+/// Captures the current user stack into the thread's scratch space, stores it in `STACKS` if
+/// new, and returns its id and flags.
 #[inline(always)]
 fn capture_stack(ctx: &RetProbeContext, state: &mut ThreadState) -> (u64, u16) {
-    let scratch = &raw mut state.stack;
-    // SAFETY: `scratch` points at this thread's map value (only this thread uses its key); the
-    // helper writes at most the size we pass, which is the size of `ips`.
+    let mode = unwind_mode();
+    if mode != 0 {
+        // SAFETY: `ctx.regs` is the kernel-provided `pt_regs` for this probe hit.
+        let regs = unsafe { &*ctx.regs };
+        let (len, stack_flags) = unwind::unwind(state, regs.rip, regs.rsp, regs.rbp, mode == 1);
+        return store_stack(state, len, stack_flags);
+    }
+    // SAFETY: the helper writes at most the size we pass, which is the size of `ips`, into this
+    // thread's own map value.
     let bytes = unsafe {
         bpf_get_stack(
             ctx.as_ptr(),
-            (*scratch).ips.as_mut_ptr().cast(),
+            state.stack.ips.as_mut_ptr().cast(),
             (MAX_FRAMES * 8) as u32,
             u64::from(BPF_F_USER_STACK),
         )
@@ -271,27 +301,28 @@ fn capture_stack(ctx: &RetProbeContext, state: &mut ThreadState) -> (u64, u16) {
         stack_flags |= flags::STACK_TRUNCATED;
         count(Counter::StackTruncated);
     }
-    // FNV-1a over the frames, with the length and truncation folded in so a cut stack never
-    // aliases a complete one.
+    store_stack(state, len, stack_flags)
+}
+
+/// Deduplicates the first `len` frames of the thread's scratch stack into `STACKS`.
+#[inline(always)]
+fn store_stack(state: &mut ThreadState, len: u32, stack_flags: u16) -> (u64, u16) {
+    // FNV-1a over the frames, with the length and flags folded in so a cut or incomplete stack
+    // never aliases a complete one.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(len) ^ (u64::from(stack_flags) << 40);
     for i in 0..MAX_FRAMES {
         if i as u32 >= len {
             break;
         }
-        // SAFETY: `i < MAX_FRAMES`, within `ips`; `scratch` is valid as above.
-        let ip = unsafe { (*scratch).ips[i] };
-        hash = (hash ^ ip).wrapping_mul(0x0000_0100_0000_01b3);
+        hash = (hash ^ state.stack.ips[i]).wrapping_mul(0x0000_0100_0000_01b3);
     }
     // Id 0 means "no stack".
     let id = hash | 1;
-    // SAFETY: `scratch` is valid as above.
-    unsafe {
-        (*scratch).len = len;
-        (*scratch).flags = u32::from(stack_flags);
-    }
+    state.stack.len = len;
+    state.stack.flags = u32::from(stack_flags);
     if STACKS.get_ptr(id).is_none() {
-        // SAFETY: `scratch` is valid as above; the insert copies the value.
-        let stack = unsafe { &*scratch };
+        // By reference: a 1 KiB value does not fit on the 512-byte BPF stack.
+        let stack: &StackTrace = &state.stack;
         let inserted = STACKS.insert(id, stack, u64::from(BPF_NOEXIST));
         if let Err(err) = inserted {
             // -EEXIST: another CPU stored the same stack first, which is fine.

@@ -259,20 +259,28 @@ pub fn mapped_objects(maps: &[Mapping]) -> Vec<String> {
 /// (`ld.so --list`, as `ldd` does; it loads but does not run the program).
 pub fn find_for_executable(exe: &Path) -> Result<Allocator, AllocatorError> {
     let exe_str = exe.to_string_lossy().into_owned();
-    let mut objects = Vec::new();
-    if let Some(interp) = interpreter_of(exe)? {
-        let output = Command::new(&interp)
-            .arg("--list")
-            .arg(exe)
-            .output()
-            .map_err(|source| AllocatorError::Read {
-                path: interp.display().to_string(),
-                source,
-            })?;
-        objects = parse_ld_list(&String::from_utf8_lossy(&output.stdout));
-    }
+    let objects = libraries_of(exe)?;
     let candidates = lookup_order(&exe_str, &objects);
     first_allocator(&candidates, |p| PathBuf::from(p), &exe_str, exe)
+}
+
+/// The shared objects a program will load, in load order, with its interpreter last: what
+/// `ld.so --list` (as `ldd` does) prints. Empty for a statically linked program.
+pub fn libraries_of(exe: &Path) -> Result<Vec<String>, AllocatorError> {
+    let Some(interp) = interpreter_of(exe)? else {
+        return Ok(Vec::new());
+    };
+    let output = Command::new(&interp)
+        .arg("--list")
+        .arg(exe)
+        .output()
+        .map_err(|source| AllocatorError::Read {
+            path: interp.display().to_string(),
+            source,
+        })?;
+    let mut objects = parse_ld_list(&String::from_utf8_lossy(&output.stdout));
+    objects.push(interp.to_string_lossy().into_owned());
+    Ok(objects)
 }
 
 /// The program interpreter (`PT_INTERP`) of an ELF executable, if dynamically linked.

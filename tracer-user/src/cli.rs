@@ -3,7 +3,7 @@ use std::{ffi::OsString, path::PathBuf};
 
 use clap::Parser;
 
-use crate::export::Format;
+use crate::{export::Format, probes::UnwindMode};
 
 /// Attach to a running process (or start one) and report its outstanding heap by call stack.
 ///
@@ -47,6 +47,11 @@ pub struct Cli {
     /// Print status lines and a final report instead of the live view, even in a terminal.
     #[arg(long)]
     pub no_tui: bool,
+
+    /// How to unwind user stacks: auto (.eh_frame tables where a binary has them, frame
+    /// pointers elsewhere), dwarf (tables only) or fp (frame pointers only).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = UnwindMode::Auto)]
+    pub unwind: UnwindMode,
 
     /// Kernel ring buffer size in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = 32, value_parser = ringbuf_mib)]

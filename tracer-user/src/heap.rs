@@ -214,10 +214,15 @@ impl HeapModel {
     /// Applies, in timestamp order (ties in arrival order), every buffered event whose timestamp
     /// is at most the newest timestamp seen minus the reorder window.
     pub fn advance(&mut self) {
-        let Some(horizon) = self
-            .newest_ts_ns
-            .and_then(|n| n.checked_sub(self.config.reorder_window_ns))
-        else {
+        self.advance_until(0);
+    }
+
+    /// Like [`Self::advance`], but also applies events older than `now_ns` (same clock as the
+    /// events) minus the window: once that much time has passed no earlier event can still be
+    /// on its way, so a quiet target's last events do not wait for newer ones.
+    pub fn advance_until(&mut self, now_ns: u64) {
+        let newest = self.newest_ts_ns.unwrap_or(0).max(now_ns);
+        let Some(horizon) = newest.checked_sub(self.config.reorder_window_ns) else {
             return;
         };
         while self
@@ -907,6 +912,29 @@ mod tests {
 
         // Then: 30 live; 10 live with 109 total; two with 10/10 by key; then 0 live
         assert_eq!(keys, [4, 3, 2, 5, 1]);
+    }
+
+    #[test]
+    fn the_clock_releases_events_no_newer_event_follows() {
+        // Given one allocation and nothing after it
+        let mut heap = HeapModel::new(HeapConfig::default());
+        heap.push(HeapEvent {
+            ts_ns: 1_000 * MS,
+            op: Op::Alloc,
+            addr: 0x10,
+            old_addr: 0,
+            size: 8,
+            stack: 1,
+            tid: 1,
+            kind: AllocKind::Malloc,
+        });
+        // When the window has not passed yet, then it waits
+        heap.advance_until(1_000 * MS + DEFAULT_REORDER_WINDOW_NS - 1);
+        assert_eq!(heap.totals().live_allocs, 0);
+        // When it has, then it is applied
+        heap.advance_until(1_000 * MS + DEFAULT_REORDER_WINDOW_NS);
+        assert_eq!(heap.totals().live_allocs, 1);
+        assert_eq!(heap.pending_events(), 0);
     }
 
     #[test]

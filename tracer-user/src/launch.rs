@@ -4,6 +4,11 @@
 //! leaktrace forks; the child waits on a pipe before `exec`. The parent attaches the probes
 //! (scoped to the child's pid, which `exec` keeps), then releases the child. If leaktrace dies
 //! before releasing it, the child sees the pipe close and exits without running the command.
+//!
+//! The released child runs under `ptrace` only until the dynamic loader has mapped what leaktrace
+//! needs to know about (the allocator's library): the parent steps it from system call to system
+//! call, checks its mappings, then detaches. So the unwinder and the symbolizer know every
+//! module before the first allocation is made.
 use std::{
     ffi::{CString, OsStr, OsString},
     os::{
@@ -40,6 +45,8 @@ pub struct Launched {
     pub pid: u32,
     /// The executable it will run.
     pub exe: PathBuf,
+    /// Where its stdout and stderr go, when redirected.
+    pub output: Option<PathBuf>,
     go: Option<OwnedFd>,
     exec_error: OwnedFd,
 }
@@ -81,8 +88,15 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Forks a child that will run `command` once [`Launched::release`] is called.
-pub fn spawn_held(command: &[OsString]) -> Result<Launched, LaunchError> {
+/// Forks a child that will run `command` once [`Launched::release`] is called. With `output`,
+/// the command's stdout and stderr go to that file (so they do not draw over the live view).
+pub fn spawn_held(command: &[OsString], output: Option<&Path>) -> Result<Launched, LaunchError> {
+    let c_output = output
+        .map(|path| {
+            CString::new(path.as_os_str().as_bytes())
+                .map_err(|_| LaunchError::Nul(path.as_os_str().to_owned()))
+        })
+        .transpose()?;
     let program = command
         .first()
         .ok_or_else(|| LaunchError::NotFound(String::new()))?;
@@ -115,6 +129,25 @@ pub fn spawn_held(command: &[OsString]) -> Result<Launched, LaunchError> {
             let mut byte = 0u8;
             let n = libc::read(go_read.as_raw_fd(), (&raw mut byte).cast(), 1);
             if n == 1 {
+                if let Some(path) = &c_output {
+                    let fd = libc::open(
+                        path.as_ptr(),
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+                        0o644,
+                    );
+                    if fd >= 0 {
+                        libc::dup2(fd, 1);
+                        libc::dup2(fd, 2);
+                        libc::close(fd);
+                    }
+                }
+                // Stop at exec (SIGTRAP) for the parent; see the module docs.
+                libc::ptrace(
+                    libc::PTRACE_TRACEME,
+                    0,
+                    std::ptr::null_mut::<libc::c_void>(),
+                    std::ptr::null_mut::<libc::c_void>(),
+                );
                 libc::execv(c_exe.as_ptr(), argv.as_ptr());
                 let errno = *libc::__errno_location();
                 libc::write(err_write.as_raw_fd(), (&raw const errno).cast(), 4);
@@ -127,14 +160,18 @@ pub fn spawn_held(command: &[OsString]) -> Result<Launched, LaunchError> {
     Ok(Launched {
         pid: u32::try_from(pid).unwrap_or_default(),
         exe,
+        output: output.map(Path::to_path_buf),
         go: Some(go_write),
         exec_error: err_read,
     })
 }
 
 impl Launched {
-    /// Lets the child `exec` its command and waits until it has (or has failed to).
-    pub fn release(&mut self) -> Result<(), LaunchError> {
+    /// Lets the child `exec` its command, then runs it system call by system call until `ready`
+    /// says its mappings are complete enough (or it exits), and lets it run freely.
+    pub fn release(&mut self, mut ready: impl FnMut() -> bool) -> Result<(), LaunchError> {
+        /// Most system calls to step through before letting the child go regardless.
+        const MAX_STOPS: usize = 20_000;
         let Some(go) = self.go.take() else {
             return Ok(());
         };
@@ -152,12 +189,54 @@ impl Launched {
         // SAFETY: reads at most 4 bytes into a 4-byte buffer; EOF means exec succeeded (the
         // descriptor is close-on-exec).
         let n = unsafe { libc::read(self.exec_error.as_raw_fd(), (&raw mut errno).cast(), 4) };
+        let pid = self.pid as libc::pid_t;
+        let mut status = 0;
         if n == 4 {
+            // SAFETY: reaps our own child, which exits after a failed exec.
+            unsafe { libc::waitpid(pid, &raw mut status, 0) };
             return Err(LaunchError::Os {
                 what: "exec",
                 source: std::io::Error::from_raw_os_error(errno),
             });
         }
+        let null = std::ptr::null_mut::<libc::c_void>();
+        let mut signal = 0;
+        for _ in 0..MAX_STOPS {
+            // SAFETY: waits for our own traced child.
+            if unsafe { libc::waitpid(pid, &raw mut status, 0) } != pid || !libc::WIFSTOPPED(status)
+            {
+                // It exited (or cannot be waited for): nothing left to hold.
+                return Ok(());
+            }
+            // Pass on any signal other than our own traps.
+            let stop = libc::WSTOPSIG(status);
+            signal = if stop == libc::SIGTRAP || stop == (libc::SIGTRAP | 0x80) {
+                0
+            } else {
+                stop
+            };
+            if ready() {
+                break;
+            }
+            // SAFETY: resumes our stopped tracee until its next system call entry or exit.
+            unsafe {
+                libc::ptrace(
+                    libc::PTRACE_SYSCALL,
+                    pid,
+                    null,
+                    signal as usize as *mut libc::c_void,
+                )
+            };
+        }
+        // SAFETY: detaches from our stopped tracee, delivering the pending signal, if any.
+        unsafe {
+            libc::ptrace(
+                libc::PTRACE_DETACH,
+                pid,
+                null,
+                signal as usize as *mut libc::c_void,
+            )
+        };
         Ok(())
     }
 }
@@ -195,10 +274,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let marker = dir.path().join("ran");
         let script = format!("touch {}", marker.display());
-        let mut child = spawn_held(&["sh".into(), "-c".into(), script.into()]).expect("spawn");
+        let mut child =
+            spawn_held(&["sh".into(), "-c".into(), script.into()], None).expect("spawn");
         std::thread::sleep(std::time::Duration::from_millis(100));
         assert!(!marker.exists(), "the command ran before release");
-        child.release().expect("release");
+        child.release(|| true).expect("release");
         let mut status = 0;
         // SAFETY: waits for our own child.
         unsafe { libc::waitpid(child.pid as libc::pid_t, &raw mut status, 0) };
@@ -210,7 +290,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let marker = dir.path().join("ran");
         let script = format!("touch {}", marker.display());
-        let child = spawn_held(&["sh".into(), "-c".into(), script.into()]).expect("spawn");
+        let child = spawn_held(&["sh".into(), "-c".into(), script.into()], None).expect("spawn");
         drop(child);
         assert!(!marker.exists());
     }

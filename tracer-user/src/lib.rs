@@ -18,3 +18,6 @@ pub mod report;
 pub mod session;
 pub mod snapshot;
 pub mod symbolize;
+pub mod tui;
+pub mod unwind;
+pub mod unwind_tables;

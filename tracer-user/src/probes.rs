@@ -1,19 +1,26 @@
 //! Loading leaktrace's eBPF programs and attaching them to the target's allocator.
 //!
-//! Return probes are attached before entry probes and detached after them, so no call ever has
-//! its entry recorded without its return being caught. Dropping [`Probes`] detaches everything
-//! (also while unwinding from a panic); the kernel removes the breakpoints from the target.
+//! Attach order: `free`, then the allocation return probes, then the allocation entry probes;
+//! detach order: the reverse. So every allocation recorded has its return caught and its free
+//! seen, and no block looks leaked only because a probe was missing. Dropping [`Probes`] detaches
+//! everything (also while unwinding from a panic); the kernel removes the breakpoints from the
+//! target.
 use std::num::NonZeroU32;
+
+use std::os::fd::{AsFd as _, BorrowedFd};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::{
         UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
     },
 };
-use tracer_common::{Counter, StackTrace, names};
+use tracer_common::{
+    Counter, StackTrace, names,
+    unwind::{ExecMapping, MAX_MAPPINGS},
+};
 
 use crate::allocator::Allocator;
 
@@ -52,17 +59,54 @@ pub enum ProbeError {
     },
 }
 
+/// How the kernel side captures user stacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnwindMode {
+    /// `.eh_frame` tables where a binary has them, frame pointers elsewhere.
+    Auto,
+    /// `.eh_frame` tables only: a frame without tables ends the stack (flagged).
+    Dwarf,
+    /// The kernel's frame-pointer walk only.
+    Fp,
+}
+
+impl UnwindMode {
+    /// The value of the eBPF global `UNWIND_MODE`.
+    fn kernel_value(self) -> u32 {
+        match self {
+            Self::Fp => 0,
+            Self::Auto => 1,
+            Self::Dwarf => 2,
+        }
+    }
+
+    /// The name shown to users and in exports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Dwarf => "dwarf",
+            Self::Fp => "fp",
+        }
+    }
+}
+
 /// Sizes and thresholds of the kernel side.
 #[derive(Clone, Copy, Debug)]
 pub struct ProbeConfig {
     /// Ring buffer size in bytes (a power of two, at least a page).
     pub ringbuf_bytes: u32,
+    /// How stacks are captured.
+    pub unwind: UnwindMode,
+    /// Capacity of the unwind rows array (ignored in frame-pointer mode).
+    pub unwind_rows: u32,
 }
 
 impl Default for ProbeConfig {
     fn default() -> Self {
         Self {
             ringbuf_bytes: 32 << 20,
+            unwind: UnwindMode::Auto,
+            unwind_rows: 1 << 20,
         }
     }
 }
@@ -88,6 +132,25 @@ pub struct Counters {
     pub nested_calls: u64,
     /// Events written to the ring buffer.
     pub sent: u64,
+    /// Unwinding stopped at a pc in no known mapping.
+    pub unwind_no_mapping: u64,
+    /// Unwinding stopped at a rule it cannot follow.
+    pub unwind_unsupported: u64,
+    /// Unwinding stopped because the stack could not be read.
+    pub unwind_read_failed: u64,
+    /// Unwinding stopped because the stack pointer did not move up.
+    pub unwind_no_progress: u64,
+}
+
+/// A stack as the kernel stored it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelStack {
+    /// Return addresses, innermost first (the allocator's caller first).
+    pub ips: Vec<u64>,
+    /// Cut at the frame limit.
+    pub truncated: bool,
+    /// The unwinder stopped before the outermost frame.
+    pub incomplete: bool,
 }
 
 /// The loaded programs, their links and the maps user space reads.
@@ -95,9 +158,16 @@ pub struct Probes {
     ebpf: Ebpf,
     entry_links: Vec<UProbeLink>,
     return_links: Vec<UProbeLink>,
+    free_links: Vec<UProbeLink>,
     stacks: HashMap<MapData, u64, StackTrace>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
+    unwind_rows: MapData,
+    unwind_rows_capacity: u32,
+    mappings: Array<MapData, ExecMapping>,
+    mapping_count: Array<MapData, u32>,
+    /// The `MAPPINGS` bank the unwinder reads (0 or 1).
+    mapping_bank: u32,
 }
 
 impl std::fmt::Debug for Probes {
@@ -124,9 +194,17 @@ impl Probes {
             return Err(ProbeError::NoObject);
         }
         let wakeup_bytes = u64::from(config.ringbuf_bytes / 4);
+        let unwind_mode = config.unwind.kernel_value();
+        let unwind_rows_capacity = if config.unwind == UnwindMode::Fp {
+            1
+        } else {
+            config.unwind_rows.max(1)
+        };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS, config.ringbuf_bytes)
+            .map_max_entries("UNWIND_ROWS", unwind_rows_capacity)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
+            .override_global("UNWIND_MODE", &unwind_mode, true)
             .load(OBJECT)?;
         for name in [names::ALLOC_ENTER, names::ALLOC_EXIT, names::FREE_ENTER] {
             program(&mut ebpf, name)?
@@ -158,13 +236,34 @@ impl Probes {
                 source,
             }
         })?;
+        let Map::Array(unwind_rows) = take(&mut ebpf, "UNWIND_ROWS")? else {
+            return Err(ProbeError::Missing("UNWIND_ROWS"));
+        };
+        let mappings =
+            Array::try_from(take(&mut ebpf, "MAPPINGS")?).map_err(|source| ProbeError::Map {
+                name: "MAPPINGS",
+                source,
+            })?;
+        let mapping_count =
+            Array::try_from(take(&mut ebpf, "MAPPING_COUNT")?).map_err(|source| {
+                ProbeError::Map {
+                    name: "MAPPING_COUNT",
+                    source,
+                }
+            })?;
         Ok(Self {
             ebpf,
             entry_links: Vec::new(),
             return_links: Vec::new(),
+            free_links: Vec::new(),
             stacks,
             counters,
             events: Some(events),
+            unwind_rows,
+            unwind_rows_capacity,
+            mappings,
+            mapping_count,
+            mapping_bank: 0,
         })
     }
 
@@ -186,8 +285,8 @@ impl Probes {
             cookie: Some(cookie),
         };
         let attach_err = |what: String| move |source| ProbeError::Program { what, source };
-        // Returns first: see the module docs.
-        for stage in [names::ALLOC_EXIT, names::ALLOC_ENTER, names::FREE_ENTER] {
+        // Frees first, then returns, then entries: see the module docs.
+        for stage in [names::FREE_ENTER, names::ALLOC_EXIT, names::ALLOC_ENTER] {
             let prog = program(&mut self.ebpf, stage)?;
             for probe in &allocator.points {
                 let is_free = probe.kind == tracer_common::AllocKind::Free;
@@ -203,25 +302,37 @@ impl Probes {
                     .attach(point(probe.file_offset, probe.kind as u64), path, scope)
                     .map_err(attach_err(what.clone()))?;
                 let link = prog.take_link(id).map_err(attach_err(what))?;
-                if stage == names::ALLOC_EXIT {
-                    self.return_links.push(link);
-                } else {
-                    self.entry_links.push(link);
+                match stage {
+                    names::ALLOC_EXIT => self.return_links.push(link),
+                    names::FREE_ENTER => self.free_links.push(link),
+                    _ => self.entry_links.push(link),
                 }
             }
         }
         Ok(())
     }
 
-    /// Detaches every probe: entries first, then returns. The target runs on unprobed.
+    /// Detaches every probe: allocation entries, then returns, then frees, each group in
+    /// parallel (the kernel waits for in-flight probe handlers on every removal). The target
+    /// runs on unprobed.
     pub fn detach(&mut self) {
-        self.entry_links.clear();
-        self.return_links.clear();
+        for links in [
+            &mut self.entry_links,
+            &mut self.return_links,
+            &mut self.free_links,
+        ] {
+            let links = std::mem::take(links);
+            std::thread::scope(|scope| {
+                for link in links {
+                    scope.spawn(move || drop(link));
+                }
+            });
+        }
     }
 
     /// Number of attached probes.
     pub fn attached(&self) -> usize {
-        self.entry_links.len() + self.return_links.len()
+        self.entry_links.len() + self.return_links.len() + self.free_links.len()
     }
 
     /// Takes the event ring buffer (once) for the consumer.
@@ -229,12 +340,45 @@ impl Probes {
         self.events.take()
     }
 
-    /// The frames of stack `id`, innermost first, and whether it was truncated.
-    pub fn stack(&self, id: u64) -> Option<(Vec<u64>, bool)> {
+    /// The frames of stack `id`, innermost first, and its flags.
+    pub fn stack(&self, id: u64) -> Option<KernelStack> {
         let trace = self.stacks.get(&id, 0).ok()?;
         let len = (trace.len as usize).min(trace.ips.len());
-        let truncated = trace.flags & u32::from(tracer_common::flags::STACK_TRUNCATED) != 0;
-        Some((trace.ips[..len].to_vec(), truncated))
+        let has = |flag: u16| trace.flags & u32::from(flag) != 0;
+        Some(KernelStack {
+            ips: trace.ips[..len].to_vec(),
+            truncated: has(tracer_common::flags::STACK_TRUNCATED),
+            incomplete: has(tracer_common::flags::STACK_INCOMPLETE),
+        })
+    }
+
+    /// The unwind rows array's descriptor and capacity, for loading tables.
+    pub fn unwind_rows(&self) -> (BorrowedFd<'_>, u32) {
+        (self.unwind_rows.fd().as_fd(), self.unwind_rows_capacity)
+    }
+
+    /// Publishes the target's executable mappings to the unwinder (sorted by start): writes the
+    /// bank not in use, then switches to it, so the unwinder never reads a half-written list.
+    pub fn set_mappings(&mut self, mappings: &[ExecMapping]) -> Result<(), ProbeError> {
+        let n = mappings.len().min(MAX_MAPPINGS as usize);
+        let bank = 1 - self.mapping_bank;
+        let base = bank * MAX_MAPPINGS;
+        for (i, mapping) in mappings.iter().take(n).enumerate() {
+            self.mappings
+                .set(base + i as u32, mapping, 0)
+                .map_err(|source| ProbeError::Map {
+                    name: "MAPPINGS",
+                    source,
+                })?;
+        }
+        self.mapping_count
+            .set(0, (bank << 16) | n as u32, 0)
+            .map_err(|source| ProbeError::Map {
+                name: "MAPPING_COUNT",
+                source,
+            })?;
+        self.mapping_bank = bank;
+        Ok(())
     }
 
     /// Current counter values, summed over CPUs.
@@ -255,6 +399,10 @@ impl Probes {
             pending_missing: read(Counter::PendingMissing),
             nested_calls: read(Counter::Nested),
             sent: read(Counter::Sent),
+            unwind_no_mapping: read(Counter::UnwindNoMapping),
+            unwind_unsupported: read(Counter::UnwindUnsupported),
+            unwind_read_failed: read(Counter::UnwindReadFailed),
+            unwind_no_progress: read(Counter::UnwindNoProgress),
         }
     }
 }

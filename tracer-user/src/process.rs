@@ -144,9 +144,22 @@ impl Process {
         Ok(Self { pid, command })
     }
 
-    /// The process's current memory mappings.
+    /// The process's current memory mappings. `/proc/PID/maps` is read in pieces and can skip or
+    /// repeat lines while the process maps memory (new threads, say), so it is read until two
+    /// reads agree on the executable mappings, which are what leaktrace relies on.
     pub fn maps(&self) -> Result<Vec<Mapping>, ProcessError> {
-        read_proc(self.pid, "maps").map(|text| parse_maps(&text))
+        let exec = |maps: &[Mapping]| -> Vec<Mapping> {
+            maps.iter().filter(|m| m.is_exec()).cloned().collect()
+        };
+        let mut previous = parse_maps(&read_proc(self.pid, "maps")?);
+        for _ in 0..5 {
+            let current = parse_maps(&read_proc(self.pid, "maps")?);
+            if exec(&current) == exec(&previous) {
+                return Ok(current);
+            }
+            previous = current;
+        }
+        Ok(previous)
     }
 
     /// Resident set size in bytes, when the process still exists.

@@ -99,7 +99,19 @@ pub struct Diagnostics {
     pub replaced_live: u64,
     /// Allocations not tracked because the live table was full.
     pub dropped_over_limit: u64,
-    /// Estimated heap bytes used by the tracer's heap model.
+    /// Events that arrived after newer ones had been applied (later than the reorder window).
+    pub late_events: u64,
+    /// Stacks cut short because the unwinder met a pc in no known mapping.
+    pub unwind_no_mapping: u64,
+    /// Stacks cut short at a CFI rule the unwinder cannot follow.
+    pub unwind_unsupported: u64,
+    /// Stacks cut short because the target's stack could not be read.
+    pub unwind_read_failed: u64,
+    /// Stacks cut short because the stack pointer did not move up.
+    pub unwind_no_progress: u64,
+    /// Kernel memory taken by the unwind tables.
+    pub unwind_table_bytes: u64,
+    /// leaktrace's own resident memory.
     pub tracer_memory_bytes: u64,
 }
 
@@ -123,6 +135,12 @@ impl Diagnostics {
             nested_calls: k(Counter::Nested),
             replaced_live: heap.replaced_live,
             dropped_over_limit: heap.dropped_over_limit,
+            late_events: heap.late_events,
+            unwind_no_mapping: k(Counter::UnwindNoMapping),
+            unwind_unsupported: k(Counter::UnwindUnsupported),
+            unwind_read_failed: k(Counter::UnwindReadFailed),
+            unwind_no_progress: k(Counter::UnwindNoProgress),
+            unwind_table_bytes: 0,
             tracer_memory_bytes: u64::try_from(tracer_memory_bytes).unwrap_or(u64::MAX),
         }
     }
@@ -133,7 +151,7 @@ impl Diagnostics {
     }
 
     /// Every counter with its JSON name, in declaration order.
-    pub fn fields(&self) -> [(&'static str, u64); 11] {
+    pub fn fields(&self) -> [(&'static str, u64); 17] {
         [
             ("ringbuf_full", self.ringbuf_full),
             ("stack_failed", self.stack_failed),
@@ -145,6 +163,12 @@ impl Diagnostics {
             ("nested_calls", self.nested_calls),
             ("replaced_live", self.replaced_live),
             ("dropped_over_limit", self.dropped_over_limit),
+            ("late_events", self.late_events),
+            ("unwind_no_mapping", self.unwind_no_mapping),
+            ("unwind_unsupported", self.unwind_unsupported),
+            ("unwind_read_failed", self.unwind_read_failed),
+            ("unwind_no_progress", self.unwind_no_progress),
+            ("unwind_table_bytes", self.unwind_table_bytes),
             ("tracer_memory_bytes", self.tracer_memory_bytes),
         ]
     }
@@ -169,13 +193,21 @@ pub struct StackReport {
     pub oldest_age_s: Option<f64>,
     /// The stack filled every frame slot and may continue beyond `frames`.
     pub truncated: bool,
+    /// The unwinder stopped before the outermost frame (counted by reason in diagnostics).
+    pub incomplete: bool,
     /// Frames, innermost first: index 0 is the allocator's caller.
     pub frames: Vec<Frame>,
 }
 
 impl StackReport {
     /// A stack's report from the heap model's figures and its symbolized frames.
-    pub fn new(id: u64, stats: &StackStats, truncated: bool, frames: Vec<Frame>) -> Self {
+    pub fn new(
+        id: u64,
+        stats: &StackStats,
+        truncated: bool,
+        incomplete: bool,
+        frames: Vec<Frame>,
+    ) -> Self {
         Self {
             id,
             live_bytes: stats.live_bytes,
@@ -184,6 +216,7 @@ impl StackReport {
             total_bytes: stats.total_bytes,
             oldest_age_s: stats.oldest_live_age_ns.map(ns_to_s),
             truncated,
+            incomplete,
             frames,
         }
     }
@@ -286,6 +319,7 @@ mod tests {
             total_bytes,
             oldest_age_s: None,
             truncated: false,
+            incomplete: false,
             frames: vec![Frame {
                 function: leaf.map(str::to_owned),
                 ..Frame::unknown(addr)
@@ -364,7 +398,7 @@ mod tests {
         };
 
         // When building the report entry
-        let report = StackReport::new(7, &stats, true, Vec::new());
+        let report = StackReport::new(7, &stats, true, false, Vec::new());
 
         // Then the figures carry over
         assert_eq!(report.oldest_age_s, Some(1.5));
@@ -372,7 +406,7 @@ mod tests {
         assert_eq!((report.total_allocs, report.total_bytes), (3, 30));
         assert!(report.truncated);
         assert_eq!(
-            StackReport::new(1, &StackStats::default(), false, vec![]).oldest_age_s,
+            StackReport::new(1, &StackStats::default(), false, false, vec![]).oldest_age_s,
             None
         );
     }
@@ -380,7 +414,7 @@ mod tests {
     #[test]
     fn diagnostics_map_every_kernel_counter_by_name() {
         // Given distinct values for every kernel counter and heap counter
-        let kernel: [u64; Counter::COUNT as usize] = [1, 2, 3, 4, 5, 6, 7, 8, 9];
+        let kernel: [u64; Counter::COUNT as usize] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 20, 21, 22, 23];
         let heap = Totals {
             replaced_live: 10,
             dropped_over_limit: 11,
@@ -407,6 +441,12 @@ mod tests {
                 ("nested_calls", 8),
                 ("replaced_live", 10),
                 ("dropped_over_limit", 11),
+                ("late_events", 12),
+                ("unwind_no_mapping", 20),
+                ("unwind_unsupported", 21),
+                ("unwind_read_failed", 22),
+                ("unwind_no_progress", 23),
+                ("unwind_table_bytes", 0),
                 ("tracer_memory_bytes", 4096),
             ]
         );

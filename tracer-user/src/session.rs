@@ -9,7 +9,10 @@ use std::{
     fs::{File, OpenOptions},
     io::{IsTerminal as _, Write as _},
     num::NonZeroU32,
-    os::fd::{FromRawFd as _, OwnedFd},
+    os::{
+        fd::{FromRawFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -27,11 +30,15 @@ use crate::{
     events,
     export::{self, Format},
     heap::{HeapConfig, HeapModel},
+    history::History,
     launch::{self, Launched},
-    probes::{Counters, ProbeConfig, Probes},
-    process::Process,
+    probes::{Counters, KernelStack, ProbeConfig, Probes, UnwindMode},
+    process::{Mapping, Process},
     report::{Diagnostics, Report, ReportTotals, StackReport, sort_stacks},
+    snapshot::Snapshot,
     symbolize::{ModuleMap, StackSymbolizer},
+    tui::{self, TuiOptions},
+    unwind_tables::UnwindTables,
 };
 
 /// How often the ring buffer is drained when the kernel has not woken us.
@@ -44,6 +51,8 @@ enum StopReason {
     TargetExited,
     Interrupted,
     Terminated,
+    /// The user quit the live view.
+    Quit,
 }
 
 impl StopReason {
@@ -53,6 +62,7 @@ impl StopReason {
             Self::TargetExited => "target exited",
             Self::Interrupted => "interrupted",
             Self::Terminated => "terminated",
+            Self::Quit => "quit from the live view",
         }
     }
 }
@@ -90,7 +100,10 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
             (process, allocator, None)
         }
         None => {
-            let launched = launch::spawn_held(&cli.command)
+            // In the live view the program's own output would draw over the screen: it goes
+            // to a log file instead, named at the end.
+            let output = live_view_wanted(cli).then(|| target_log_path(&cli.command));
+            let launched = launch::spawn_held(&cli.command, output.as_deref())
                 .map_err(|err| Failure::usage(chain(&err), "check the command and its path"))?;
             let allocator = allocator::find_for_executable(&launched.exe).map_err(|err| {
                 Failure::usage(
@@ -115,7 +128,24 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
         }
     };
 
+    let mut tables = UnwindTables::new(process.pid);
+    let initial_maps = if cli.unwind == UnwindMode::Fp {
+        Vec::new()
+    } else {
+        match &launched {
+            None => process.maps().unwrap_or_default(),
+            Some(launched) => planned_mappings(&launched.exe),
+        }
+    };
+    if cli.unwind != UnwindMode::Fp {
+        build_tables(&mut tables, &initial_maps, true);
+    }
+    // Room for libraries loaded later: half again as many rows, at least 256k.
+    let rows = tables.total_rows();
+    let unwind_rows = u32::try_from(rows + (rows / 2).max(256 << 10)).unwrap_or(u32::MAX);
     let mut probes = Probes::load(ProbeConfig {
+        unwind: cli.unwind,
+        unwind_rows,
         ringbuf_bytes: cli.ringbuf_mib << 20,
     })
     .map_err(|err| {
@@ -135,12 +165,25 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
         .map_err(|err| Failure::runtime(chain(&err), None))?;
     describe_attach(&process, &allocator, &probes);
 
-    let mut session = Session::new(cli, process, probes, launched);
-    if let Some(launched) = session.launched.as_mut() {
-        launched
-            .release()
-            .map_err(|err| Failure::usage(chain(&err), "check the command and its path"))?;
-        session.refresh_maps();
+    let mut session = Session::new(cli, process, probes, launched, tables);
+    if let Some(mut launched) = session.launched.take() {
+        // Hold the program at its system calls until its allocator's library is mapped, then
+        // publish its mappings before it can allocate.
+        let allocator_inode = std::fs::metadata(&allocator.attach_path)
+            .map(|m| m.ino())
+            .ok();
+        let released = launched.release(|| {
+            let mapped = session.process.maps().is_ok_and(|maps| {
+                maps.iter()
+                    .any(|m| m.is_exec() && Some(m.inode) == allocator_inode)
+            });
+            if mapped {
+                session.refresh_maps();
+            }
+            mapped || allocator_inode.is_none()
+        });
+        session.launched = Some(launched);
+        released.map_err(|err| Failure::usage(chain(&err), "check the command and its path"))?;
     }
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -149,6 +192,65 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
         .map_err(|err| Failure::runtime(format!("starting the runtime: {err}"), None))?;
     let reason = runtime.block_on(session.trace())?;
     session.finish(reason, export)
+}
+
+/// Whether the session will show the live view (a terminal, and not `--no-tui`).
+fn live_view_wanted(cli: &Cli) -> bool {
+    !cli.no_tui && std::io::stdout().is_terminal()
+}
+
+/// Where a launched program's output goes while the live view runs.
+fn target_log_path(command: &[std::ffi::OsString]) -> PathBuf {
+    let name = command
+        .first()
+        .and_then(|c| Path::new(c).file_name())
+        .map_or_else(|| "target".to_owned(), |n| n.to_string_lossy().into_owned());
+    PathBuf::from(format!("{name}.leaktrace.log"))
+}
+
+/// The executable mappings a program about to be started will have, without addresses: enough
+/// to compile their tables before it runs.
+fn planned_mappings(exe: &Path) -> Vec<Mapping> {
+    let mut paths = vec![exe.to_string_lossy().into_owned()];
+    paths.extend(allocator::libraries_of(exe).unwrap_or_default());
+    paths
+        .into_iter()
+        .filter_map(|path| {
+            let inode = std::fs::metadata(&path).ok()?.ino();
+            Some(Mapping {
+                start: 0,
+                end: 0,
+                perms: "r-xp".to_owned(),
+                offset: 0,
+                inode,
+                path,
+            })
+        })
+        .collect()
+}
+
+/// Compiles the unwind tables of `maps`' binaries not seen before, showing progress when asked.
+fn build_tables(tables: &mut UnwindTables, maps: &[Mapping], show: bool) {
+    let started = Instant::now();
+    let before = tables.summary();
+    tables.compile_mappings(maps, |done, total, name| {
+        if show && done < total {
+            eprintln!(
+                "leaktrace: building unwind tables {}/{total}: {name}",
+                done + 1
+            );
+        }
+    });
+    let after = tables.summary();
+    if show && after.binaries > before.binaries {
+        eprintln!(
+            "leaktrace: unwind tables ready: {} binaries, {} rows ({}) in {:.2}s",
+            after.binaries,
+            after.rows,
+            export::human_bytes(after.bytes as u64),
+            started.elapsed().as_secs_f64()
+        );
+    }
 }
 
 /// Refuses to start without the privileges to load BPF programs.
@@ -247,6 +349,35 @@ fn own_rss_bytes() -> u64 {
     .unwrap_or(0)
 }
 
+/// Number of stacks a live-view snapshot carries (symbolized), most live bytes first.
+const SNAPSHOT_STACKS: usize = 500;
+
+/// Starts the live view on its own thread, so rendering never delays ingestion.
+fn start_live_view(pid: u32, cli: &Cli) -> LiveView {
+    let (snapshots, receiver) = std::sync::mpsc::channel();
+    let (quit_sender, quit) = tokio::sync::oneshot::channel();
+    let options = TuiOptions {
+        pid,
+        export_format: cli.export_format(),
+        export_dir: cli
+            .export
+            .as_ref()
+            .and_then(|p| p.parent())
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+    };
+    let thread = std::thread::spawn(move || {
+        let result = tui::run(receiver, options);
+        let _ = quit_sender.send(());
+        result
+    });
+    LiveView {
+        snapshots,
+        thread,
+        quit: Some(quit),
+    }
+}
+
 struct Session {
     process: Process,
     probes: Probes,
@@ -257,19 +388,40 @@ struct Session {
     /// Stack ids seen in events, to notice new ones.
     seen_stacks: HashSet<u64>,
     /// Frames read from the kernel's stack map, by id.
-    stacks: HashMap<u64, (Vec<u64>, bool)>,
+    stacks: HashMap<u64, KernelStack>,
     maps_dirty: bool,
     started: Instant,
     duration: Option<Duration>,
     interval: Duration,
     top: usize,
-    live_view: bool,
+    live_view: Option<LiveView>,
+    history: History,
+    unwind: UnwindMode,
+    tables: UnwindTables,
+    /// The executable mappings last published to the unwinder: (start, end, inode).
+    exec_maps: Vec<(u64, u64, u64)>,
     undecodable: u64,
+    /// Events stamped after this (the stop) are ignored.
+    cutoff_ns: Option<u64>,
     last_status: (Instant, u64, u64),
+    rates: (f64, f64),
+}
+
+/// The live view's thread and the channel that feeds it.
+struct LiveView {
+    snapshots: std::sync::mpsc::Sender<Snapshot>,
+    thread: std::thread::JoinHandle<std::io::Result<()>>,
+    quit: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Session {
-    fn new(cli: &Cli, process: Process, probes: Probes, launched: Option<Launched>) -> Self {
+    fn new(
+        cli: &Cli,
+        process: Process,
+        probes: Probes,
+        launched: Option<Launched>,
+        tables: UnwindTables,
+    ) -> Self {
         // A launched child still runs leaktrace's own image until it execs: learn its modules
         // after release, from the first stacks.
         let mut modules = ModuleMap::new(process.pid);
@@ -279,6 +431,7 @@ impl Session {
             modules.update(&maps);
         }
         let now = Instant::now();
+        let live_view = live_view_wanted(cli).then(|| start_live_view(process.pid, cli));
         Self {
             modules,
             process,
@@ -293,9 +446,15 @@ impl Session {
             duration: cli.duration.map(Duration::from_secs_f64),
             interval: Duration::from_secs_f64(cli.interval),
             top: cli.top,
-            live_view: !cli.no_tui && std::io::stdout().is_terminal(),
+            live_view,
+            history: History::default(),
+            unwind: cli.unwind,
+            tables,
+            exec_maps: Vec::new(),
             undecodable: 0,
+            cutoff_ns: None,
             last_status: (now, 0, 0),
+            rates: (0.0, 0.0),
         }
     }
 
@@ -339,6 +498,16 @@ impl Session {
             }
         };
         tokio::pin!(target_exit);
+        let quit = self.live_view.as_mut().and_then(|view| view.quit.take());
+        let user_quit = async move {
+            match quit {
+                Some(quit) => {
+                    let _ = quit.await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(user_quit);
 
         let reason = loop {
             tokio::select! {
@@ -354,9 +523,13 @@ impl Session {
                 _ = terminate.recv() => break StopReason::Terminated,
                 () = &mut target_exit => break StopReason::TargetExited,
                 () = &mut deadline => break StopReason::Duration,
+                () = &mut user_quit => break StopReason::Quit,
             }
         };
-        // Detach first so no new events arrive, then take everything still buffered.
+        // The report describes the heap at this moment: events after it come while probes are
+        // being removed one by one (allocations no longer seen, frees still seen) and are left
+        // out. Detach, then take everything still buffered.
+        self.cutoff_ns = Some(events::monotonic_now_ns());
         self.probes.detach();
         self.drain(ring.get_mut());
         self.heap.flush();
@@ -368,6 +541,7 @@ impl Session {
         let mut new_stacks = Vec::new();
         while let Some(item) = ring.next() {
             match events::decode(&item) {
+                Some(event) if self.cutoff_ns.is_some_and(|cutoff| event.ts_ns > cutoff) => {}
                 Some(event) => {
                     if event.stack != 0 && self.seen_stacks.insert(event.stack) {
                         new_stacks.push(event.stack);
@@ -377,12 +551,12 @@ impl Session {
                 None => self.undecodable += 1,
             }
         }
-        self.heap.advance();
+        self.heap.advance_until(events::monotonic_now_ns());
         // Read each new stack once, while the target is certainly alive, and learn any module
         // its frames lie in (a library loaded since, or the program itself after exec).
         for id in new_stacks {
             let frames = self.probes.stack(id).unwrap_or_default();
-            if !self.modules.covers(&frames.0) {
+            if !self.modules.covers(&frames.ips) {
                 self.maps_dirty = true;
             }
             self.stacks.insert(id, frames);
@@ -392,12 +566,45 @@ impl Session {
         }
     }
 
-    /// Re-reads the target's mappings (new libraries, exec) while it is alive.
+    /// Re-reads the target's mappings (new libraries, exec) while it is alive, for the
+    /// symbolizer and the unwinder.
     fn refresh_maps(&mut self) {
         if let Ok(maps) = self.process.maps() {
             self.modules.update(&maps);
+            if self.unwind != UnwindMode::Fp {
+                self.refresh_unwind(&maps);
+            }
         }
         self.maps_dirty = false;
+    }
+
+    /// Compiles and loads tables for new binaries and republishes the mappings when they changed.
+    fn refresh_unwind(&mut self, maps: &[Mapping]) {
+        let exec: Vec<(u64, u64, u64)> = maps
+            .iter()
+            .filter(|m| m.is_exec())
+            .map(|m| (m.start, m.end, m.inode))
+            .collect();
+        if exec == self.exec_maps {
+            return;
+        }
+        self.exec_maps = exec;
+        build_tables(&mut self.tables, maps, self.live_view.is_none());
+        let (fd, capacity) = self.probes.unwind_rows();
+        if let Err(err) = self.tables.load_rows(fd, capacity)
+            && self.live_view.is_none()
+        {
+            eprintln!("leaktrace: loading unwind tables: {err}");
+        }
+        let mappings = self.tables.exec_mappings(maps);
+        if let Err(err) = self.probes.set_mappings(&mappings)
+            && self.live_view.is_none()
+        {
+            eprintln!(
+                "leaktrace: publishing mappings to the unwinder: {}",
+                chain(&err)
+            );
+        }
     }
 
     fn counters(&self) -> Counters {
@@ -405,6 +612,10 @@ impl Session {
     }
 
     fn status(&mut self) {
+        if self.unwind != UnwindMode::Fp && self.process.is_alive() {
+            // Libraries loaded since (dlopen) get tables and mappings.
+            self.refresh_maps();
+        }
         let totals = self.heap.totals();
         let counters = self.counters();
         let (then, allocs_then, frees_then) = self.last_status;
@@ -414,7 +625,7 @@ impl Session {
         self.last_status = (Instant::now(), totals.allocs, totals.frees);
         let lost = counters.ringbuf_full + counters.pending_full;
         let line = format!(
-            "[{:>7.1}s] live {} in {} allocs | {:.0} allocs/s {:.0} frees/s | lost {} | unmatched frees {} | stacks without frames {}",
+            "[{:>7.1}s] live {} in {} allocs | {:.0} allocs/s {:.0} frees/s | lost {} | unmatched frees {} | stacks without frames {} | unwind {} ({} tables)",
             self.started.elapsed().as_secs_f64(),
             export::human_bytes(totals.live_bytes),
             totals.live_allocs,
@@ -423,22 +634,53 @@ impl Session {
             lost,
             totals.unmatched_frees,
             counters.stack_failed + counters.stack_map_full,
+            self.unwind.name(),
+            export::human_bytes(self.tables.summary().bytes as u64),
         );
-        if self.live_view {
-            let report = self.report(StopReason::Duration, self.top.min(10));
-            let mut out = std::io::stdout().lock();
-            // Clear the screen and home the cursor, then the status and the top stacks.
-            let _ = write!(out, "\x1b[2J\x1b[H{line}\n\n");
-            let _ = export::write_report(&report, Format::Text, &mut out);
-            let _ = out.flush();
+        self.rates = (allocs_per_s, frees_per_s);
+        if self.live_view.is_some() {
+            let snapshot = self.snapshot(None);
+            if let Some(view) = &self.live_view {
+                // A closed channel means the view is gone; the quit branch ends the loop.
+                let _ = view.snapshots.send(snapshot);
+            }
         } else {
             eprintln!("{line}");
         }
     }
 
+    /// A snapshot for the live view: the busiest stacks, their histories, rates and RSS.
+    fn snapshot(&mut self, ended: Option<String>) -> Snapshot {
+        let t_s = self.started.elapsed().as_secs_f64();
+        let now_ns = events::monotonic_now_ns();
+        if ended.is_none() {
+            self.history.record(
+                t_s,
+                self.heap
+                    .stack_stats(now_ns)
+                    .into_iter()
+                    .map(|(id, stat)| (id, stat.live_bytes)),
+            );
+        }
+        let report = self.report(ended.is_some(), SNAPSHOT_STACKS);
+        let series = report
+            .stacks
+            .iter()
+            .map(|stack| self.history.get(stack.id).cloned().unwrap_or_default())
+            .collect();
+        Snapshot {
+            report,
+            series,
+            target_rss_bytes: self.process.rss_bytes(),
+            allocs_per_s: self.rates.0,
+            frees_per_s: self.rates.1,
+            ended,
+        }
+    }
+
     /// Builds the report of the `top` stacks with the most live bytes.
-    fn report(&mut self, reason: StopReason, top: usize) -> Report {
-        if reason != StopReason::TargetExited && self.process.is_alive() {
+    fn report(&mut self, final_report: bool, top: usize) -> Report {
+        if final_report && self.process.is_alive() {
             self.refresh_maps();
         }
         let now_ns = events::monotonic_now_ns();
@@ -451,25 +693,24 @@ impl Session {
         stats.truncate(top);
         let mut stacks = Vec::with_capacity(stats.len());
         for (id, stat) in stats {
-            let (ips, truncated) = if id == 0 {
-                (Vec::new(), false)
+            let stack = if id == 0 {
+                KernelStack::default()
             } else {
                 self.stacks
                     .entry(id)
                     .or_insert_with(|| self.probes.stack(id).unwrap_or_default())
                     .clone()
             };
-            let frames = self.symbolizer.frames(&self.modules, &ips);
+            let frames = self.symbolizer.frames(&self.modules, &stack.ips);
             stacks.push(StackReport {
                 id,
                 live_bytes: stat.live_bytes,
                 live_allocs: stat.live_allocs,
                 total_allocs: stat.total_allocs,
                 total_bytes: stat.total_bytes,
-                oldest_age_s: stat
-                    .oldest_live_ts_ns
-                    .map(|ts| now_ns.saturating_sub(ts) as f64 / 1e9),
-                truncated,
+                oldest_age_s: stat.oldest_live_age_ns.map(|age| age as f64 / 1e9),
+                truncated: stack.truncated,
+                incomplete: stack.incomplete,
                 frames,
             });
         }
@@ -480,7 +721,7 @@ impl Session {
             pid: self.process.pid,
             command: self.process.command.clone(),
             duration_s: self.started.elapsed().as_secs_f64(),
-            unwind: "fp".to_owned(),
+            unwind: self.unwind.name().to_owned(),
             totals: ReportTotals {
                 allocs: totals.allocs,
                 frees: totals.frees,
@@ -500,30 +741,32 @@ impl Session {
                 nested_calls: counters.nested_calls,
                 replaced_live: totals.replaced_live,
                 dropped_over_limit: totals.dropped_over_limit,
+                late_events: totals.late_events,
+                unwind_no_mapping: counters.unwind_no_mapping,
+                unwind_unsupported: counters.unwind_unsupported,
+                unwind_read_failed: counters.unwind_read_failed,
+                unwind_no_progress: counters.unwind_no_progress,
+                unwind_table_bytes: self.tables.summary().bytes as u64,
                 tracer_memory_bytes: own_rss_bytes(),
             },
             stacks,
         }
     }
 
-    /// Final report on stdout and in the export file.
+    /// Final report: the export file, the live view's last state (kept until the user quits),
+    /// then the text report on stdout and what happened on stderr.
     fn finish(
         &mut self,
         reason: StopReason,
         export: Option<(PathBuf, Format, File)>,
     ) -> Result<(), Failure> {
-        let report = self.report(reason, self.top);
-        let mut stdout = std::io::stdout().lock();
-        if self.live_view {
-            let _ = write!(stdout, "\x1b[2J\x1b[H");
-        }
-        let _ = export::write_report(&report, Format::Text, &mut stdout);
-        let _ = stdout.flush();
-        eprintln!(
+        let report = self.report(true, self.top);
+        let mut messages = vec![format!(
             "leaktrace: stopped ({}) after {:.1}s; probes detached",
             reason.describe(),
             report.duration_s
-        );
+        )];
+        let mut failure = None;
         if let Some((path, format, file)) = export {
             let write = || -> std::io::Result<()> {
                 file.set_len(0)?;
@@ -531,10 +774,21 @@ impl Session {
                 export::write_report(&report, format, &mut out)?;
                 out.flush()
             };
-            write().map_err(|err| {
-                Failure::runtime(format!("writing {}: {err}", path.display()), None)
-            })?;
-            eprintln!("leaktrace: wrote {} ({format})", path.display());
+            match write() {
+                Ok(()) => messages.push(format!("leaktrace: wrote {} ({format})", path.display())),
+                Err(err) => {
+                    failure = Some(Failure::runtime(
+                        format!("writing {}: {err}", path.display()),
+                        None,
+                    ));
+                }
+            }
+        }
+        if let Some(output) = self.launched.as_ref().and_then(|l| l.output.as_ref()) {
+            messages.push(format!(
+                "leaktrace: the program's output is in {}",
+                output.display()
+            ));
         }
         if let Some(launched) = &self.launched
             && reason == StopReason::TargetExited
@@ -543,17 +797,40 @@ impl Session {
             // SAFETY: reaps our own child, which has exited.
             unsafe { libc::waitpid(launched.pid as libc::pid_t, &raw mut status, 0) };
             if libc::WIFEXITED(status) {
-                eprintln!(
+                messages.push(format!(
                     "leaktrace: target exited with status {}",
                     libc::WEXITSTATUS(status)
-                );
+                ));
             } else if libc::WIFSIGNALED(status) {
-                eprintln!(
+                messages.push(format!(
                     "leaktrace: target killed by signal {}",
                     libc::WTERMSIG(status)
-                );
+                ));
             }
         }
-        Ok(())
+        if let Some(view) = self.live_view.take() {
+            if reason != StopReason::Quit {
+                let ended = messages
+                    .iter()
+                    .map(|m| m.trim_start_matches("leaktrace: "))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let snapshot = self.snapshot(Some(ended));
+                let _ = view.snapshots.send(snapshot);
+            }
+            drop(view.snapshots);
+            match view.thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => messages.push(format!("leaktrace: live view: {err}")),
+                Err(_) => messages.push("leaktrace: the live view failed".to_owned()),
+            }
+        }
+        let mut stdout = std::io::stdout().lock();
+        let _ = export::write_report(&report, Format::Text, &mut stdout);
+        let _ = stdout.flush();
+        for message in messages {
+            eprintln!("{message}");
+        }
+        failure.map_or(Ok(()), Err)
     }
 }

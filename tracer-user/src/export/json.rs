@@ -121,6 +121,12 @@ mod tests {
             "nested_calls",
             "replaced_live",
             "dropped_over_limit",
+            "late_events",
+            "unwind_no_mapping",
+            "unwind_unsupported",
+            "unwind_read_failed",
+            "unwind_no_progress",
+            "unwind_table_bytes",
             "tracer_memory_bytes",
         ]
         .into_iter()
@@ -143,6 +149,7 @@ mod tests {
                     ("total_bytes", U64, false),
                     ("oldest_age_s", F64, true),
                     ("truncated", Bool, false),
+                    ("incomplete", Bool, false),
                     ("frames", Array, false),
                 ],
             );

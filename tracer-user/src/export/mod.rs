@@ -169,6 +169,7 @@ mod tests {
                 total_bytes: 64_000,
                 oldest_age_s: None,
                 truncated: false,
+                incomplete: false,
                 frames: vec![
                     Frame {
                         function: Some("parse_header".to_owned()),
@@ -189,6 +190,7 @@ mod tests {
                 total_bytes: 4096,
                 oldest_age_s: Some(3.0),
                 truncated: true,
+                incomplete: false,
                 frames: vec![
                     Frame {
                         module: Some("/usr/lib/libfoo.so.1".to_owned()),
@@ -213,6 +215,7 @@ mod tests {
                 total_bytes: 2_097_152,
                 oldest_age_s: Some(12.5),
                 truncated: false,
+                incomplete: false,
                 frames: vec![
                     frame("grow_buffer", "src/buffer.c", 42, 0x55d0_c0de_1234, true),
                     frame("buffer_append", "src/buffer.c", 88, 0x55d0_c0de_1234, false),

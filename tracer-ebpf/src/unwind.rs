@@ -1,0 +1,286 @@
+//! Unwinding user stacks without frame pointers, from rows compiled out of each binary's
+//! `.eh_frame` by user space.
+//!
+//! `MAPPINGS` holds the target's executable mappings sorted by address, each pointing at its
+//! binary's rows in `UNWIND_ROWS` (sorted by pc). One step per frame, run under `bpf_loop` so the
+//! verifier checks the step once:
+//! 1. find the mapping of the current pc (binary search) and, in it, the last row at or before
+//!    the pc (binary search); a return address is looked up one byte earlier, inside its call;
+//! 2. compute the CFA from rsp or rbp (or the `.plt` rule), read the return address at CFA - 8
+//!    and the caller's rbp where the row says it was saved; a signal frame restores rip, rsp and
+//!    rbp from the `ucontext` on the stack;
+//! 3. where no row covers the pc (no CFI), take one frame-pointer step instead (in `auto` mode).
+//!
+//! The walk ends at an outermost frame (undefined return address), a zero return address or
+//! rbp, the depth limit (flagged truncated), or a failure (flagged incomplete and counted by
+//! reason: no mapping, unsupported rule, unreadable stack, stack pointer not moving up).
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::{bpf_probe_read_user, generated::bpf_loop},
+    macros::map,
+    maps::Array,
+};
+use tracer_common::{
+    Counter, MAX_FRAMES, PENDING_SLOTS, ThreadState, flags,
+    unwind::{
+        CFA_END, CFA_NONE, CFA_PLT, CFA_RBP, CFA_RSP, CFA_SIGNAL, ExecMapping, MAX_MAPPINGS,
+        RBP_AT_CFA, RBP_SAME, UnwindRow,
+    },
+};
+
+use crate::count;
+
+/// Every binary's rows, each binary in one sorted run; sized by user space at load.
+#[map(name = "UNWIND_ROWS")]
+static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, 0);
+
+/// The target's executable mappings, sorted by start address, in two banks of `MAX_MAPPINGS`:
+/// user space fills the bank not in use, then switches `MAPPING_COUNT` to it, so a walk never
+/// sees a half-written list.
+#[map(name = "MAPPINGS")]
+static MAPPINGS: Array<ExecMapping> = Array::with_max_entries(2 * MAX_MAPPINGS, 0);
+
+/// Index 0: the bank in use (bit 16) and its number of entries (low 16 bits).
+#[map(name = "MAPPING_COUNT")]
+static MAPPING_COUNT: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Binary-search steps over one binary's rows (2^24 rows at most).
+const ROW_SEARCH_STEPS: u32 = 24;
+/// Binary-search steps over the mappings (2^9 > `MAX_MAPPINGS`).
+const MAPPING_SEARCH_STEPS: u32 = 9;
+/// Offsets in the signal frame: `ucontext.uc_mcontext` is at +40 from rsp in `__restore_rt`,
+/// and rbp, rsp, rip sit at +80, +120, +128 in the `sigcontext`.
+const SIGFRAME_RBP: u64 = 40 + 80;
+const SIGFRAME_RSP: u64 = 40 + 120;
+const SIGFRAME_RIP: u64 = 40 + 128;
+
+/// The walk's state, shared by the steps.
+#[repr(C)]
+struct Walk {
+    state: *mut ThreadState,
+    rip: u64,
+    rsp: u64,
+    rbp: u64,
+    /// Frames written so far.
+    len: u32,
+    /// 1 when `rip` is exact (first frame, or after a signal frame), not a return address.
+    exact: u32,
+    /// 1 to allow frame-pointer steps where no CFI covers the pc.
+    fp_fallback: u32,
+    /// Stack flags collected (truncated, incomplete).
+    flags: u32,
+}
+
+#[inline(always)]
+fn read(addr: u64) -> Option<u64> {
+    // SAFETY: the helper reads target memory and fails instead of faulting.
+    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+}
+
+#[inline(always)]
+fn find_mapping(pc: u64) -> Option<ExecMapping> {
+    let header = *MAPPING_COUNT.get(0)?;
+    let base = if header >> 16 != 0 { MAX_MAPPINGS } else { 0 };
+    let (mut lo, mut hi) = (base, base + (header & 0xffff).min(MAX_MAPPINGS));
+    for _ in 0..MAPPING_SEARCH_STEPS {
+        if lo >= hi {
+            break;
+        }
+        let mid = (lo + hi) / 2;
+        let mapping = *MAPPINGS.get(mid)?;
+        if pc < mapping.start {
+            hi = mid;
+        } else if pc >= mapping.end {
+            lo = mid + 1;
+        } else {
+            return Some(mapping);
+        }
+    }
+    None
+}
+
+/// The last row of `mapping`'s binary at or before `elf_pc`.
+#[inline(always)]
+fn find_row(mapping: &ExecMapping, elf_pc: u64) -> Option<UnwindRow> {
+    let (mut lo, mut hi) = (mapping.rows_start, mapping.rows_start + mapping.rows_len);
+    let first = lo;
+    for _ in 0..ROW_SEARCH_STEPS {
+        if lo >= hi {
+            break;
+        }
+        let mid = lo + (hi - lo) / 2;
+        let row = UNWIND_ROWS.get(mid)?;
+        if u64::from(row.pc) <= elf_pc {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    if lo == first {
+        return None;
+    }
+    UNWIND_ROWS.get(lo - 1).copied()
+}
+
+/// Replaces a return address the kernel swapped for its uretprobe trampoline: pending traced
+/// calls saved the real one, with the stack slot it sits in, at their entry.
+#[inline(always)]
+fn real_return_address(state: &ThreadState, slot: u64, ra: u64) -> u64 {
+    for i in 0..PENDING_SLOTS {
+        let pending = &state.pending[i];
+        if pending.active != 0 && pending.sp == slot {
+            return pending.ret_addr;
+        }
+    }
+    ra
+}
+
+/// Stops the walk as incomplete, counting why.
+#[inline(always)]
+fn fail(walk: &mut Walk, why: Counter) -> i64 {
+    walk.flags |= u32::from(flags::STACK_INCOMPLETE);
+    count(why);
+    1
+}
+
+/// One frame: from the current frame's registers to its caller's. Returns 1 to stop.
+#[inline(never)]
+unsafe extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Walk` on `unwind`'s stack, passed through `bpf_loop`.
+    let walk = unsafe { &mut *ctx.cast::<Walk>() };
+    if walk.len as usize >= MAX_FRAMES {
+        walk.flags |= u32::from(flags::STACK_TRUNCATED);
+        count(Counter::StackTruncated);
+        return 1;
+    }
+    let lookup_pc = if walk.exact != 0 {
+        walk.rip
+    } else {
+        walk.rip.wrapping_sub(1)
+    };
+    let row = match find_mapping(lookup_pc) {
+        Some(mapping) if mapping.rows_len > 0 => {
+            find_row(&mapping, lookup_pc.wrapping_sub(mapping.bias)).unwrap_or_default()
+        }
+        Some(_) => UnwindRow::default(),
+        // Code leaktrace has no mapping for yet (a library just loaded): frame pointers, but
+        // without a frame chain the stack ends here unexplained.
+        None if walk.fp_fallback != 0 && walk.rbp != 0 => return frame_pointer_step(walk),
+        None => return fail(walk, Counter::UnwindNoMapping),
+    };
+    let (cfa, rbp_slot) = match row.cfa_type {
+        CFA_RSP => (walk.rsp.wrapping_add(row.cfa_offset as i64 as u64), row),
+        CFA_RBP => (walk.rbp.wrapping_add(row.cfa_offset as i64 as u64), row),
+        CFA_PLT => {
+            let extra = if walk.rip & 15 >= 11 { 8 } else { 0 };
+            (walk.rsp + 8 + extra, row)
+        }
+        CFA_END => return 1,
+        CFA_SIGNAL => {
+            let (Some(rip), Some(rsp), Some(rbp)) = (
+                read(walk.rsp + SIGFRAME_RIP),
+                read(walk.rsp + SIGFRAME_RSP),
+                read(walk.rsp + SIGFRAME_RBP),
+            ) else {
+                return fail(walk, Counter::UnwindReadFailed);
+            };
+            return push(walk, rip, rsp, rbp, true);
+        }
+        CFA_NONE if walk.fp_fallback != 0 => return frame_pointer_step(walk),
+        _ => return fail(walk, Counter::UnwindUnsupported),
+    };
+    let Some(ra) = read(cfa - 8) else {
+        return fail(walk, Counter::UnwindReadFailed);
+    };
+    // SAFETY: `walk.state` is this thread's map value, valid for the program run.
+    let ra = real_return_address(unsafe { &*walk.state }, cfa - 8, ra);
+    let rbp = match rbp_slot.rbp_type {
+        RBP_SAME => walk.rbp,
+        RBP_AT_CFA => match read(cfa.wrapping_add(rbp_slot.rbp_offset as i64 as u64)) {
+            Some(rbp) => rbp,
+            None => return fail(walk, Counter::UnwindReadFailed),
+        },
+        // The caller's rbp is unknown; a later rbp-based rule would go wrong, so poison it.
+        _ => 0,
+    };
+    push(walk, ra, cfa, rbp, false)
+}
+
+/// One frame-pointer step, where no CFI covers the pc: the caller's rbp is saved at rbp and the
+/// return address right above it.
+#[inline(always)]
+fn frame_pointer_step(walk: &mut Walk) -> i64 {
+    if walk.rbp == 0 {
+        // The outermost frame clears rbp: a complete stack.
+        return 1;
+    }
+    let (Some(ra), Some(rbp)) = (read(walk.rbp + 8), read(walk.rbp)) else {
+        return fail(walk, Counter::UnwindReadFailed);
+    };
+    let rsp = walk.rbp + 16;
+    push(walk, ra, rsp, rbp, false)
+}
+
+/// Moves the walk to the caller frame `(rip, rsp, rbp)` and records its return address.
+#[inline(always)]
+fn push(walk: &mut Walk, rip: u64, rsp: u64, rbp: u64, exact: bool) -> i64 {
+    if rip == 0 {
+        // The outermost frame's caller: a complete stack.
+        return 1;
+    }
+    if !exact && rsp <= walk.rsp {
+        // The stack must unwind upwards (signal frames may switch stacks).
+        return fail(walk, Counter::UnwindNoProgress);
+    }
+    let index = walk.len as usize;
+    if index >= MAX_FRAMES {
+        walk.flags |= u32::from(flags::STACK_TRUNCATED);
+        count(Counter::StackTruncated);
+        return 1;
+    }
+    // SAFETY: `walk.state` is this thread's map value; `index < MAX_FRAMES`.
+    unsafe { (*walk.state).stack.ips[index] = rip };
+    walk.len += 1;
+    walk.rip = rip;
+    walk.rsp = rsp;
+    walk.rbp = rbp;
+    walk.exact = u32::from(exact);
+    0
+}
+
+/// Unwinds from the registers `(rip, rsp, rbp)` of the allocator's caller (at the return probe)
+/// into `state.stack.ips`; returns the number of frames and the stack flags.
+#[inline(always)]
+pub(crate) fn unwind(
+    state: *mut ThreadState,
+    rip: u64,
+    rsp: u64,
+    rbp: u64,
+    fp_fallback: bool,
+) -> (u32, u16) {
+    // SAFETY: `state` is this thread's map value.
+    unsafe { (*state).stack.ips[0] = rip };
+    let mut walk = Walk {
+        state,
+        rip,
+        rsp,
+        rbp,
+        len: 1,
+        // At the return probe, rip is where the caller resumes: its state is exact.
+        exact: 1,
+        fp_fallback: u32::from(fp_fallback),
+        flags: 0,
+    };
+    // SAFETY: `step` is a BPF subprogram with the callback signature bpf_loop expects, and
+    // `walk` outlives the call.
+    unsafe {
+        bpf_loop(
+            MAX_FRAMES as u32,
+            step as *mut c_void,
+            (&raw mut walk).cast(),
+            0,
+        );
+    }
+    (walk.len, walk.flags as u16)
+}

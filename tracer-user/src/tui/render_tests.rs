@@ -1,0 +1,240 @@
+//! Screen tests: the whole view drawn on a [`TestBackend`] and compared with the snapshots in
+//! `snapshots/` (colours are not compared). Review changes with `cargo insta review`, or run with
+//! `INSTA_UPDATE=always` and read the `.snap` files.
+
+use insta::assert_snapshot;
+use ratatui::{Terminal, backend::TestBackend};
+
+use super::{
+    action::Action,
+    app::App,
+    testing::{Clock, app, empty_snapshot, sample_snapshot, stack_index},
+    ui,
+    update::update,
+};
+
+/// Draws `app` on a terminal of its own size.
+fn draw(app: &App) -> Terminal<TestBackend> {
+    let mut terminal =
+        Terminal::new(TestBackend::new(app.size.width, app.size.height)).expect("a test terminal");
+    terminal
+        .draw(|frame| ui::render(app, frame))
+        .expect("drawing on a test backend");
+    terminal
+}
+
+/// An app of `width` x `height` showing the sample snapshot after `actions`.
+fn sample(width: u16, height: u16, actions: impl IntoIterator<Item = Action>) -> App {
+    let clock = Clock::new();
+    let mut app = app(&clock, width, height);
+    update(&mut app, Action::Snapshot(Box::new(sample_snapshot())));
+    for action in actions {
+        update(&mut app, action);
+    }
+    app
+}
+
+#[test]
+fn waiting_for_the_first_snapshot() {
+    let clock = Clock::new();
+    assert_snapshot!(draw(&app(&clock, 80, 24)).backend());
+}
+
+#[test]
+fn empty_heap() {
+    let clock = Clock::new();
+    let mut app = app(&clock, 80, 24);
+    update(&mut app, Action::Snapshot(Box::new(empty_snapshot())));
+    assert_snapshot!(draw(&app).backend());
+}
+
+#[test]
+fn populated_80x24() {
+    assert_snapshot!(draw(&sample(80, 24, [])).backend());
+}
+
+#[test]
+fn populated_120x40() {
+    assert_snapshot!(draw(&sample(120, 40, [Action::Down])).backend());
+}
+
+#[test]
+fn detail_pane() {
+    let app = sample(
+        80,
+        24,
+        [
+            Action::Down,
+            Action::Down,
+            Action::Down,
+            Action::ToggleDetail,
+        ],
+    );
+    assert_snapshot!(draw(&app).backend());
+}
+
+#[test]
+fn detail_pane_scrolled() {
+    // 16 lines leave 4 for the detail pane's text: stack 1 has 5
+    let app = sample(
+        80,
+        16,
+        [Action::ToggleDetail, Action::DetailDown, Action::DetailDown],
+    );
+    assert_snapshot!(draw(&app).backend());
+}
+
+#[test]
+fn detail_pane_of_a_group() {
+    let app = sample(
+        120,
+        40,
+        [Action::CycleGrouping, Action::Down, Action::ToggleDetail],
+    );
+    assert_snapshot!(draw(&app).backend());
+}
+
+#[test]
+fn grouped_by_module_sorted_by_age() {
+    let app = sample(
+        120,
+        40,
+        [
+            Action::CycleGrouping,
+            Action::CycleGrouping,
+            Action::CycleSort,
+            Action::CycleSort,
+            Action::CycleSort,
+        ],
+    );
+    assert_snapshot!(draw(&app).backend());
+}
+
+#[test]
+fn filter_being_typed() {
+    let mut actions = vec![Action::StartFilter];
+    actions.extend("alloc".chars().map(Action::FilterPush));
+    assert_snapshot!(draw(&sample(80, 24, actions)).backend());
+}
+
+#[test]
+fn filter_matching_nothing() {
+    let mut actions = vec![Action::StartFilter];
+    actions.extend("nothing".chars().map(Action::FilterPush));
+    actions.push(Action::FilterKeep);
+    assert_snapshot!(draw(&sample(80, 24, actions)).backend());
+}
+
+#[test]
+fn baseline_diff() {
+    // Given a baseline, then stack 1 gains 1 MiB and stack 4 frees 4 KiB
+    let mut app = sample(80, 24, [Action::ToggleBaseline]);
+    let mut next = sample_snapshot();
+    next.report.duration_s = 42.0;
+    let i1 = stack_index(&next, 1);
+    let i4 = stack_index(&next, 4);
+    next.report.stacks[i1].live_bytes += 1 << 20;
+    next.report.stacks[i1].live_allocs += 1;
+    next.report.stacks[i4].live_bytes -= 4096;
+    next.report.stacks[i4].live_allocs -= 1;
+    update(&mut app, Action::Snapshot(Box::new(next)));
+    assert_snapshot!(draw(&app).backend());
+}
+
+#[test]
+fn paused_with_a_message() {
+    let app = sample(80, 24, [Action::TogglePause, Action::Export]);
+    // Export needs the run loop to write; the message comes from its answer.
+    let mut app = app;
+    update(
+        &mut app,
+        Action::Exported(Ok(super::action::Exported {
+            stacks: 7,
+            path: "/tmp/leaktrace-4242-1700000000.json".into(),
+        })),
+    );
+    assert_snapshot!(draw(&app).backend());
+}
+
+#[test]
+fn help_overlay() {
+    assert_snapshot!(draw(&sample(80, 24, [Action::ShowHelp])).backend());
+}
+
+#[test]
+fn target_exited() {
+    let clock = Clock::new();
+    let mut app = app(&clock, 80, 24);
+    let mut last = sample_snapshot();
+    last.ended = Some("target exited".to_owned());
+    update(&mut app, Action::Snapshot(Box::new(last)));
+    assert_snapshot!(draw(&app).backend());
+}
+
+#[test]
+fn tracing_stopped() {
+    let app = sample(80, 24, [Action::Disconnected]);
+    assert_snapshot!(draw(&app).backend());
+}
+
+#[test]
+fn tiny_terminals_do_not_panic() {
+    let clock = Clock::new();
+    let states: Vec<Vec<Action>> = vec![
+        vec![],
+        vec![Action::ToggleDetail, Action::DetailDown],
+        vec![Action::ShowHelp],
+        vec![Action::StartFilter, Action::FilterPush('x')],
+        vec![
+            Action::ToggleBaseline,
+            Action::CycleGrouping,
+            Action::Disconnected,
+        ],
+    ];
+    for width in [0, 1, 2, 3, 5, 8, 13, 21, 34, 55] {
+        for height in [0, 1, 2, 3, 4, 5, 6, 7, 9, 12] {
+            for actions in &states {
+                let mut app = app(&clock, width, height);
+                for snapshot in [None, Some(empty_snapshot()), Some(sample_snapshot())] {
+                    if let Some(snapshot) = snapshot {
+                        update(&mut app, Action::Snapshot(Box::new(snapshot)));
+                    }
+                    for action in actions.iter().cloned() {
+                        update(&mut app, action);
+                    }
+                    update(&mut app, Action::Last);
+                    draw(&app);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn detail_of_an_incomplete_stack_says_so() {
+    let app = sample(
+        80,
+        24,
+        [
+            Action::Down,
+            Action::Down,
+            Action::Down,
+            Action::Down,
+            Action::ToggleDetail,
+        ],
+    );
+    let text: Vec<String> = ui::detail_lines(&app)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        text,
+        [
+            "2.0 KiB live in 8 allocs, oldest 6.0s; 17 allocs (4.1 KiB) since attach",
+            "#0 g_malloc (libglib-2.0.so.0)",
+            "#1 g_strdup (libglib-2.0.so.0) [inlined]",
+            "#2 load_config (server) /src/config.c:17",
+            "… unwinding stopped early (see diagnostics)",
+        ]
+    );
+}
