@@ -71,8 +71,15 @@ pub enum Build {
     CFramePointers,
     /// `leaky.c`, gcc -O2 -static with frame pointers.
     CStatic,
-    /// `map_leak.rs`, rustc -O with forced frame pointers.
-    RustFramePointers,
+    /// `leaky.c`, gcc -O2 -fomit-frame-pointer (a production-style build).
+    COmitFramePointer,
+    /// `plugin.c` as a shared library without frame pointers, for `dlopen`.
+    Plugin,
+    /// `map_leak.rs`, rustc -O (release, no forced frame pointers).
+    Rust,
+    /// `zig_leak.zig`, Zig 0.15 ReleaseFast with -fomit-frame-pointer, allocating through
+    /// `std.heap.c_allocator`.
+    Zig,
 }
 
 /// Builds (once per test binary) and returns the path of a fixture.
@@ -95,39 +102,68 @@ pub fn fixture(build: Build) -> PathBuf {
         "-Wno-deprecated-declarations",
     ];
     let path = match build {
-        Build::CFramePointers | Build::CStatic => {
-            let name = if build == Build::CStatic {
-                "leaky-static"
-            } else {
-                "leaky"
+        Build::CFramePointers | Build::CStatic | Build::COmitFramePointer => {
+            let name = match build {
+                Build::CStatic => "leaky-static",
+                Build::COmitFramePointer => "leaky-nofp",
+                _ => "leaky",
             };
             let out = dir.join(name);
             let mut cmd = Command::new("gcc");
-            cmd.args(c_flags)
-                .arg(src.join("leaky.c"))
-                .arg("-o")
-                .arg(&out);
-            if build == Build::CStatic {
-                cmd.arg("-static");
+            cmd.args(c_flags);
+            match build {
+                Build::CStatic => {
+                    cmd.arg("-static");
+                }
+                Build::COmitFramePointer => {
+                    // Overrides the -fno-omit-frame-pointer above.
+                    cmd.arg("-fomit-frame-pointer");
+                }
+                _ => {}
             }
+            cmd.arg(src.join("leaky.c")).arg("-o").arg(&out);
             run_build(&mut cmd);
             out
         }
-        Build::RustFramePointers => {
+        Build::Plugin => {
+            let out = dir.join("libplugin.so");
+            run_build(
+                Command::new("gcc")
+                    .args([
+                        "-O2",
+                        "-g",
+                        "-fomit-frame-pointer",
+                        "-fno-optimize-sibling-calls",
+                    ])
+                    .args(["-shared", "-fPIC"])
+                    .arg(src.join("plugin.c"))
+                    .arg("-o")
+                    .arg(&out),
+            );
+            out
+        }
+        Build::Rust => {
             let out = dir.join("map_leak");
             run_build(
                 Command::new("rustc")
-                    .args([
-                        "--edition",
-                        "2021",
-                        "-O",
-                        "-g",
-                        "-C",
-                        "force-frame-pointers=yes",
-                    ])
+                    .args(["--edition", "2021", "-O", "-g"])
                     .arg(src.join("map_leak.rs"))
                     .arg("-o")
                     .arg(&out),
+            );
+            out
+        }
+        Build::Zig => {
+            let out = dir.join("zig_leak");
+            let cache = dir.join("zig-cache");
+            run_build(
+                Command::new("python3")
+                    .args(["-m", "ziglang", "build-exe"])
+                    .arg(src.join("zig_leak.zig"))
+                    .args(["-O", "ReleaseFast", "-fomit-frame-pointer", "-lc"])
+                    .arg(format!("-femit-bin={}", out.display()))
+                    .env("ZIG_GLOBAL_CACHE_DIR", &cache)
+                    .env("ZIG_LOCAL_CACHE_DIR", &cache),
             );
             out
         }

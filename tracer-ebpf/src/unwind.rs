@@ -70,6 +70,8 @@ struct Walk {
     fp_fallback: u32,
     /// Stack flags collected (truncated, incomplete).
     flags: u32,
+    /// 0 once a frame's rbp rule could not be followed: rbp no longer holds the caller's value.
+    rbp_known: u32,
 }
 
 #[inline(always)]
@@ -166,15 +168,29 @@ unsafe extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
         Some(_) => UnwindRow::default(),
         // Code leaktrace has no mapping for yet (a library just loaded): frame pointers, but
         // without a frame chain the stack ends here unexplained.
-        None if walk.fp_fallback != 0 && walk.rbp != 0 => return frame_pointer_step(walk),
+        None if walk.fp_fallback != 0 && walk.rbp != 0 && walk.rbp_known != 0 => {
+            return frame_pointer_step(walk);
+        }
         None => return fail(walk, Counter::UnwindNoMapping),
     };
     let (cfa, rbp_slot) = match row.cfa_type {
         CFA_RSP => (walk.rsp.wrapping_add(row.cfa_offset as i64 as u64), row),
-        CFA_RBP => (walk.rbp.wrapping_add(row.cfa_offset as i64 as u64), row),
+        CFA_RBP if walk.rbp_known != 0 => {
+            (walk.rbp.wrapping_add(row.cfa_offset as i64 as u64), row)
+        }
         CFA_PLT => {
-            let extra = if walk.rip & 15 >= 11 { 8 } else { 0 };
-            (walk.rsp + 8 + extra, row)
+            // A .plt stub: CFA = rsp + base, plus 8 once past the stub's push; the row carries
+            // the base (`cfa_offset`) and the threshold within the 16-byte stub (`rbp_offset`:
+            // 11 classic, 9 with endbr64).
+            let extra = if (walk.rip & 15) as i64 >= i64::from(row.rbp_offset) {
+                8
+            } else {
+                0
+            };
+            (
+                walk.rsp.wrapping_add(row.cfa_offset as i64 as u64) + extra,
+                row,
+            )
         }
         CFA_END => return 1,
         CFA_SIGNAL => {
@@ -185,6 +201,7 @@ unsafe extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
             ) else {
                 return fail(walk, Counter::UnwindReadFailed);
             };
+            walk.rbp_known = 1;
             return push(walk, rip, rsp, rbp, true);
         }
         CFA_NONE if walk.fp_fallback != 0 => return frame_pointer_step(walk),
@@ -201,8 +218,11 @@ unsafe extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
             Some(rbp) => rbp,
             None => return fail(walk, Counter::UnwindReadFailed),
         },
-        // The caller's rbp is unknown; a later rbp-based rule would go wrong, so poison it.
-        _ => 0,
+        // The caller's rbp is unknown from here on.
+        _ => {
+            walk.rbp_known = 0;
+            walk.rbp
+        }
     };
     push(walk, ra, cfa, rbp, false)
 }
@@ -211,6 +231,9 @@ unsafe extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
 /// return address right above it.
 #[inline(always)]
 fn frame_pointer_step(walk: &mut Walk) -> i64 {
+    if walk.rbp_known == 0 {
+        return fail(walk, Counter::UnwindUnsupported);
+    }
     if walk.rbp == 0 {
         // The outermost frame clears rbp: a complete stack.
         return 1;
@@ -271,6 +294,7 @@ pub(crate) fn unwind(
         exact: 1,
         fp_fallback: u32::from(fp_fallback),
         flags: 0,
+        rbp_known: 1,
     };
     // SAFETY: `step` is a BPF subprogram with the callback signature bpf_loop expects, and
     // `walk` outlives the call.

@@ -160,6 +160,22 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
             "give a user process",
         ));
     };
+    if cli.unwind != UnwindMode::Fp {
+        // Tables and mappings are in place before the first probe fires (a launched program's
+        // mappings are published once it has been exec'd; see `launch`).
+        let (fd, capacity) = probes.unwind_rows();
+        tables.load_rows(fd, capacity).map_err(|err| {
+            Failure::runtime(
+                format!("loading unwind tables into the kernel: {err}"),
+                None,
+            )
+        })?;
+        if launched.is_none() {
+            probes
+                .set_mappings(&tables.exec_mappings(&initial_maps))
+                .map_err(|err| Failure::runtime(chain(&err), None))?;
+        }
+    }
     probes
         .attach(&allocator, pid)
         .map_err(|err| Failure::runtime(chain(&err), None))?;

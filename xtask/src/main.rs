@@ -146,6 +146,13 @@ fn setup() -> Result<()> {
     if !have("bpf-linker") && !cargo_bin("bpf-linker").is_file() {
         install_bpf_linker()?;
     }
+    // Zig 0.15 builds the Zig fixture; it comes from PyPI.
+    let zig = Command::new("python3")
+        .args(["-m", "ziglang", "version"])
+        .output();
+    if !zig.is_ok_and(|out| out.status.success() && out.stdout.starts_with(b"0.15")) {
+        run_cmd(Command::new("python3").args(["-m", "pip", "install", "-q", "ziglang==0.15.2"]))?;
+    }
     apt_install(&[
         ("gcc", "gcc"),
         ("go", "golang-go"),
