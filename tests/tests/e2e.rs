@@ -917,6 +917,54 @@ mod unwinding {
     }
 
     #[test]
+    fn kernel_unwinds_match_a_user_space_unwind_of_the_same_stack() {
+        require_root();
+        for (build, commands) in [
+            (
+                Build::COmitFramePointer,
+                &[
+                    "chain 5 100",
+                    "libcalls",
+                    "libc 3",
+                    "thread 64",
+                    "recurse 40 8",
+                    "churn 500",
+                    "entry",
+                ][..],
+            ),
+            (
+                Build::Rust,
+                &["chain 5 100", "register 10 64", "churn 300"][..],
+            ),
+        ] {
+            let mut target = Fixture::start(&fixture(build));
+            let tracer = Tracer::attach(target.pid, &["--verify-unwind", "1"]);
+            for command in commands {
+                target.cmd(command);
+            }
+            let done = tracer.interrupt();
+            let report = done.report.unwrap();
+            let diagnostics = &report["diagnostics"];
+            let allocs = num(&report["totals"], "allocs");
+            eprintln!(
+                "{build:?}: {} of {allocs} stacks checked",
+                num(diagnostics, "unwind_verified")
+            );
+            assert_eq!(
+                num(diagnostics, "unwind_mismatched"),
+                0,
+                "{build:?}: {}",
+                done.stderr
+            );
+            // Every allocation was sampled; a few records may not fit the buffer under load.
+            assert!(
+                num(diagnostics, "unwind_verified") * 10 >= allocs * 9,
+                "{build:?}: {diagnostics}"
+            );
+        }
+    }
+
+    #[test]
     fn attaching_to_a_40_mb_rust_binary_takes_under_two_seconds() {
         require_root();
         // The cargo binary of the toolchain: a 40 MB Rust release build with its .eh_frame.

@@ -26,6 +26,8 @@ pub mod names {
     pub const COUNTERS: &str = "COUNTERS";
     /// Global configuration written by user space before load.
     pub const CONFIG: &str = "CONFIG";
+    /// Ring buffer of [`crate::VerifyRecord`]s (`--verify-unwind`).
+    pub const VERIFY: &str = "VERIFY";
 }
 
 /// Which allocator entry point produced an event. Stored as the attach cookie and in [`Event::kind`].
@@ -237,6 +239,36 @@ pub struct ThreadState {
     pub stack: StackTrace,
 }
 
+/// Bytes of stack copied into a [`VerifyRecord`].
+pub const VERIFY_STACK_BYTES: usize = 16384;
+
+/// A sampled event's registers, its unwound frames and a copy of its stack, for checking the
+/// kernel's unwind against a user-space unwind of the same memory (`--verify-unwind`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct VerifyRecord {
+    /// The stack id the event was recorded with.
+    pub stack_id: u64,
+    /// Registers at the return probe.
+    pub rip: u64,
+    /// See `rip`.
+    pub rsp: u64,
+    /// See `rip`.
+    pub rbp: u64,
+    /// Frames the kernel unwound (valid entries of `ips`).
+    pub len: u32,
+    /// Bytes of stack copied from `rsp` (0 when none could be read).
+    pub copied: u32,
+    /// Stack flags of the kernel's unwind.
+    pub flags: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// The kernel's frames.
+    pub ips: [u64; MAX_FRAMES],
+    /// The stack from `rsp` up.
+    pub stack: [u8; VERIFY_STACK_BYTES],
+}
+
 /// Compact unwind rules compiled from a binary's `.eh_frame`, searched by the eBPF unwinder.
 pub mod unwind {
     /// No CFI covers this address: fall back to frame pointers.
@@ -310,6 +342,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Pending {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::VerifyRecord {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::ThreadState {}
 }
 
@@ -328,6 +362,14 @@ mod tests {
             24 + PENDING_SLOTS * size_of::<Pending>() + size_of::<StackTrace>()
         );
         assert!((AllocKind::Free as usize) < PENDING_SLOTS);
+    }
+
+    #[test]
+    fn verify_record_has_no_padding() {
+        assert_eq!(
+            size_of::<VerifyRecord>(),
+            4 * 8 + 4 * 4 + MAX_FRAMES * 8 + VERIFY_STACK_BYTES
+        );
     }
 
     #[test]

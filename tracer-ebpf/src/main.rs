@@ -17,6 +17,8 @@
 #![no_std]
 #![no_main]
 
+use core::ffi::c_void;
+
 mod unwind;
 
 use aya_ebpf::{
@@ -26,8 +28,9 @@ use aya_ebpf::{
         BPF_RB_NO_WAKEUP,
     },
     helpers::{
-        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns,
-        bpf_probe_read_user,
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_stack,
+        bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::bpf_probe_read_user as raw_probe_read_user,
     },
     macros::{map, uprobe, uretprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -35,7 +38,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     AllocKind, Counter, Event, EventOp, MAX_FRAMES, PENDING_SLOTS, Pending, StackTrace,
-    ThreadState, flags,
+    ThreadState, VERIFY_STACK_BYTES, VerifyRecord, flags,
 };
 
 /// Ring buffer size in bytes; user space overrides it at load (`set_max_entries`).
@@ -52,6 +55,14 @@ static WAKEUP_BYTES: u64 = 4 << 20;
 /// frame pointers where a binary has no tables (auto), 2 = tables only. Set before load.
 #[unsafe(no_mangle)]
 static UNWIND_MODE: u32 = 0;
+
+/// Check 1 in this many unwound stacks against a user-space unwind (0: never). Set before load.
+#[unsafe(no_mangle)]
+static VERIFY_EVERY: u32 = 0;
+
+/// Sampled stacks with a copy of their memory, for `--verify-unwind`; sized by user space.
+#[map(name = "VERIFY")]
+static VERIFY: RingBuf = RingBuf::with_byte_size(4096, 0);
 
 #[inline(always)]
 fn unwind_mode() -> u32 {
@@ -335,6 +346,49 @@ fn store_stack(state: &mut ThreadState, len: u32, stack_flags: u16) -> (u64, u16
     (id, stack_flags)
 }
 
+/// For `--verify-unwind`: on a sampled event, sends the registers, the kernel's frames and a
+/// copy of the stack so user space can unwind the same memory and compare.
+#[inline(always)]
+fn verify_sample(ctx: &RetProbeContext, state: &ThreadState, stack_id: u64, stack_flags: u16) {
+    // SAFETY: reading a global that user space sets before load.
+    let every = unsafe { core::ptr::read_volatile(&raw const VERIFY_EVERY) };
+    // SAFETY: a helper with no arguments.
+    if every == 0 || unsafe { bpf_get_prandom_u32() } % every != 0 {
+        return;
+    }
+    let Some(mut entry) = VERIFY.reserve::<VerifyRecord>(0) else {
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `ctx.regs` is the kernel-provided `pt_regs`; `record` points at a reserved ring
+    // buffer entry of `VerifyRecord`'s size, written field by field before it is submitted.
+    unsafe {
+        let regs = &*ctx.regs;
+        (*record).stack_id = stack_id;
+        (*record).rip = regs.rip;
+        (*record).rsp = regs.rsp;
+        (*record).rbp = regs.rbp;
+        (*record).len = state.stack.len;
+        (*record).flags = u32::from(stack_flags);
+        (*record)._pad = 0;
+        for i in 0..MAX_FRAMES {
+            (*record).ips[i] = state.stack.ips[i];
+        }
+        // The stack may end less than a full copy above rsp: try smaller copies.
+        let dst = (*record).stack.as_mut_ptr().cast();
+        let src = regs.rsp as *const c_void;
+        let mut copied = 0u32;
+        for size in [VERIFY_STACK_BYTES, 8192, 4096, 2048, 1024] {
+            if raw_probe_read_user(dst, size as u32, src) == 0 {
+                copied = size as u32;
+                break;
+            }
+        }
+        (*record).copied = copied;
+    }
+    entry.submit(0);
+}
+
 #[inline(always)]
 fn submit(event: Event) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
@@ -390,6 +444,9 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
     } else {
         (0, 0)
     };
+    if stack_id != 0 && unwind_mode() != 0 {
+        verify_sample(&ctx, state, stack_id, stack_flags);
+    }
     submit(Event {
         ts_ns,
         addr: outcome.addr,

@@ -44,6 +44,24 @@ pub struct Cli {
     #[arg(short, long, value_name = "FORMAT")]
     pub format: Option<Format>,
 
+    /// Count only allocations at least this many seconds old as live (leaks, not pressure):
+    /// live bytes and counts in reports and exports leave younger blocks out.
+    #[arg(long, value_name = "SECS", value_parser = non_negative_secs)]
+    pub min_age: Option<f64>,
+
+    /// Write a timestamped export every DURATION (e.g. 30s, 15m, 1h) while tracing goes on,
+    /// into --snapshot-dir, in the export format.
+    #[arg(long, value_name = "DURATION", value_parser = crate::soak::parse_duration, requires = "snapshot_dir")]
+    pub snapshot_every: Option<std::time::Duration>,
+
+    /// Directory for --snapshot-every (created if missing).
+    #[arg(long, value_name = "DIR", requires = "snapshot_every")]
+    pub snapshot_dir: Option<PathBuf>,
+
+    /// Snapshots to keep in --snapshot-dir (the oldest are removed).
+    #[arg(long, value_name = "N", default_value_t = 24)]
+    pub keep: usize,
+
     /// Print status lines and a final report instead of the live view, even in a terminal.
     #[arg(long)]
     pub no_tui: bool,
@@ -52,6 +70,11 @@ pub struct Cli {
     /// pointers elsewhere), dwarf (tables only) or fp (frame pointers only).
     #[arg(long, value_enum, value_name = "MODE", default_value_t = UnwindMode::Auto)]
     pub unwind: UnwindMode,
+
+    /// Check 1 in N unwound stacks against a user-space unwind of a copy of the same stack
+    /// (a self-test of the unwinder; results in the export's diagnostics).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub verify_unwind: u32,
 
     /// Kernel ring buffer size in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = 32, value_parser = ringbuf_mib)]
@@ -70,6 +93,19 @@ fn positive_secs(text: &str) -> Result<f64, String> {
         Ok(value)
     } else {
         Err(format!("`{text}` must be a positive number of seconds"))
+    }
+}
+
+fn non_negative_secs(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if value.is_finite() && value >= 0.0 {
+        Ok(value)
+    } else {
+        Err(format!(
+            "`{text}` must be zero or a positive number of seconds"
+        ))
     }
 }
 
@@ -100,6 +136,7 @@ impl Cli {
         {
             Some("folded" | "collapsed") => Format::Folded,
             Some("txt" | "text") => Format::Text,
+            Some("gz" | "pprof") => Format::Pprof,
             _ => Format::Json,
         }
     }

@@ -247,17 +247,34 @@ impl HeapModel {
     /// live bytes, then total bytes (both descending), then stack key. Ages are measured at
     /// `now_ns`. This scans the whole live table once.
     pub fn stack_stats(&self, now_ns: u64) -> Vec<(StackKey, StackStats)> {
+        self.stack_stats_min_age(now_ns, 0)
+    }
+
+    /// Like [`Self::stack_stats`], but live bytes and counts only count blocks at least
+    /// `min_age_ns` old at `now_ns` (`--min-age`); the totals since attach are unchanged.
+    pub fn stack_stats_min_age(&self, now_ns: u64, min_age_ns: u64) -> Vec<(StackKey, StackStats)> {
         let mut oldest_ms: Vec<Option<u32>> = vec![None; self.stacks.len()];
+        let mut old: Vec<(u64, u64)> = if min_age_ns > 0 {
+            vec![(0, 0); self.stacks.len()]
+        } else {
+            Vec::new()
+        };
+        let origin_ns = self.origin_ns.unwrap_or(0);
+        // Blocks allocated at or before this many ms after the origin are old enough.
+        let cutoff_ms = now_ns.saturating_sub(min_age_ns).saturating_sub(origin_ns) / NS_PER_MS;
         for entry in self.live.values() {
             let ms = entry.ms;
-            if let Some(slot) = usize::try_from(entry.stack)
-                .ok()
-                .and_then(|i| oldest_ms.get_mut(i))
-            {
+            let index = usize::try_from(entry.stack).ok();
+            if let Some(slot) = index.and_then(|i| oldest_ms.get_mut(i)) {
                 *slot = Some(slot.map_or(ms, |o| o.min(ms)));
             }
+            if u64::from(ms) <= cutoff_ms
+                && let Some(slot) = index.and_then(|i| old.get_mut(i))
+            {
+                slot.0 += entry.size;
+                slot.1 += 1;
+            }
         }
-        let origin_ns = self.origin_ns.unwrap_or(0);
         let oldest = oldest_ms.into_iter().map(|ms| {
             ms.map(|ms| origin_ns.saturating_add(u64::from(ms).saturating_mul(NS_PER_MS)))
         });
@@ -265,10 +282,15 @@ impl HeapModel {
             .stacks
             .iter()
             .zip(oldest)
-            .map(|(slot, oldest)| {
+            .enumerate()
+            .map(|(i, (slot, oldest))| {
+                let (live_bytes, live_allocs) = old
+                    .get(i)
+                    .copied()
+                    .unwrap_or((slot.live_bytes, slot.live_allocs));
                 let stats = StackStats {
-                    live_bytes: slot.live_bytes,
-                    live_allocs: slot.live_allocs,
+                    live_bytes,
+                    live_allocs,
                     total_allocs: slot.total_allocs,
                     total_bytes: slot.total_bytes,
                     oldest_live_ts_ns: oldest,
@@ -912,6 +934,33 @@ mod tests {
 
         // Then: 30 live; 10 live with 109 total; two with 10/10 by key; then 0 live
         assert_eq!(keys, [4, 3, 2, 5, 1]);
+    }
+
+    #[test]
+    fn min_age_counts_only_old_enough_blocks() {
+        // Given blocks 10 s, 5 s and 1 s old on one stack
+        let mut heap = HeapModel::new(HeapConfig::default());
+        for (i, t) in [0u64, 5_000, 9_000].into_iter().enumerate() {
+            heap.push(HeapEvent {
+                ts_ns: 1_000 * MS + t * MS,
+                op: Op::Alloc,
+                addr: 0x100 + i as u64 * 16,
+                old_addr: 0,
+                size: 100 * (i as u64 + 1),
+                stack: 7,
+                tid: 1,
+                kind: AllocKind::Malloc,
+            });
+        }
+        heap.flush();
+        let now = 11_000 * MS;
+        // When only blocks at least 4 s old count
+        let stats = heap.stack_stats_min_age(now, 4_000 * MS);
+        // Then the two older ones do, and the totals are untouched
+        assert_eq!((stats[0].1.live_bytes, stats[0].1.live_allocs), (300, 2));
+        assert_eq!(stats[0].1.total_allocs, 3);
+        let all = heap.stack_stats(now);
+        assert_eq!((all[0].1.live_bytes, all[0].1.live_allocs), (600, 3));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! [`session::run`]. Pure parts (heap model, exporters, probe-site choice, parsing) are unit
 //! tested without a kernel; the end-to-end tests in `tests/` attach to real processes.
 pub mod allocator;
+pub mod analytics;
 pub mod cli;
+pub mod diff;
 pub mod error;
 pub mod events;
 pub mod export;
@@ -17,7 +19,9 @@ pub mod process;
 pub mod report;
 pub mod session;
 pub mod snapshot;
+pub mod soak;
 pub mod symbolize;
 pub mod tui;
 pub mod unwind;
 pub mod unwind_tables;
+pub mod verify;

@@ -99,6 +99,8 @@ pub struct ProbeConfig {
     pub unwind: UnwindMode,
     /// Capacity of the unwind rows array (ignored in frame-pointer mode).
     pub unwind_rows: u32,
+    /// Check 1 in this many unwound stacks against a user-space unwind (0: never).
+    pub verify_every: u32,
 }
 
 impl Default for ProbeConfig {
@@ -107,6 +109,7 @@ impl Default for ProbeConfig {
             ringbuf_bytes: 32 << 20,
             unwind: UnwindMode::Auto,
             unwind_rows: 1 << 20,
+            verify_every: 0,
         }
     }
 }
@@ -162,6 +165,7 @@ pub struct Probes {
     stacks: HashMap<MapData, u64, StackTrace>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
+    verify: Option<RingBuf<MapData>>,
     unwind_rows: MapData,
     unwind_rows_capacity: u32,
     mappings: Array<MapData, ExecMapping>,
@@ -205,6 +209,15 @@ impl Probes {
             .map_max_entries("UNWIND_ROWS", unwind_rows_capacity)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("UNWIND_MODE", &unwind_mode, true)
+            .override_global("VERIFY_EVERY", &config.verify_every, true)
+            .map_max_entries(
+                names::VERIFY,
+                if config.verify_every == 0 {
+                    4096
+                } else {
+                    16 << 20
+                },
+            )
             .load(OBJECT)?;
         for name in [names::ALLOC_ENTER, names::ALLOC_EXIT, names::FREE_ENTER] {
             program(&mut ebpf, name)?
@@ -236,6 +249,12 @@ impl Probes {
                 source,
             }
         })?;
+        let verify = RingBuf::try_from(take(&mut ebpf, names::VERIFY)?).map_err(|source| {
+            ProbeError::Map {
+                name: names::VERIFY,
+                source,
+            }
+        })?;
         let Map::Array(unwind_rows) = take(&mut ebpf, "UNWIND_ROWS")? else {
             return Err(ProbeError::Missing("UNWIND_ROWS"));
         };
@@ -259,6 +278,7 @@ impl Probes {
             stacks,
             counters,
             events: Some(events),
+            verify: Some(verify),
             unwind_rows,
             unwind_rows_capacity,
             mappings,
@@ -333,6 +353,11 @@ impl Probes {
     /// Number of attached probes.
     pub fn attached(&self) -> usize {
         self.entry_links.len() + self.return_links.len() + self.free_links.len()
+    }
+
+    /// Takes the `--verify-unwind` ring buffer (once).
+    pub fn take_verify(&mut self) -> Option<RingBuf<MapData>> {
+        self.verify.take()
     }
 
     /// Takes the event ring buffer (once) for the consumer.

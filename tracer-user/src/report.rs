@@ -111,6 +111,11 @@ pub struct Diagnostics {
     pub unwind_no_progress: u64,
     /// Kernel memory taken by the unwind tables.
     pub unwind_table_bytes: u64,
+    /// `--verify-unwind`: sampled stacks the user-space unwind agreed with (fully or on the
+    /// part of the stack it could read).
+    pub unwind_verified: u64,
+    /// `--verify-unwind`: sampled stacks where the two unwinds differed.
+    pub unwind_mismatched: u64,
     /// leaktrace's own resident memory.
     pub tracer_memory_bytes: u64,
 }
@@ -141,6 +146,8 @@ impl Diagnostics {
             unwind_read_failed: k(Counter::UnwindReadFailed),
             unwind_no_progress: k(Counter::UnwindNoProgress),
             unwind_table_bytes: 0,
+            unwind_verified: 0,
+            unwind_mismatched: 0,
             tracer_memory_bytes: u64::try_from(tracer_memory_bytes).unwrap_or(u64::MAX),
         }
     }
@@ -151,7 +158,7 @@ impl Diagnostics {
     }
 
     /// Every counter with its JSON name, in declaration order.
-    pub fn fields(&self) -> [(&'static str, u64); 17] {
+    pub fn fields(&self) -> [(&'static str, u64); 19] {
         [
             ("ringbuf_full", self.ringbuf_full),
             ("stack_failed", self.stack_failed),
@@ -169,6 +176,8 @@ impl Diagnostics {
             ("unwind_read_failed", self.unwind_read_failed),
             ("unwind_no_progress", self.unwind_no_progress),
             ("unwind_table_bytes", self.unwind_table_bytes),
+            ("unwind_verified", self.unwind_verified),
+            ("unwind_mismatched", self.unwind_mismatched),
             ("tracer_memory_bytes", self.tracer_memory_bytes),
         ]
     }
@@ -447,6 +456,8 @@ mod tests {
                 ("unwind_read_failed", 22),
                 ("unwind_no_progress", 23),
                 ("unwind_table_bytes", 0),
+                ("unwind_verified", 0),
+                ("unwind_mismatched", 0),
                 ("tracer_memory_bytes", 4096),
             ]
         );

@@ -36,9 +36,11 @@ use crate::{
     process::{Mapping, Process},
     report::{Diagnostics, Report, ReportTotals, StackReport, sort_stacks},
     snapshot::Snapshot,
+    soak::Soak,
     symbolize::{ModuleMap, StackSymbolizer},
     tui::{self, TuiOptions},
     unwind_tables::UnwindTables,
+    verify::{self, VerifyCounts},
 };
 
 /// How often the ring buffer is drained when the kernel has not woken us.
@@ -76,6 +78,19 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
         ));
     }
     check_privileges()?;
+    let soak = match (&cli.snapshot_dir, cli.snapshot_every) {
+        (Some(dir), Some(every)) => {
+            let soak = Soak::new(dir, cli.keep, cli.export_format(), 0).map_err(|err| {
+                Failure::usage(
+                    format!("cannot use snapshot directory {}: {err}", dir.display()),
+                    "choose a writable --snapshot-dir",
+                )
+            })?;
+            drop(soak);
+            Some((dir.clone(), every))
+        }
+        _ => None,
+    };
     let export = match &cli.export {
         Some(path) => Some((path.clone(), cli.export_format(), check_export_path(path)?)),
         None => None,
@@ -144,6 +159,11 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
     let rows = tables.total_rows();
     let unwind_rows = u32::try_from(rows + (rows / 2).max(256 << 10)).unwrap_or(u32::MAX);
     let mut probes = Probes::load(ProbeConfig {
+        verify_every: if cli.unwind == UnwindMode::Fp {
+            0
+        } else {
+            cli.verify_unwind
+        },
         unwind: cli.unwind,
         unwind_rows,
         ringbuf_bytes: cli.ringbuf_mib << 20,
@@ -206,6 +226,11 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|err| Failure::runtime(format!("starting the runtime: {err}"), None))?;
+    if let Some((dir, every)) = soak {
+        let soak = Soak::new(&dir, cli.keep, cli.export_format(), session.process.pid)
+            .map_err(|err| Failure::runtime(format!("snapshot directory: {err}"), None))?;
+        session.soak = Some((soak, every));
+    }
     let reason = runtime.block_on(session.trace())?;
     session.finish(reason, export)
 }
@@ -410,6 +435,10 @@ struct Session {
     duration: Option<Duration>,
     interval: Duration,
     top: usize,
+    /// `--min-age`: live figures count only blocks at least this old.
+    min_age_ns: u64,
+    /// `--snapshot-every`: where and how often.
+    soak: Option<(Soak, Duration)>,
     live_view: Option<LiveView>,
     history: History,
     unwind: UnwindMode,
@@ -419,6 +448,11 @@ struct Session {
     undecodable: u64,
     /// Events stamped after this (the stop) are ignored.
     cutoff_ns: Option<u64>,
+    /// `--verify-unwind` records, and the results so far.
+    verify_ring: Option<RingBuf<MapData>>,
+    verified: VerifyCounts,
+    /// The mappings last read, for the reference unwinder.
+    last_maps: Vec<Mapping>,
     last_status: (Instant, u64, u64),
     rates: (f64, f64),
 }
@@ -462,6 +496,8 @@ impl Session {
             duration: cli.duration.map(Duration::from_secs_f64),
             interval: Duration::from_secs_f64(cli.interval),
             top: cli.top,
+            min_age_ns: cli.min_age.map_or(0, |s| (s * 1e9) as u64),
+            soak: None,
             live_view,
             history: History::default(),
             unwind: cli.unwind,
@@ -469,6 +505,9 @@ impl Session {
             exec_maps: Vec::new(),
             undecodable: 0,
             cutoff_ns: None,
+            verify_ring: None,
+            verified: VerifyCounts::default(),
+            last_maps: Vec::new(),
             last_status: (now, 0, 0),
             rates: (0.0, 0.0),
         }
@@ -480,6 +519,7 @@ impl Session {
             .probes
             .take_events()
             .ok_or_else(|| Failure::runtime("event ring buffer already taken", None))?;
+        self.verify_ring = self.probes.take_verify();
         // SAFETY: the ring buffer owns its map descriptor, which stays open and unchanged for as
         // long as the `AsyncFd` owns the ring buffer.
         let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -494,6 +534,13 @@ impl Session {
         let mut terminate = signal(SignalKind::terminate()).map_err(signal_failure)?;
         let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
         drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let soak_every = self
+            .soak
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |(_, every)| *every);
+        let mut soak_tick = tokio::time::interval(soak_every);
+        soak_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        soak_tick.tick().await;
         let mut status_tick = tokio::time::interval(self.interval);
         status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         status_tick.tick().await;
@@ -535,6 +582,7 @@ impl Session {
                 }
                 _ = drain_tick.tick() => self.drain(ring.get_mut()),
                 _ = status_tick.tick() => self.status(),
+                _ = soak_tick.tick(), if self.soak.is_some() => self.write_soak_snapshot(),
                 _ = interrupt.recv() => break StopReason::Interrupted,
                 _ = terminate.recv() => break StopReason::Terminated,
                 () = &mut target_exit => break StopReason::TargetExited,
@@ -580,6 +628,35 @@ impl Session {
         if self.maps_dirty {
             self.refresh_maps();
         }
+        self.check_unwinds();
+    }
+
+    /// `--verify-unwind`: compares each sampled stack with a user-space unwind of its copy.
+    fn check_unwinds(&mut self) {
+        let Some(mut ring) = self.verify_ring.take() else {
+            return;
+        };
+        let mappings = self.tables.reference_mappings(&self.last_maps);
+        while let Some(item) = ring.next() {
+            let Some(record) = verify::decode(&item) else {
+                continue;
+            };
+            let verdict = verify::check(&record, &mappings);
+            if let verify::Verdict::Mismatch {
+                kernel,
+                reference,
+                stop,
+            } = &verdict
+                && self.verified.mismatched < 3
+                && self.live_view.is_none()
+            {
+                eprintln!(
+                    "leaktrace: unwind check: kernel {kernel:x?} differs from user space {reference:x?} (stopped: {stop})"
+                );
+            }
+            self.verified.add(&verdict);
+        }
+        self.verify_ring = Some(ring);
     }
 
     /// Re-reads the target's mappings (new libraries, exec) while it is alive, for the
@@ -590,6 +667,7 @@ impl Session {
             if self.unwind != UnwindMode::Fp {
                 self.refresh_unwind(&maps);
             }
+            self.last_maps = maps;
         }
         self.maps_dirty = false;
     }
@@ -665,6 +743,22 @@ impl Session {
         }
     }
 
+    /// `--snapshot-every`: writes the current report into the snapshot directory.
+    fn write_soak_snapshot(&mut self) {
+        let report = self.report(false, self.top);
+        let Some((soak, _)) = &self.soak else {
+            return;
+        };
+        match soak.write(&report, std::time::SystemTime::now()) {
+            Ok(path) if self.live_view.is_none() => {
+                eprintln!("leaktrace: snapshot {}", path.display());
+            }
+            Ok(_) => {}
+            Err(err) if self.live_view.is_none() => eprintln!("leaktrace: snapshot failed: {err}"),
+            Err(_) => {}
+        }
+    }
+
     /// A snapshot for the live view: the busiest stacks, their histories, rates and RSS.
     fn snapshot(&mut self, ended: Option<String>) -> Snapshot {
         let t_s = self.started.elapsed().as_secs_f64();
@@ -700,7 +794,7 @@ impl Session {
             self.refresh_maps();
         }
         let now_ns = events::monotonic_now_ns();
-        let mut stats = self.heap.stack_stats(now_ns);
+        let mut stats = self.heap.stack_stats_min_age(now_ns, self.min_age_ns);
         stats.sort_by(|a, b| {
             b.1.live_bytes
                 .cmp(&a.1.live_bytes)
@@ -763,6 +857,8 @@ impl Session {
                 unwind_read_failed: counters.unwind_read_failed,
                 unwind_no_progress: counters.unwind_no_progress,
                 unwind_table_bytes: self.tables.summary().bytes as u64,
+                unwind_verified: self.verified.equal + self.verified.prefix_equal,
+                unwind_mismatched: self.verified.mismatched,
                 tracer_memory_bytes: own_rss_bytes(),
             },
             stacks,

@@ -27,6 +27,8 @@ enum BinaryKey {
 #[derive(Debug)]
 struct Binary {
     name: String,
+    /// The compiled table (kept for the user-space reference unwind of `--verify-unwind`).
+    table: UnwindTable,
     rows: Vec<UnwindRow>,
     rows_start: Option<u32>,
     /// Raw ELF bytes are needed again for load biases; keep the path to re-read.
@@ -119,6 +121,7 @@ impl UnwindTables {
                         Binary {
                             name: name.clone(),
                             rows: convert(&table.rows),
+                            table,
                             rows_start: None,
                             host,
                         },
@@ -203,6 +206,31 @@ impl UnwindTables {
         out.sort_by_key(|m| m.start);
         out.truncate(MAX_MAPPINGS as usize);
         out
+    }
+
+    /// The same mappings for the user-space reference unwinder: each with its binary's table
+    /// when that table is loaded in the kernel too.
+    pub fn reference_mappings<'a>(&'a self, maps: &[Mapping]) -> Vec<unwind::Mapping<'a>> {
+        let kernel = self.exec_mappings(maps);
+        kernel
+            .iter()
+            .map(|k| {
+                let table = maps
+                    .iter()
+                    .find(|m| m.start == k.start && m.end == k.end)
+                    .and_then(|m| self.keys.get(&(m.path.clone(), m.inode)))
+                    .and_then(Option::as_ref)
+                    .and_then(|key| self.binaries.get(key))
+                    .filter(|b| b.rows_start.is_some() && k.rows_len > 0)
+                    .map(|b| &b.table);
+                unwind::Mapping {
+                    start: k.start,
+                    end: k.end,
+                    bias: k.bias,
+                    table,
+                }
+            })
+            .collect()
     }
 
     /// Names of the binaries with tables, for messages.

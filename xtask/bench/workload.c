@@ -1,6 +1,6 @@
 /*
  * Benchmark workload: THREADS threads each do OPS malloc+free pairs (16 B to 4 KiB) through a
- * ten-frame call chain. It prints "ready PID", waits for a line on stdin (so a tracer can attach
+ * twenty-frame call chain (built with frame pointers, so both unwinding modes see all of it). It prints "ready PID", waits for a line on stdin (so a tracer can attach
  * first), runs, and prints "ns_per_pair X": the mean of each thread's own loop time per pair.
  */
 #include <pthread.h>
@@ -29,10 +29,18 @@ NOINLINE void f5(long i) { f4(i); KEEP(i); }
 NOINLINE void f6(long i) { f5(i); KEEP(i); }
 NOINLINE void f7(long i) { f6(i); KEEP(i); }
 NOINLINE void f8(long i) { f7(i); KEEP(i); }
+NOINLINE void f9(long i) { f8(i); KEEP(i); }
+NOINLINE void f10(long i) { f9(i); KEEP(i); }
+NOINLINE void f11(long i) { f10(i); KEEP(i); }
+NOINLINE void f12(long i) { f11(i); KEEP(i); }
+NOINLINE void f13(long i) { f12(i); KEEP(i); }
+NOINLINE void f14(long i) { f13(i); KEEP(i); }
+NOINLINE void f15(long i) { f14(i); KEEP(i); }
+NOINLINE void f16(long i) { f15(i); KEEP(i); }
 
 static void *worker(void *out) {
     long start = now_ns();
-    for (long i = 0; i < ops; i++) f8(i);
+    for (long i = 0; i < ops; i++) f16(i);
     *(long *)out = now_ns() - start;
     return NULL;
 }

@@ -20,7 +20,10 @@ const THREADS: u32 = 2;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Config {
     Untraced,
-    Leaktrace,
+    /// leaktrace with the kernel's frame-pointer walk.
+    LeaktraceFp,
+    /// leaktrace unwinding from `.eh_frame` tables.
+    LeaktraceDwarf,
     Memleak,
 }
 
@@ -28,8 +31,17 @@ impl Config {
     fn name(self) -> &'static str {
         match self {
             Self::Untraced => "untraced",
-            Self::Leaktrace => "leaktrace (every alloc, fp stacks)",
+            Self::LeaktraceFp => "leaktrace --unwind fp",
+            Self::LeaktraceDwarf => "leaktrace --unwind dwarf",
             Self::Memleak => "bcc memleak-bpfcc -p PID",
+        }
+    }
+
+    fn unwind(self) -> Option<&'static str> {
+        match self {
+            Self::LeaktraceFp => Some("fp"),
+            Self::LeaktraceDwarf => Some("dwarf"),
+            _ => None,
         }
     }
 }
@@ -176,10 +188,11 @@ fn run_once(
     let export = dir.join("bench.json");
     let tracer = match config {
         Config::Untraced => None,
-        Config::Leaktrace => {
+        Config::LeaktraceFp | Config::LeaktraceDwarf => {
             let mut cmd = Command::new(leaktrace);
             cmd.args(["--no-tui", "-p", &pid.to_string(), "--export"])
                 .arg(&export);
+            cmd.args(["--unwind", config.unwind().unwrap_or("auto")]);
             Some(TracerProc::start(
                 cmd,
                 "leaktrace: tracing pid",
@@ -211,7 +224,7 @@ fn run_once(
     let mut lost = None;
     if let Some(tracer) = tracer {
         tracer.stop()?;
-        if config == Config::Leaktrace {
+        if config.unwind().is_some() {
             let text = std::fs::read_to_string(&export).unwrap_or_default();
             lost = text
                 .split("\"lost_events\":")
@@ -248,7 +261,11 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64) -> Result<()> {
             .arg(workspace.join("xtask/bench/workload.c")),
     )?;
     let leaktrace = workspace.join("target/release/leaktrace");
-    let mut configs = vec![Config::Untraced, Config::Leaktrace];
+    let mut configs = vec![
+        Config::Untraced,
+        Config::LeaktraceFp,
+        Config::LeaktraceDwarf,
+    ];
     let memleak = Command::new("sh")
         .args(["-c", "command -v memleak-bpfcc"])
         .output()
@@ -315,5 +332,17 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64) -> Result<()> {
         );
     }
     println!("leaktrace lost events over all runs: {lost_total}");
+    let fp = configs.iter().position(|c| *c == Config::LeaktraceFp);
+    let dwarf = configs.iter().position(|c| *c == Config::LeaktraceDwarf);
+    if let (Some(fp), Some(dwarf)) = (fp, dwarf)
+        && !samples[fp].is_empty()
+        && !samples[dwarf].is_empty()
+    {
+        let (fp, dwarf) = (median(&mut samples[fp]), median(&mut samples[dwarf]));
+        println!(
+            ".eh_frame unwinding over frame pointers: {:+.2} us per allocation (20-frame stacks)",
+            (dwarf - fp) / 1000.0
+        );
+    }
     Ok(())
 }

@@ -127,6 +127,8 @@ mod tests {
             "unwind_read_failed",
             "unwind_no_progress",
             "unwind_table_bytes",
+            "unwind_verified",
+            "unwind_mismatched",
             "tracer_memory_bytes",
         ]
         .into_iter()

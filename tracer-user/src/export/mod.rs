@@ -4,6 +4,7 @@
 //! - [`Format::Folded`]: folded stacks weighted by live bytes, for `inferno-flamegraph
 //!   --countname bytes` or `flamegraph.pl` ([`folded`]).
 //! - [`Format::Text`]: a report for people ([`text`]).
+//! - [`Format::Pprof`]: a gzipped pprof profile, for `go tool pprof` ([`pprof`]).
 //!
 //! ```
 //! use leaktrace::export::{Format, write_report};
@@ -21,6 +22,7 @@ use crate::report::Report;
 
 pub mod folded;
 pub mod json;
+pub mod pprof;
 pub mod text;
 
 /// An export format.
@@ -32,11 +34,13 @@ pub enum Format {
     Folded,
     /// Human-readable text ([`text`]).
     Text,
+    /// Gzipped pprof `profile.proto` ([`pprof`]): binary.
+    Pprof,
 }
 
 impl Format {
     /// Every format, in the order they are listed to users.
-    pub const ALL: [Format; 3] = [Format::Json, Format::Folded, Format::Text];
+    pub const ALL: [Format; 4] = [Format::Json, Format::Folded, Format::Text, Format::Pprof];
 
     /// The name [`FromStr`] accepts and [`fmt::Display`] prints.
     pub const fn name(self) -> &'static str {
@@ -44,6 +48,7 @@ impl Format {
             Format::Json => "json",
             Format::Folded => "folded",
             Format::Text => "text",
+            Format::Pprof => "pprof",
         }
     }
 
@@ -53,6 +58,7 @@ impl Format {
             Format::Json => "json",
             Format::Folded => "folded",
             Format::Text => "txt",
+            Format::Pprof => "pb.gz",
         }
     }
 }
@@ -65,7 +71,7 @@ impl fmt::Display for Format {
 
 /// A format name that is not one of [`Format::ALL`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown report format {given:?}, expected one of: json, folded, text")]
+#[error("unknown report format {given:?}, expected one of: json, folded, text, pprof")]
 pub struct ParseFormatError {
     /// The name that was given.
     pub given: String,
@@ -91,6 +97,7 @@ pub fn write_report<W: Write>(report: &Report, format: Format, out: W) -> std::i
         Format::Json => json::write(report, out),
         Format::Folded => folded::write(report, out),
         Format::Text => text::write(report, out),
+        Format::Pprof => pprof::write(report, out),
     }
 }
 

@@ -182,7 +182,9 @@ fn render_header(app: &App, frame: &mut Frame<'_>, area: Rect) {
         value(totals.unmatched_frees.to_string()),
         label("   unwind "),
         value(crate::export::one_line(&report.unwind).into_owned()),
-        label("   tracer "),
+        label(" (tables "),
+        value(human_bytes(report.diagnostics.unwind_table_bytes)),
+        label(")   tracer "),
         value(human_bytes(report.diagnostics.tracer_memory_bytes)),
     ]);
     let baseline = app.baseline.as_ref().map_or_else(Line::default, |b| {
