@@ -259,13 +259,26 @@ pub struct Finished {
     pub stderr: String,
     /// The JSON export, if one was written.
     pub report: Option<Value>,
+    /// The export file's bytes, whatever its format (empty if none was written).
+    pub export_bytes: Vec<u8>,
 }
 
 impl Tracer {
+    /// Where the export goes.
+    pub fn export_path(&self) -> &Path {
+        &self.export
+    }
+
     /// Starts `leaktrace --no-tui --export DIR/out.json ARGS` and waits until it has attached.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_exporting("out.json", args)
+    }
+
+    /// Like [`Tracer::start`], exporting to `name` in a fresh directory (the format follows the
+    /// extension; only a `.json` export is parsed into [`Finished::report`]).
+    pub fn start_exporting(name: &str, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let export = dir.path().join("out.json");
+        let export = dir.path().join(name);
         let mut child = Command::new(leaktrace_bin())
             .arg("--no-tui")
             .arg("--export")
@@ -361,8 +374,9 @@ impl Tracer {
         }
         // Let the stderr thread catch up.
         std::thread::sleep(Duration::from_millis(50));
-        let report = std::fs::read_to_string(&self.export)
-            .ok()
+        let report = (self.export.extension().is_some_and(|e| e == "json"))
+            .then(|| std::fs::read_to_string(&self.export).ok())
+            .flatten()
             .filter(|text| !text.is_empty())
             .map(|text| serde_json::from_str(&text).unwrap());
         Finished {
@@ -370,6 +384,7 @@ impl Tracer {
             stdout,
             stderr: self.stderr(),
             report,
+            export_bytes: std::fs::read(&self.export).unwrap_or_default(),
         }
     }
 }

@@ -344,6 +344,24 @@ pub struct VerdictInput<'a> {
     pub ages: Option<&'a AgeHistogram>,
 }
 
+impl Thresholds {
+    /// The defaults, with the analysis window set to `window_s` and the windows derived from it
+    /// scaled alike (recent window a fifth of it, least history for a leak a tenth), so
+    /// `--window 60` judges in a minute what the default judges in ten.
+    pub fn for_window(window_s: f64) -> Self {
+        let defaults = Self::default();
+        let scale = window_s / defaults.window_s;
+        Self {
+            window_s,
+            recent_window_s: defaults.recent_window_s * scale,
+            leak_min_window_s: defaults.leak_min_window_s * scale,
+            churn_max_age_s: defaults.churn_max_age_s.min(window_s / 12.0),
+            leak_old_age_s: defaults.leak_old_age_s.min(window_s / 6.0),
+            ..defaults
+        }
+    }
+}
+
 /// Classifies one stack; see the rules in the module documentation.
 pub fn verdict(input: &VerdictInput<'_>, thresholds: &Thresholds) -> Verdict {
     let th = thresholds;

@@ -17,7 +17,9 @@ use crate::{export::Format, probes::UnwindMode};
 #[command(after_help = "Examples:\n  \
     sudo leaktrace -p 1234\n  \
     sudo leaktrace -p 1234 --duration 60 --export heap.json\n  \
-    sudo leaktrace --no-tui --export heap.folded -- ./my-service --port 8080")]
+    sudo leaktrace --no-tui --export heap.folded -- ./my-service --port 8080\n  \
+    sudo leaktrace -p 1234 --snapshot-every 15m --snapshot-dir snaps --keep 96\n  \
+    leaktrace diff snaps/leaktrace-1234-20261121T010000Z.json snaps/leaktrace-1234-20261121T020000Z.json")]
 pub struct Cli {
     /// Trace the running process with this pid.
     #[arg(short, long, value_name = "PID", conflicts_with = "command")]
@@ -39,10 +41,16 @@ pub struct Cli {
     #[arg(short, long, value_name = "PATH")]
     pub export: Option<PathBuf>,
 
-    /// Format of the export file: json, folded (for inferno/flamegraph.pl) or text.
-    /// Default: from the file's extension (.json, .folded, .txt), else json.
+    /// Format of the export file: json, folded (for inferno/flamegraph.pl), text or pprof
+    /// (gzipped profile.proto for go tool pprof, Pyroscope, Parca).
+    /// Default: from the file's extension (.json, .folded, .txt, .pb.gz), else json.
     #[arg(short, long, value_name = "FORMAT")]
     pub format: Option<Format>,
+
+    /// Seconds of history the growth rate and the leak verdicts are judged over (see README:
+    /// leak, growing, steady, churn).
+    #[arg(long, value_name = "SECS", default_value_t = 600.0, value_parser = positive_secs)]
+    pub window: f64,
 
     /// Count only allocations at least this many seconds old as live (leaks, not pressure):
     /// live bytes and counts in reports and exports leave younger blocks out.

@@ -370,8 +370,8 @@ pub fn write_text<W: Write>(
     }
     writeln!(
         out,
-        "{:>11} {:>11} {:>11} {:>8} {:>13}  stack (innermost first)",
-        "delta", "before", "after", "allocs", "per second"
+        "{:>11} {:>13} {:>11} {:>11} {:>8} {:>13}  stack (innermost first)",
+        "delta", "delta bytes", "before", "after", "allocs", "per second"
     )?;
     for d in deltas {
         let rate = d.growth_bytes_per_s.map_or_else(
@@ -380,8 +380,9 @@ pub fn write_text<W: Write>(
         );
         writeln!(
             out,
-            "{:>11} {:>11} {:>11} {:>+8} {:>13}  {}",
+            "{:>11} {:>+13} {:>11} {:>11} {:>+8} {:>13}  {}",
             signed_bytes(d.delta_bytes),
+            d.delta_bytes,
             human_bytes(d.live_bytes_before),
             human_bytes(d.live_bytes_after),
             d.delta_allocs,
@@ -450,6 +451,11 @@ mod tests {
             oldest_age_s: None,
             truncated: false,
             incomplete: false,
+            verdict: crate::analytics::Verdict::Unknown,
+            growth_bytes_per_s: None,
+            growth_bytes_per_h: None,
+            growth_r2: None,
+            ages: crate::analytics::AgeHistogram::default(),
             frames,
         }
     }

@@ -38,6 +38,8 @@ use std::{
 
 use tracer_common::AllocKind;
 
+use crate::analytics::AgeHistogram;
+
 /// Identifies a call stack: the kernel stack map's id for it. `0` means no stack was recorded.
 pub type StackKey = u64;
 
@@ -117,6 +119,8 @@ pub struct StackStats {
     pub oldest_live_ts_ns: Option<u64>,
     /// Age of that block at the `now_ns` given to [`HeapModel::stack_stats`] (0 if it is newer).
     pub oldest_live_age_ns: Option<u64>,
+    /// This stack's live blocks by age at `now_ns`.
+    pub ages: AgeHistogram,
 }
 
 /// Whole-process counters, as returned by [`HeapModel::totals`].
@@ -254,6 +258,7 @@ impl HeapModel {
     /// `min_age_ns` old at `now_ns` (`--min-age`); the totals since attach are unchanged.
     pub fn stack_stats_min_age(&self, now_ns: u64, min_age_ns: u64) -> Vec<(StackKey, StackStats)> {
         let mut oldest_ms: Vec<Option<u32>> = vec![None; self.stacks.len()];
+        let mut ages: Vec<AgeHistogram> = vec![AgeHistogram::default(); self.stacks.len()];
         let mut old: Vec<(u64, u64)> = if min_age_ns > 0 {
             vec![(0, 0); self.stacks.len()]
         } else {
@@ -267,6 +272,10 @@ impl HeapModel {
             let index = usize::try_from(entry.stack).ok();
             if let Some(slot) = index.and_then(|i| oldest_ms.get_mut(i)) {
                 *slot = Some(slot.map_or(ms, |o| o.min(ms)));
+            }
+            if let Some(histogram) = index.and_then(|i| ages.get_mut(i)) {
+                let born_ns = origin_ns.saturating_add(u64::from(ms).saturating_mul(NS_PER_MS));
+                histogram.add(now_ns.saturating_sub(born_ns) as f64 / 1e9);
             }
             if u64::from(ms) <= cutoff_ms
                 && let Some(slot) = index.and_then(|i| old.get_mut(i))
@@ -295,6 +304,7 @@ impl HeapModel {
                     total_bytes: slot.total_bytes,
                     oldest_live_ts_ns: oldest,
                     oldest_live_age_ns: oldest.map(|ts| now_ns.saturating_sub(ts)),
+                    ages: ages.get(i).copied().unwrap_or_default(),
                 };
                 (slot.key, stats)
             })

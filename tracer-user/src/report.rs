@@ -20,7 +20,10 @@ use std::cmp::Ordering;
 use serde::{Serialize, Serializer};
 use tracer_common::Counter;
 
-use crate::heap::{StackStats, Totals};
+use crate::{
+    analytics::{AgeHistogram, Verdict},
+    heap::{StackStats, Totals},
+};
 
 /// Nanoseconds per second, for ages and durations.
 const NS_PER_S: f64 = 1e9;
@@ -204,6 +207,16 @@ pub struct StackReport {
     pub truncated: bool,
     /// The unwinder stopped before the outermost frame (counted by reason in diagnostics).
     pub incomplete: bool,
+    /// Leak, growing, steady, churn or unknown (see [`crate::analytics`]).
+    pub verdict: Verdict,
+    /// Slope of live bytes over the analysis window, per second (`None` without enough history).
+    pub growth_bytes_per_s: Option<f64>,
+    /// The same slope per hour.
+    pub growth_bytes_per_h: Option<f64>,
+    /// How well a straight line fits live bytes over the window (R², 0 to 1).
+    pub growth_r2: Option<f64>,
+    /// Live blocks by age.
+    pub ages: AgeHistogram,
     /// Frames, innermost first: index 0 is the allocator's caller.
     pub frames: Vec<Frame>,
 }
@@ -226,6 +239,11 @@ impl StackReport {
             oldest_age_s: stats.oldest_live_age_ns.map(ns_to_s),
             truncated,
             incomplete,
+            verdict: Verdict::Unknown,
+            growth_bytes_per_s: None,
+            growth_bytes_per_h: None,
+            growth_r2: None,
+            ages: stats.ages,
             frames,
         }
     }
@@ -329,6 +347,11 @@ mod tests {
             oldest_age_s: None,
             truncated: false,
             incomplete: false,
+            verdict: crate::analytics::Verdict::Unknown,
+            growth_bytes_per_s: None,
+            growth_bytes_per_h: None,
+            growth_r2: None,
+            ages: crate::analytics::AgeHistogram::default(),
             frames: vec![Frame {
                 function: leaf.map(str::to_owned),
                 ..Frame::unknown(addr)
@@ -398,6 +421,7 @@ mod tests {
     fn stack_report_converts_the_age_to_seconds() {
         // Given heap figures with an oldest block 1.5 s old
         let stats = StackStats {
+            ages: crate::analytics::AgeHistogram::default(),
             live_bytes: 10,
             live_allocs: 2,
             total_allocs: 3,

@@ -25,12 +25,13 @@ use tokio::{
 
 use crate::{
     allocator::{self, Allocator},
+    analytics::{self, Thresholds, VerdictInput},
     cli::Cli,
     error::{Failure, chain},
     events,
     export::{self, Format},
     heap::{HeapConfig, HeapModel},
-    history::History,
+    history::{History, Series},
     launch::{self, Launched},
     probes::{Counters, KernelStack, ProbeConfig, Probes, UnwindMode},
     process::{Mapping, Process},
@@ -439,6 +440,8 @@ struct Session {
     min_age_ns: u64,
     /// `--snapshot-every`: where and how often.
     soak: Option<(Soak, Duration)>,
+    /// Verdict thresholds (`--window`).
+    thresholds: Thresholds,
     live_view: Option<LiveView>,
     history: History,
     unwind: UnwindMode,
@@ -498,6 +501,7 @@ impl Session {
             top: cli.top,
             min_age_ns: cli.min_age.map_or(0, |s| (s * 1e9) as u64),
             soak: None,
+            thresholds: Thresholds::for_window(cli.window),
             live_view,
             history: History::default(),
             unwind: cli.unwind,
@@ -706,6 +710,16 @@ impl Session {
     }
 
     fn status(&mut self) {
+        // One sample of every stack's live bytes per interval: growth and verdicts read these.
+        let t_s = self.started.elapsed().as_secs_f64();
+        let now_ns = events::monotonic_now_ns();
+        self.history.record(
+            t_s,
+            self.heap
+                .stack_stats(now_ns)
+                .into_iter()
+                .map(|(id, stat)| (id, stat.live_bytes)),
+        );
         if self.unwind != UnwindMode::Fp && self.process.is_alive() {
             // Libraries loaded since (dlopen) get tables and mappings.
             self.refresh_maps();
@@ -761,17 +775,6 @@ impl Session {
 
     /// A snapshot for the live view: the busiest stacks, their histories, rates and RSS.
     fn snapshot(&mut self, ended: Option<String>) -> Snapshot {
-        let t_s = self.started.elapsed().as_secs_f64();
-        let now_ns = events::monotonic_now_ns();
-        if ended.is_none() {
-            self.history.record(
-                t_s,
-                self.heap
-                    .stack_stats(now_ns)
-                    .into_iter()
-                    .map(|(id, stat)| (id, stat.live_bytes)),
-            );
-        }
         let report = self.report(ended.is_some(), SNAPSHOT_STACKS);
         let series = report
             .stacks
@@ -812,6 +815,19 @@ impl Session {
                     .clone()
             };
             let frames = self.symbolizer.frames(&self.modules, &stack.ips);
+            let empty = Series::default();
+            let series = self.history.get(id).unwrap_or(&empty);
+            let growth = analytics::growth(series, self.thresholds.window_s);
+            let verdict = analytics::verdict(
+                &VerdictInput {
+                    series,
+                    live_allocs: stat.live_allocs,
+                    total_allocs: stat.total_allocs,
+                    oldest_age_s: stat.oldest_live_age_ns.map(|ns| ns as f64 / 1e9),
+                    ages: Some(&stat.ages),
+                },
+                &self.thresholds,
+            );
             stacks.push(StackReport {
                 id,
                 live_bytes: stat.live_bytes,
@@ -821,6 +837,11 @@ impl Session {
                 oldest_age_s: stat.oldest_live_age_ns.map(|age| age as f64 / 1e9),
                 truncated: stack.truncated,
                 incomplete: stack.incomplete,
+                verdict,
+                growth_bytes_per_s: growth.as_ref().map(|g| g.bytes_per_s),
+                growth_bytes_per_h: growth.as_ref().map(|g| g.bytes_per_h),
+                growth_r2: growth.as_ref().map(|g| g.r_squared),
+                ages: stat.ages,
                 frames,
             });
         }

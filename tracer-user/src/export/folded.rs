@@ -48,13 +48,15 @@ pub fn lines(report: &Report) -> Vec<(String, u64)> {
     lines
 }
 
-/// The stack's frames, outermost first, joined with `;`.
+/// The stack's frames, outermost first, joined with `;`, under a root frame naming its leak
+/// verdict (`[leak]`, `[steady]`, ...), so a flame graph splits leaks from the rest.
 pub fn fold(stack: &StackReport) -> String {
+    let verdict = format!("[{}]", stack.verdict);
     if stack.frames.is_empty() {
-        return NO_STACK_FRAME.to_owned();
+        return format!("{verdict};{NO_STACK_FRAME}");
     }
     let names: Vec<String> = stack.frames.iter().rev().map(frame_name).collect();
-    names.join(";")
+    format!("{verdict};{}", names.join(";"))
 }
 
 /// A frame's name as it appears in a folded line.
@@ -141,11 +143,11 @@ mod tests {
             lines,
             [
                 (
-                    "main;handle_request;buffer_append;grow_buffer".to_owned(),
+                    "[unknown];main;handle_request;buffer_append;grow_buffer".to_owned(),
                     1_572_864
                 ),
                 (
-                    "[unknown] 0x7ffd00009abc;<alloc::vec::Vec<[u8: 8]>>::with_capacity;\
+                    "[unknown];[unknown] 0x7ffd00009abc;<alloc::vec::Vec<[u8: 8]>>::with_capacity;\
                      [libfoo.so.1] 0x7f3a00001234"
                         .to_owned(),
                     4096
@@ -176,7 +178,7 @@ mod tests {
         // Then the twin is merged into the first line, and the frameless one is marked
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[0].1, 1_572_864 + 100);
-        assert_eq!(lines[2], (NO_STACK_FRAME.to_owned(), 1_572_864));
+        assert_eq!(lines[2], (format!("[unknown];{NO_STACK_FRAME}"), 1_572_864));
     }
 
     #[test]

@@ -152,6 +152,11 @@ mod tests {
                     ("oldest_age_s", F64, true),
                     ("truncated", Bool, false),
                     ("incomplete", Bool, false),
+                    ("verdict", Str, false),
+                    ("growth_bytes_per_s", F64, true),
+                    ("growth_bytes_per_h", F64, true),
+                    ("growth_r2", F64, true),
+                    ("ages", Object, false),
                     ("frames", Array, false),
                 ],
             );

@@ -177,6 +177,11 @@ mod tests {
                 oldest_age_s: None,
                 truncated: false,
                 incomplete: false,
+                verdict: crate::analytics::Verdict::Unknown,
+                growth_bytes_per_s: None,
+                growth_bytes_per_h: None,
+                growth_r2: None,
+                ages: crate::analytics::AgeHistogram::default(),
                 frames: vec![
                     Frame {
                         function: Some("parse_header".to_owned()),
@@ -198,6 +203,11 @@ mod tests {
                 oldest_age_s: Some(3.0),
                 truncated: true,
                 incomplete: false,
+                verdict: crate::analytics::Verdict::Unknown,
+                growth_bytes_per_s: None,
+                growth_bytes_per_h: None,
+                growth_r2: None,
+                ages: crate::analytics::AgeHistogram::default(),
                 frames: vec![
                     Frame {
                         module: Some("/usr/lib/libfoo.so.1".to_owned()),
@@ -223,6 +233,11 @@ mod tests {
                 oldest_age_s: Some(12.5),
                 truncated: false,
                 incomplete: false,
+                verdict: crate::analytics::Verdict::Unknown,
+                growth_bytes_per_s: None,
+                growth_bytes_per_h: None,
+                growth_r2: None,
+                ages: crate::analytics::AgeHistogram::default(),
                 frames: vec![
                     frame("grow_buffer", "src/buffer.c", 42, 0x55d0_c0de_1234, true),
                     frame("buffer_append", "src/buffer.c", 88, 0x55d0_c0de_1234, false),

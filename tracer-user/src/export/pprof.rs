@@ -39,7 +39,7 @@ use std::{
 use flate2::{Compression, read::GzDecoder, write::GzEncoder};
 use prost::Message as _;
 
-use self::proto::{Function, Line, Location, Mapping, Profile, Sample, ValueType};
+use self::proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 use crate::report::{Frame, Report, StackReport};
 
 /// Sample types as `(type, unit)`, in sample value order.
@@ -374,10 +374,17 @@ impl Builder {
         ]
         .map(|v| i64::try_from(v).unwrap_or(i64::MAX))
         .to_vec();
+        // The leak verdict as a label, so `go tool pprof -tagfocus verdict=leak` selects leaks.
+        let label = vec![Label {
+            key: self.string("verdict"),
+            str: self.string(stack.verdict.as_str()),
+            num: 0,
+            num_unit: 0,
+        }];
         Sample {
             location_id,
             value,
-            label: Vec::new(),
+            label,
         }
     }
 

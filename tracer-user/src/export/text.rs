@@ -107,6 +107,21 @@ fn write_stack<W: Write>(rank: usize, stack: &StackReport, out: &mut W) -> std::
         human_bytes(stack.total_bytes),
         stack.total_bytes
     )?;
+    let growth = match (
+        stack.growth_bytes_per_s,
+        stack.growth_bytes_per_h,
+        stack.growth_r2,
+    ) {
+        (Some(per_s), Some(per_h), Some(r2)) => format!(
+            ", growth {}{}/s ({}{}/h, R² {r2:.2})",
+            if per_s < 0.0 { "-" } else { "+" },
+            human_bytes(per_s.abs() as u64),
+            if per_h < 0.0 { "-" } else { "+" },
+            human_bytes(per_h.abs() as u64)
+        ),
+        _ => String::new(),
+    };
+    writeln!(out, "    verdict: {}{growth}", stack.verdict)?;
     if stack.frames.is_empty() {
         writeln!(out, "  (no stack recorded)")?;
     }

@@ -1,9 +1,10 @@
-//! Text for the live view's cells: ages, signed byte counts, growth rates, sparklines and frame
-//! labels. Pure functions, no styling.
+//! Text for the live view's cells: ages, signed byte counts, growth rates, sparklines, verdicts,
+//! age histograms and frame labels. Pure functions, no styling.
 
 use std::borrow::Cow;
 
 use crate::{
+    analytics::{AgeHistogram, LABELS, Verdict},
     export::{human_bytes, one_line},
     report::{Frame, StackReport},
 };
@@ -97,6 +98,36 @@ pub(crate) fn sparkline(values: &[u64], width: usize) -> String {
         }
     }
     line
+}
+
+/// The verdict column: the verdict's name, `?` when unknown.
+pub(crate) const fn verdict_cell(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Unknown => "?",
+        known => known.as_str(),
+    }
+}
+
+/// The fitted growth of the detail pane: `+1.2 KiB/s, R² 0.98`, without the R² when it is not
+/// known; `None` without a fit.
+pub(crate) fn fitted_growth(bytes_per_s: Option<f64>, r2: Option<f64>) -> Option<String> {
+    let rate = rate(bytes_per_s?, "s");
+    Some(match r2 {
+        Some(r2) if r2.is_finite() => format!("{rate}, R² {r2:.2}"),
+        _ => rate,
+    })
+}
+
+/// The non-empty buckets of an age histogram: `ages <1s:3 <1m:12 >=6h:1`; `None` when every
+/// bucket is empty.
+pub(crate) fn age_buckets(ages: &AgeHistogram) -> Option<String> {
+    let buckets: Vec<String> = LABELS
+        .iter()
+        .zip(ages.buckets)
+        .filter(|&(_, count)| count > 0)
+        .map(|(label, count)| format!("{label}:{count}"))
+        .collect();
+    (!buckets.is_empty()).then(|| format!("ages {}", buckets.join(" ")))
 }
 
 /// `1 alloc`, `2 allocs`.
@@ -249,6 +280,32 @@ mod tests {
     }
 
     #[test]
+    fn verdicts_growth_fits_and_age_buckets() {
+        assert_eq!(verdict_cell(Verdict::Leak), "leak");
+        assert_eq!(verdict_cell(Verdict::Growing), "growing");
+        assert_eq!(verdict_cell(Verdict::Steady), "steady");
+        assert_eq!(verdict_cell(Verdict::Churn), "churn");
+        assert_eq!(verdict_cell(Verdict::Unknown), "?");
+
+        assert_eq!(
+            fitted_growth(Some(1228.8), Some(0.981)).as_deref(),
+            Some("+1.2 KiB/s, R² 0.98")
+        );
+        assert_eq!(fitted_growth(Some(-50.0), None).as_deref(), Some("-50 B/s"));
+        assert_eq!(fitted_growth(None, Some(0.5)), None);
+
+        let mut ages = AgeHistogram::default();
+        assert_eq!(age_buckets(&ages), None);
+        ages.add_n(0.2, 3);
+        ages.add_n(30.0, 12);
+        ages.add(30_000.0);
+        assert_eq!(
+            age_buckets(&ages).as_deref(),
+            Some("ages <1s:3 <1m:12 >=6h:1")
+        );
+    }
+
+    #[test]
     fn counts_and_cut_text() {
         assert_eq!(allocs(0), "0 allocs");
         assert_eq!(allocs(1), "1 alloc");
@@ -307,6 +364,11 @@ mod tests {
             oldest_age_s: None,
             truncated: false,
             incomplete: false,
+            verdict: crate::analytics::Verdict::Unknown,
+            growth_bytes_per_s: None,
+            growth_bytes_per_h: None,
+            growth_r2: None,
+            ages: crate::analytics::AgeHistogram::default(),
             frames,
         };
         let alloc = named("alloc_buffer", "leaky", Some("/src/leaky.c"), Some(52));

@@ -75,7 +75,7 @@ fn detail_pane() {
 
 #[test]
 fn detail_pane_scrolled() {
-    // 16 lines leave 4 for the detail pane's text: stack 1 has 5
+    // 16 lines leave 4 for the detail pane's text: stack 1 has 6
     let app = sample(
         80,
         16,
@@ -108,6 +108,55 @@ fn grouped_by_module_sorted_by_age() {
         ],
     );
     assert_snapshot!(draw(&app).backend());
+}
+
+#[test]
+fn sorted_by_verdict() {
+    let app = sample(
+        80,
+        24,
+        [
+            Action::CycleSort,
+            Action::CycleSort,
+            Action::CycleSort,
+            Action::CycleSort,
+            Action::Down,
+            Action::ToggleDetail,
+        ],
+    );
+    assert_snapshot!(draw(&app).backend());
+}
+
+#[test]
+fn grouped_by_function_sorted_by_verdict_with_a_baseline() {
+    let app = sample(
+        80,
+        24,
+        [
+            Action::ToggleBaseline,
+            Action::CycleGrouping,
+            Action::CycleSort,
+            Action::CycleSort,
+            Action::CycleSort,
+            Action::CycleSort,
+        ],
+    );
+    assert_snapshot!(draw(&app).backend());
+}
+
+#[test]
+fn detail_of_an_unknown_stack_has_no_fit() {
+    // Stack 7: one sample, so no fit; one block aged 1.0 s
+    let app = sample(80, 24, [Action::Last, Action::Up, Action::ToggleDetail]);
+    let text: Vec<String> = ui::detail_lines(&app)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(text[0], "unknown  ages <10s:1");
+    // Stack 3: nothing live, so no ages
+    let app = sample(80, 24, [Action::Last, Action::ToggleDetail]);
+    let text = ui::detail_lines(&app)[0].to_string();
+    assert_eq!(text, "churn  -341 B/s, R² 0.55");
 }
 
 #[test]
@@ -230,6 +279,7 @@ fn detail_of_an_incomplete_stack_says_so() {
     assert_eq!(
         text,
         [
+            "churn  +100 B/s, R² 0.41  ages <1s:5 <10s:3",
             "2.0 KiB live in 8 allocs, oldest 6.0s; 17 allocs (4.1 KiB) since attach",
             "#0 g_malloc (libglib-2.0.so.0)",
             "#1 g_strdup (libglib-2.0.so.0) [inlined]",
@@ -237,4 +287,32 @@ fn detail_of_an_incomplete_stack_says_so() {
             "… unwinding stopped early (see diagnostics)",
         ]
     );
+}
+
+#[test]
+fn verdicts_are_coloured_by_severity() {
+    use ratatui::style::{Color, Modifier};
+    let terminal = draw(&sample(80, 24, []));
+    let buffer = terminal.backend().buffer();
+    // The verdict column starts where its header does
+    let header: String = (0..80).map(|x| buffer[(x, 4)].symbol()).collect();
+    let column = header.find("verdict").expect("a verdict column");
+    let x = u16::try_from(header[..column].chars().count()).expect("on screen");
+    // Rows from y = 5, by live bytes: stacks 1, 4, 5, 2, 6, 7, 3
+    let expected = [
+        ("leak", Color::Red, true),
+        ("growing", Color::Yellow, false),
+        ("steady", Color::Reset, false),
+        ("steady", Color::Reset, false),
+        ("churn", Color::DarkGray, false),
+        ("?", Color::DarkGray, false),
+        ("churn", Color::DarkGray, false),
+    ];
+    for (y, (word, fg, bold)) in (5..).zip(expected) {
+        let cell = &buffer[(x, y)];
+        let text: String = (x..x + 7).map(|x| buffer[(x, y)].symbol()).collect();
+        assert_eq!(text.trim_end(), word, "row {y}");
+        assert_eq!(cell.fg, fg, "row {y}");
+        assert_eq!(cell.modifier.contains(Modifier::BOLD), bold, "row {y}");
+    }
 }

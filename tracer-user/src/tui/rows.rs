@@ -6,6 +6,7 @@ use std::{cmp::Ordering, collections::HashMap};
 
 use super::format::{frame_label, stack_description};
 use crate::{
+    analytics::Verdict,
     history::Series,
     report::{Report, StackReport},
     snapshot::Snapshot,
@@ -65,6 +66,8 @@ pub(crate) enum SortKey {
     Count,
     /// Age of the oldest live allocation (none last).
     Age,
+    /// Verdict, most severe first ([`severity`]), then live bytes.
+    Verdict,
 }
 
 impl SortKey {
@@ -74,9 +77,26 @@ impl SortKey {
             Self::LiveBytes => Self::Growth,
             Self::Growth => Self::Count,
             Self::Count => Self::Age,
-            Self::Age => Self::LiveBytes,
+            Self::Age => Self::Verdict,
+            Self::Verdict => Self::LiveBytes,
         }
     }
+}
+
+/// How alarming a verdict is: leak > growing > steady > churn > unknown.
+pub(crate) const fn severity(verdict: Verdict) -> u8 {
+    match verdict {
+        Verdict::Leak => 4,
+        Verdict::Growing => 3,
+        Verdict::Steady => 2,
+        Verdict::Churn => 1,
+        Verdict::Unknown => 0,
+    }
+}
+
+/// The more severe of two verdicts ([`severity`]).
+pub(crate) const fn most_severe(a: Verdict, b: Verdict) -> Verdict {
+    if severity(b) > severity(a) { b } else { a }
 }
 
 /// Live bytes and allocations per stack id at one moment (key `b`), to show changes since.
@@ -136,6 +156,8 @@ pub(crate) struct Row {
     pub(crate) growth_per_s: Option<f64>,
     /// Age of the oldest live allocation of any member, in seconds.
     pub(crate) oldest_age_s: Option<f64>,
+    /// The stack's verdict; for a group, its members' most severe ([`most_severe`]).
+    pub(crate) verdict: Verdict,
     /// Live bytes over time (summed over the members, aligned on the newest sample), oldest
     /// first, at most [`SPARK_SAMPLES`].
     pub(crate) spark: Vec<u64>,
@@ -218,6 +240,7 @@ pub(crate) fn build_rows(snapshot: &Snapshot, view: View<'_>) -> Vec<Row> {
                 live_allocs: 0,
                 growth_per_s: None,
                 oldest_age_s: None,
+                verdict: Verdict::Unknown,
                 spark: Vec::new(),
                 description: String::new(),
                 members: Vec::new(),
@@ -233,6 +256,7 @@ pub(crate) fn build_rows(snapshot: &Snapshot, view: View<'_>) -> Vec<Row> {
         row.live_allocs = row.live_allocs.saturating_add(stack.live_allocs);
         row.growth_per_s = sum_known(row.growth_per_s, stack_series.growth_per_s(GROWTH_WINDOW_S));
         row.oldest_age_s = max_known(row.oldest_age_s, stack.oldest_age_s);
+        row.verdict = most_severe(row.verdict, stack.verdict);
         add_aligned(&mut row.spark, &stack_series.last(SPARK_SAMPLES));
         if let (Some((bytes, count)), Some(baseline)) = (row.delta.as_mut(), view.baseline) {
             let (db, dc) = baseline.delta(stack);
@@ -286,6 +310,7 @@ pub(crate) fn compare_rows(a: &Row, b: &Row, sort: SortKey) -> Ordering {
         SortKey::Count => count(b).cmp(&count(a)),
         SortKey::Growth => descending_known_first(a.growth_per_s, b.growth_per_s),
         SortKey::Age => descending_known_first(a.oldest_age_s, b.oldest_age_s),
+        SortKey::Verdict => severity(b.verdict).cmp(&severity(a.verdict)),
     };
     primary
         .then(b.live_bytes.cmp(&a.live_bytes))
@@ -391,18 +416,92 @@ mod tests {
         assert_eq!(sorted(SortKey::Count), vec![4, 5, 6, 1, 2, 7, 3]);
         // Age: stack 3 has nothing live, so no age
         assert_eq!(sorted(SortKey::Age), vec![1, 4, 6, 5, 2, 7, 3]);
+        // Verdict: leak 1, growing 4, steady 5 and 2, churn 6 and 3, unknown 7; ties by live
+        // bytes
+        assert_eq!(sorted(SortKey::Verdict), vec![1, 4, 5, 2, 6, 3, 7]);
+    }
+
+    #[test]
+    fn verdicts_rank_by_severity() {
+        use crate::analytics::Verdict::*;
+        let order = [Leak, Growing, Steady, Churn, Unknown];
+        for (i, &a) in order.iter().enumerate() {
+            for (j, &b) in order.iter().enumerate() {
+                assert_eq!(severity(a) > severity(b), i < j, "{a} vs {b}");
+                let worst = if i <= j { a } else { b };
+                assert_eq!(most_severe(a, b), worst, "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn rows_carry_their_stacks_verdict() {
+        let snapshot = sample_snapshot();
+        let rows = build_rows(&snapshot, view(Grouping::Stack, SortKey::LiveBytes));
+        for row in &rows {
+            let stack = &snapshot.report.stacks[row.members[0]];
+            assert_eq!(row.verdict, stack.verdict, "stack {}", stack.id);
+        }
+    }
+
+    #[test]
+    fn groups_take_their_most_severe_members_verdict() {
+        use crate::analytics::Verdict;
+        let snapshot = sample_snapshot();
+        let verdict_of = |grouping, key: RowKey| {
+            build_rows(&snapshot, view(grouping, SortKey::LiveBytes))
+                .into_iter()
+                .find(|r| r.key == key)
+                .map(|r| r.verdict)
+        };
+        let function = |name: &str| RowKey::Function(name.to_owned());
+        let module = |path: &str| RowKey::Module(path.to_owned());
+        // alloc_buffer: growing (4) and steady (5)
+        assert_eq!(
+            verdict_of(Grouping::Function, function("alloc_buffer")),
+            Some(Verdict::Growing)
+        );
+        // The server: leak (1), growing (4), steady (5), churn (3)
+        assert_eq!(
+            verdict_of(Grouping::Module, module("/usr/bin/server")),
+            Some(Verdict::Leak)
+        );
+        // A group of one keeps its stack's verdict, unknown included
+        assert_eq!(
+            verdict_of(Grouping::Module, module("[unknown]")),
+            Some(Verdict::Unknown)
+        );
+        assert_eq!(
+            verdict_of(Grouping::Function, function("g_malloc")),
+            Some(Verdict::Churn)
+        );
+
+        // When a member of a group turns into a leak, so does the group, and sorting by
+        // verdict puts it first
+        let mut snapshot = snapshot;
+        let i5 = stack_index(&snapshot, 5);
+        snapshot.report.stacks[i5].verdict = Verdict::Leak;
+        let i1 = stack_index(&snapshot, 1);
+        snapshot.report.stacks[i1].verdict = Verdict::Steady;
+        let rows = build_rows(&snapshot, view(Grouping::Function, SortKey::Verdict));
+        assert_eq!(rows[0].key, function("alloc_buffer"));
+        assert_eq!(rows[0].verdict, Verdict::Leak);
+        assert_eq!(rows[1].key, function("grow_buffer"));
     }
 
     #[test]
     fn sort_keys_and_groupings_cycle() {
         let mut sort = SortKey::default();
         let mut seen = vec![sort];
-        for _ in 0..4 {
+        for _ in 0..5 {
             sort = sort.next();
             seen.push(sort);
         }
         use SortKey::*;
-        assert_eq!(seen, vec![LiveBytes, Growth, Count, Age, LiveBytes]);
+        assert_eq!(
+            seen,
+            vec![LiveBytes, Growth, Count, Age, Verdict, LiveBytes]
+        );
         let g = Grouping::default();
         assert_eq!(g, Grouping::Stack);
         assert_eq!(g.next(), Grouping::Function);

@@ -6,6 +6,7 @@ use ratatui::layout::Size;
 
 use super::app::App;
 use crate::{
+    analytics::{AgeHistogram, Verdict},
     history::Series,
     report::{Diagnostics, Frame, Report, ReportTotals, StackReport, sort_stacks},
     snapshot::Snapshot,
@@ -41,8 +42,31 @@ fn stack(
         oldest_age_s: age,
         truncated: false,
         incomplete: false,
+        verdict: Verdict::Unknown,
+        growth_bytes_per_s: None,
+        growth_bytes_per_h: None,
+        growth_r2: None,
+        ages: AgeHistogram::default(),
         frames,
     }
+}
+
+/// What the analysis said about a stack: its verdict, its fitted growth `(bytes per second, R²)`
+/// and its live blocks' ages as `(age in seconds, blocks)`.
+fn analysed(
+    mut stack: StackReport,
+    verdict: Verdict,
+    growth: Option<(f64, f64)>,
+    ages: &[(f64, u64)],
+) -> StackReport {
+    stack.verdict = verdict;
+    stack.growth_bytes_per_s = growth.map(|(per_s, _)| per_s);
+    stack.growth_bytes_per_h = growth.map(|(per_s, _)| per_s * 3600.0);
+    stack.growth_r2 = growth.map(|(_, r2)| r2);
+    for &(age, n) in ages {
+        stack.ages.add_n(age, n);
+    }
+    stack
 }
 
 /// A series with one sample per second at `t` for each `t` in `times`.
@@ -58,15 +82,15 @@ fn series(times: impl IntoIterator<Item = u64>, bytes: impl Fn(u64) -> u64) -> (
 
 /// Seven stacks, 12.75 s after attach, covering what the view shows:
 ///
-/// | id | live | allocs | age | growth/s | frames |
-/// |---|---|---|---|---|---|
-/// | 1 | 1.5 MiB | 3 | 12.5 | 131072 | grow_buffer [inlined] ← buffer_append ← handle_request ← main |
-/// | 4 | 64 KiB | 16 | 8.0 | 4096 | alloc_buffer ← parse_header ← main |
-/// | 5 | 32 KiB | 16 | 5.0 | 2048 (series from t=6) | alloc_buffer ← read_body ← main |
-/// | 2 | 4 KiB | 1 | 3.0 | 0 | [libfoo.so.1] ← with_capacity (libbar) ← [unknown], truncated |
-/// | 6 | 2 KiB | 8 | 6.0 | 100 | g_malloc (libglib) ← g_strdup [inlined] ← load_config, incomplete |
-/// | 7 | 100 B | 1 | 1.0 | unknown (one sample) | no frames |
-/// | 3 | 0 B | 0 | – | negative | parse_header ← main |
+/// | id | live | allocs | age | growth/s | verdict (fit/s, R²) | ages | frames |
+/// |---|---|---|---|---|---|---|---|
+/// | 1 | 1.5 MiB | 3 | 12.5 | 131072 | leak (131072, 1.0) | <10s:2 <1m:1 | grow_buffer [inlined] ← buffer_append ← handle_request ← main |
+/// | 4 | 64 KiB | 16 | 8.0 | 4096 | growing (4096, 0.97) | <1s:4 <10s:12 | alloc_buffer ← parse_header ← main |
+/// | 5 | 32 KiB | 16 | 5.0 | 2048 (series from t=6) | steady (2048, 0.62) | <1s:10 <10s:6 | alloc_buffer ← read_body ← main |
+/// | 2 | 4 KiB | 1 | 3.0 | 0 | steady (0, 0.0) | <10s:1 | [libfoo.so.1] ← with_capacity (libbar) ← [unknown], truncated |
+/// | 6 | 2 KiB | 8 | 6.0 | 100 | churn (100, 0.41) | <1s:5 <10s:3 | g_malloc (libglib) ← g_strdup [inlined] ← load_config, incomplete |
+/// | 7 | 100 B | 1 | 1.0 | unknown (one sample) | unknown (–) | <10s:1 | no frames |
+/// | 3 | 0 B | 0 | – | negative | churn (-341.3, 0.55) | – | parse_header ← main |
 pub(crate) fn sample_snapshot() -> Snapshot {
     let server = "/usr/bin/server";
     let glib = "/usr/lib/libglib-2.0.so.0";
@@ -225,8 +249,42 @@ pub(crate) fn sample_snapshot() -> Snapshot {
             s3,
         ),
     ];
+    // What the analysis said (the table above); the live view only shows it.
+    let stacks = stacks.into_iter().map(|(stack, series)| {
+        let stack = match stack.id {
+            1 => analysed(
+                stack,
+                Verdict::Leak,
+                Some((131_072.0, 1.0)),
+                &[(8.0, 2), (12.5, 1)],
+            ),
+            4 => analysed(
+                stack,
+                Verdict::Growing,
+                Some((4096.0, 0.97)),
+                &[(0.5, 4), (8.0, 12)],
+            ),
+            5 => analysed(
+                stack,
+                Verdict::Steady,
+                Some((2048.0, 0.62)),
+                &[(0.5, 10), (5.0, 6)],
+            ),
+            2 => analysed(stack, Verdict::Steady, Some((0.0, 0.0)), &[(3.0, 1)]),
+            6 => analysed(
+                stack,
+                Verdict::Churn,
+                Some((100.0, 0.41)),
+                &[(0.5, 5), (6.0, 3)],
+            ),
+            7 => analysed(stack, Verdict::Unknown, None, &[(1.0, 1)]),
+            3 => analysed(stack, Verdict::Churn, Some((-341.3, 0.55)), &[]),
+            _ => stack,
+        };
+        (stack, series)
+    });
     // Report order (already so, but keep `series` parallel whatever `sort_stacks` does).
-    let mut by_id: Vec<(StackReport, Series)> = stacks;
+    let mut by_id: Vec<(StackReport, Series)> = stacks.collect();
     let mut reports: Vec<StackReport> = by_id.iter().map(|(s, _)| s.clone()).collect();
     sort_stacks(&mut reports);
     let series = reports

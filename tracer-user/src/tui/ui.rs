@@ -6,10 +6,11 @@
 //! live 1.6 MiB in 45 allocs   RSS 24.0 MiB   48211 allocs/s   48002 frees/s
 //! lost 7   unmatched frees 12   unwind fp   tracer 3.3 MiB           Δ since 5.0s
 //!  7 stacks ──────────────────────────────────────────────────────────────────────  table
-//!       live ▼   count     growth/h trend       age allocated at
-//! >    1.5 MiB       3 +450.0 MiB/h ▄▄▅▆▆▇██  12.5s grow_buffer ← buffer_append (…
+//!       live ▼   count     growth/h  trend    age verdict   allocated at
+//! >    1.5 MiB       3 +450.0 MiB/h ▅▆▆▇██  12.5s leak      grow_buffer ← buffer…
 //!  stack detail ─ J/K scroll ─────────────────────────────────────────────────────  detail
-//! 1.5 MiB live in 3 allocs, oldest 12.5s; 7 allocs (3.0 MiB) since attach          (Enter)
+//! leak  +128.0 KiB/s, R² 1.00  ages <10s:2 <1m:1                                   (Enter)
+//! 1.5 MiB live in 3 allocs, oldest 12.5s; 7 allocs (3.0 MiB) since attach
 //! #0 grow_buffer (server) /src/buffer.c:42 [inlined]
 //!  PAUSED   filter /alloc  exported 2 stacks to ./leaktrace-4242-1700000000.json  status
 //! q quit ? help ⏎ close / filter s sort g group p pause b baseline e export        keys
@@ -30,7 +31,7 @@ use super::{
     format,
     rows::{self, SortKey},
 };
-use crate::export::human_bytes;
+use crate::{analytics::Verdict, export::human_bytes};
 
 /// Lines of the header.
 const HEADER_ROWS: u16 = 3;
@@ -212,7 +213,7 @@ struct Columns {
     wide: bool,
     trend: u16,
     description: usize,
-    widths: [Constraint; 6],
+    widths: [Constraint; 7],
 }
 
 impl Columns {
@@ -225,9 +226,12 @@ impl Columns {
         let wide = width >= WIDE;
         // A change since the baseline has a sign: "+1023.9 KiB".
         let live = if baseline { 11 } else { 10 };
-        let (count, growth, trend) = if wide { (8, 25, 16) } else { (7, 12, 8) };
+        // Narrow terminals get a shorter sparkline, to leave room for the description.
+        let (count, growth, trend) = if wide { (8, 25, 16) } else { (7, 12, 6) };
         let age = 6;
-        let fixed = Self::SYMBOL + live + count + growth + trend + age + 5 * Self::GAP;
+        // "growing", or the header "verdict ▼".
+        let verdict = 9;
+        let fixed = Self::SYMBOL + live + count + growth + trend + age + verdict + 6 * Self::GAP;
         Self {
             wide,
             trend,
@@ -238,6 +242,7 @@ impl Columns {
                 Constraint::Length(growth),
                 Constraint::Length(trend),
                 Constraint::Length(age),
+                Constraint::Length(verdict),
                 Constraint::Fill(1),
             ],
         }
@@ -246,6 +251,16 @@ impl Columns {
 
 fn right(text: String) -> Cell<'static> {
     Cell::from(Line::from(text).alignment(Alignment::Right))
+}
+
+/// How a verdict is drawn: a leak stands out, what is not a concern fades.
+fn verdict_style(verdict: Verdict) -> Style {
+    match verdict {
+        Verdict::Leak => Style::new().red().bold(),
+        Verdict::Growing => Style::new().yellow(),
+        Verdict::Steady => Style::new(),
+        Verdict::Churn | Verdict::Unknown => Style::new().dark_gray(),
+    }
 }
 
 fn render_table(app: &App, frame: &mut Frame<'_>, area: Rect) {
@@ -265,6 +280,7 @@ fn render_table(app: &App, frame: &mut Frame<'_>, area: Rect) {
         right(marked(growth, SortKey::Growth)),
         Cell::from("trend"),
         right(marked("age", SortKey::Age)),
+        Cell::from(marked("verdict", SortKey::Verdict)),
         Cell::from("allocated at"),
     ])
     .style(Style::new().bold());
@@ -295,6 +311,10 @@ fn render_table(app: &App, frame: &mut Frame<'_>, area: Rect) {
                 Style::new().cyan(),
             )),
             right(row.oldest_age_s.map_or_else(|| "–".to_owned(), format::age)),
+            Cell::from(Span::styled(
+                format::verdict_cell(row.verdict),
+                verdict_style(row.verdict),
+            )),
             Cell::from(format::ellipsize(&row.description, columns.description).into_owned()),
         ])
     });
@@ -345,18 +365,37 @@ pub(crate) fn detail_lines(app: &App) -> Vec<Line<'static>> {
     else {
         return vec![Line::from(label("no row selected"))];
     };
-    let mut lines = Vec::with_capacity(stack.frames.len() + 3);
+    let mut lines = Vec::with_capacity(stack.frames.len() + 4);
     if !matches!(row.key, rows::RowKey::Stack(_)) {
-        lines.push(Line::from(Span::styled(
-            format!(
-                "group of {} stacks: {} live in {}; its biggest stack:",
-                row.members.len(),
-                human_bytes(row.live_bytes),
-                format::allocs(row.live_allocs)
+        lines.push(Line::from(vec![
+            Span::styled(
+                format!("group of {} stacks, ", row.members.len()),
+                Style::new().bold(),
             ),
-            Style::new().bold(),
-        )));
+            Span::styled(row.verdict.as_str(), verdict_style(row.verdict).bold()),
+            Span::styled(
+                format!(
+                    ": {} live in {}; its biggest stack:",
+                    human_bytes(row.live_bytes),
+                    format::allocs(row.live_allocs)
+                ),
+                Style::new().bold(),
+            ),
+        ]));
     }
+    let mut verdict = vec![Span::styled(
+        stack.verdict.as_str(),
+        verdict_style(stack.verdict).bold(),
+    )];
+    let details = [
+        format::fitted_growth(stack.growth_bytes_per_s, stack.growth_r2),
+        format::age_buckets(&stack.ages),
+    ];
+    for detail in details.into_iter().flatten() {
+        verdict.push(label("  "));
+        verdict.push(label(detail));
+    }
+    lines.push(Line::from(verdict));
     let oldest = stack
         .oldest_age_s
         .map_or_else(|| "–".to_owned(), format::age);
@@ -510,7 +549,7 @@ const HELP: &[(&str, &str)] = &[
     ("/", "filter by function or module name"),
     ("", "(Enter keeps, Esc clears, Backspace edits)"),
     ("Esc", "close the detail, else clear the filter"),
-    ("s", "sort: live bytes, growth, count, age"),
+    ("s", "sort: live bytes, growth, count, age, verdict"),
     ("g", "group: stack, allocating function, module"),
     ("p", "pause / resume the display"),
     ("b", "set / clear a baseline: show changes since"),

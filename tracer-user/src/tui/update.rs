@@ -400,6 +400,10 @@ mod tests {
         update(&mut app, Action::CycleSort);
         assert_eq!(app.sort, SortKey::Age);
         update(&mut app, Action::CycleSort);
+        assert_eq!(app.sort, SortKey::Verdict);
+        assert_eq!(selected_key(&app), Some(RowKey::Stack(3)));
+        assert_eq!(app.selected, 5, "churn, ahead of the unknown stack 7");
+        update(&mut app, Action::CycleSort);
         assert_eq!(app.sort, SortKey::LiveBytes);
         assert_eq!(app.selected, 6);
     }
