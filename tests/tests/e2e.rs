@@ -1220,3 +1220,41 @@ mod analytics {
         assert_eq!(status.code(), Some(2), "{stderr}");
     }
 }
+
+mod sampling {
+    use super::*;
+
+    #[test]
+    fn estimates_a_100_mb_leak_within_ten_percent() {
+        require_root();
+        let mut target = Fixture::start(&fixture(Build::COmitFramePointer));
+        // 64 KiB between samples: about 1,600 samples of a 100 MiB leak.
+        let tracer = Tracer::attach(target.pid, &["--sample-bytes", "65536"]);
+        target.cmd("leak 25600 4096");
+        target.cmd("churn 20000");
+        let report = tracer.interrupt().report.unwrap();
+        assert_eq!(report["sample_bytes"], 65536);
+        let leak = stack_from(&report, "alloc_buffer");
+        let truth = 25_600.0 * 4096.0;
+        let estimate = num(leak, "live_bytes") as f64;
+        eprintln!(
+            "estimated {estimate:.0} of {truth:.0} bytes ({:+.1} %)",
+            (estimate / truth - 1.0) * 100.0
+        );
+        assert!(
+            (estimate / truth - 1.0).abs() < 0.10,
+            "estimate {estimate} vs {truth}"
+        );
+        let count = num(leak, "live_allocs") as f64;
+        assert!(
+            (count / 25_600.0 - 1.0).abs() < 0.10,
+            "count estimate {count}"
+        );
+        // Unsampled allocations were skipped in the kernel, and churn leaves nothing behind.
+        assert!(num(&report["diagnostics"], "unsampled") > 20_000);
+        for stack in stacks_from(&report, "churn_alloc") {
+            assert_eq!(num(stack, "live_bytes"), 0);
+        }
+        assert_eq!(num(&report["totals"], "lost_events"), 0);
+    }
+}

@@ -18,6 +18,8 @@ pub mod names {
     pub const ALLOC_EXIT: &str = "alloc_exit";
     /// Entry program for `free`.
     pub const FREE_ENTER: &str = "free_enter";
+    /// An empty program, for measuring the cost of the traps alone.
+    pub const FLOOR_ENTER: &str = "floor_enter";
     /// Ring buffer of [`crate::Event`] records.
     pub const EVENTS: &str = "EVENTS";
     /// Deduplicated user stacks: stack id to [`crate::StackTrace`].
@@ -193,11 +195,15 @@ pub enum Counter {
     UnwindReadFailed = 11,
     /// Unwinding stopped because the stack pointer did not move up.
     UnwindNoProgress = 12,
+    /// Sampling: a sampled block could not be remembered (map full); its free will be missed.
+    SampleMapFull = 13,
+    /// Sampling: allocations skipped by the sampler (their stacks were not captured).
+    Unsampled = 14,
 }
 
 impl Counter {
     /// Number of counters, the size of the per-CPU array.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 15;
 }
 
 /// Arguments saved at a call's entry until it returns.
@@ -215,6 +221,10 @@ pub struct Pending {
     pub active: u32,
     /// 1 when this call runs inside another traced call on the same thread.
     pub nested: u32,
+    /// 1 when the sampler chose this call's allocation (always 1 without sampling).
+    pub sampled: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
 
 /// Number of pending-call slots per thread: one per [`AllocKind`] value (index = kind).
@@ -225,6 +235,8 @@ pub const PENDING_SLOTS: usize = 11;
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ThreadState {
+    /// Sampling: bytes still to allocate on this thread before the next sampled allocation.
+    pub sample_countdown: i64,
     /// Stack pointer at the entry of the outermost traced call in progress (0: none).
     pub outer_sp: u64,
     /// When that call began; an old one is taken as stale (its return was never seen).
@@ -356,10 +368,10 @@ mod tests {
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<Event>(), 5 * 8 + 4 + 1 + 1 + 2);
         assert_eq!(size_of::<StackTrace>(), 8 + MAX_FRAMES * 8);
-        assert_eq!(size_of::<Pending>(), 3 * 8 + 8 + 8 + 8);
+        assert_eq!(size_of::<Pending>(), 3 * 8 + 8 + 8 + 8 + 8);
         assert_eq!(
             size_of::<ThreadState>(),
-            24 + PENDING_SLOTS * size_of::<Pending>() + size_of::<StackTrace>()
+            32 + PENDING_SLOTS * size_of::<Pending>() + size_of::<StackTrace>()
         );
         assert!((AllocKind::Free as usize) < PENDING_SLOTS);
     }

@@ -24,8 +24,8 @@ mod unwind;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
-        BPF_RB_NO_WAKEUP,
+        BPF_ANY, BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_AVAIL_DATA,
+        BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
     },
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_stack,
@@ -33,7 +33,7 @@ use aya_ebpf::{
         generated::bpf_probe_read_user as raw_probe_read_user,
     },
     macros::{map, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext},
 };
 use tracer_common::{
@@ -63,6 +63,54 @@ static VERIFY_EVERY: u32 = 0;
 /// Sampled stacks with a copy of their memory, for `--verify-unwind`; sized by user space.
 #[map(name = "VERIFY")]
 static VERIFY: RingBuf = RingBuf::with_byte_size(4096, 0);
+
+/// Sampling: mean bytes between sampled allocations (0: every allocation). Set before load.
+#[unsafe(no_mangle)]
+static SAMPLE_BYTES: u64 = 0;
+
+/// Sampling: addresses of the sampled blocks still live, so frees of unsampled blocks are
+/// dropped here instead of being sent.
+#[map(name = "SAMPLED")]
+static SAMPLED: HashMap<u64, u32> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
+
+/// Sampling: 256 draws of -ln(u) for u evenly spread over (0, 1), scaled by 2^16, written by user
+/// space: `table[random byte] * mean >> 16` is an exponential interval with that mean.
+#[map(name = "EXP_TABLE")]
+static EXP_TABLE: Array<u32> = Array::with_max_entries(256, 0);
+
+#[inline(always)]
+fn sample_bytes() -> u64 {
+    // SAFETY: reading a global that user space sets before load.
+    unsafe { core::ptr::read_volatile(&raw const SAMPLE_BYTES) }
+}
+
+/// An exponentially distributed number of bytes with mean `mean`.
+#[inline(always)]
+fn next_sample_interval(mean: u64) -> i64 {
+    // SAFETY: a helper with no arguments.
+    let random = unsafe { bpf_get_prandom_u32() } & 0xff;
+    let scaled = EXP_TABLE.get(random).copied().unwrap_or(1 << 16);
+    ((u64::from(scaled) * mean) >> 16) as i64
+}
+
+/// The bytes a call asks for, from its saved arguments (saturating on overflow).
+#[inline(always)]
+fn requested_bytes(kind: u32, args: &[u64; 3]) -> u64 {
+    if kind == AllocKind::Calloc as u32 {
+        mul(args[0], args[1]).unwrap_or(u64::MAX)
+    } else if kind == AllocKind::ReallocArray as u32 {
+        mul(args[1], args[2]).unwrap_or(u64::MAX)
+    } else if kind == AllocKind::Realloc as u32
+        || kind == AllocKind::AlignedAlloc as u32
+        || kind == AllocKind::Memalign as u32
+    {
+        args[1]
+    } else if kind == AllocKind::PosixMemalign as u32 {
+        args[2]
+    } else {
+        args[0]
+    }
+}
 
 #[inline(always)]
 fn unwind_mode() -> u32 {
@@ -171,8 +219,7 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
         state.outer_started_ns = now;
         state.outer_kind = kind as u32;
     }
-    let slot = &mut state.pending[kind];
-    if slot.active != 0 {
+    if state.pending[kind].active != 0 {
         // A call of the same kind is already pending on this thread: its state is replaced.
         count(Counter::PendingClobbered);
     }
@@ -184,12 +231,35 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
     } else {
         0
     };
+    let args = [regs.rdi, regs.rsi, regs.rdx];
+    // Sampling by bytes, as tcmalloc, jemalloc and Go do: a thread's countdown of bytes to the
+    // next sample; a call that reaches it is sampled and draws the next countdown.
+    let mean = sample_bytes();
+    let sampled = if mean == 0 || nested {
+        true
+    } else {
+        let size = requested_bytes(kind as u32, &args).min(i64::MAX as u64) as i64;
+        if state.sample_countdown <= 0 && state.sample_countdown != i64::MIN {
+            // A fresh thread: start with a random countdown.
+            state.sample_countdown = next_sample_interval(mean).max(1);
+        }
+        if state.sample_countdown > size {
+            state.sample_countdown -= size;
+            false
+        } else {
+            state.sample_countdown = next_sample_interval(mean).max(1);
+            true
+        }
+    };
+    let slot = &mut state.pending[kind];
     *slot = Pending {
-        args: [regs.rdi, regs.rsi, regs.rdx],
+        args,
         sp,
         ret_addr,
         active: 1,
         nested: u32::from(nested),
+        sampled: u32::from(sampled),
+        _pad: 0,
     };
     0
 }
@@ -435,9 +505,46 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
         state.outer_sp = 0;
     }
     let ret: u64 = ctx.ret();
-    let Some(outcome) = outcome(kind as u32, &pending.args, ret) else {
+    let Some(mut outcome) = outcome(kind as u32, &pending.args, ret) else {
         return 0;
     };
+    if sample_bytes() != 0 {
+        // Only blocks the sampler chose are followed: a released block (realloc's old one, or
+        // realloc(p, 0)) counts only if it was sampled; an unsampled new block is not sent.
+        let released = if outcome.op == EventOp::Free {
+            outcome.addr
+        } else {
+            outcome.old_addr
+        };
+        let released_sampled = released != 0 && SAMPLED.remove(released).is_ok();
+        if outcome.op == EventOp::Free {
+            if !released_sampled {
+                return 0;
+            }
+        } else {
+            if !released_sampled {
+                outcome.old_addr = 0;
+            }
+            if pending.sampled == 0 {
+                count(Counter::Unsampled);
+                if !released_sampled {
+                    return 0;
+                }
+                // Send the release alone.
+                outcome = Outcome {
+                    op: EventOp::Free,
+                    addr: released,
+                    old_addr: 0,
+                    size: 0,
+                };
+            } else if SAMPLED
+                .insert(outcome.addr, 1u32, u64::from(BPF_ANY))
+                .is_err()
+            {
+                count(Counter::SampleMapFull);
+            }
+        }
+    }
     let ts_ns = now_ns();
     let (stack_id, stack_flags) = if outcome.op == EventOp::Alloc {
         capture_stack(&ctx, state)
@@ -482,6 +589,10 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
         count(Counter::Nested);
         return 0;
     }
+    if sample_bytes() != 0 && SAMPLED.remove(addr).is_err() {
+        // Not a sampled block: nothing to report.
+        return 0;
+    }
     submit(Event {
         ts_ns: now,
         addr,
@@ -493,6 +604,13 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
         op: EventOp::Free as u8,
         flags: 0,
     });
+    0
+}
+
+/// Does nothing: attached to malloc's and free's probe sites by `--probe-floor`, it measures the
+/// cost of the traps alone (the floor any tracer of every call pays).
+#[uprobe]
+pub fn floor_enter(_ctx: ProbeContext) -> u32 {
     0
 }
 

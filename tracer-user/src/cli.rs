@@ -79,6 +79,17 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "MODE", default_value_t = UnwindMode::Auto)]
     pub unwind: UnwindMode,
 
+    /// Sample allocations by bytes (Poisson, mean N bytes between samples, as tcmalloc, jemalloc
+    /// and Go do), decided in the kernel: unsampled allocations cost no stack and no event, and
+    /// live and total figures become unbiased estimates. 524288 is a common choice.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub sample_bytes: Option<u64>,
+
+    /// Benchmarking aid: attach empty probes to malloc and free only (no events, no report
+    /// figures), to measure the cost of the traps alone.
+    #[arg(long, hide = true)]
+    pub probe_floor: bool,
+
     /// Check 1 in N unwound stacks against a user-space unwind of a copy of the same stack
     /// (a self-test of the unwinder; results in the export's diagnostics).
     #[arg(long, value_name = "N", default_value_t = 0)]

@@ -468,6 +468,7 @@ mod tests {
             command: "./server --port 8080".to_owned(),
             duration_s,
             unwind: "fp".to_owned(),
+            sample_bytes: None,
             totals: ReportTotals {
                 live_bytes,
                 live_allocs,

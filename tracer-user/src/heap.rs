@@ -84,7 +84,7 @@ pub struct HeapEvent {
 }
 
 /// Limits of a [`HeapModel`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct HeapConfig {
     /// How long an event waits in the reorder buffer before it is applied, measured against the
     /// newest timestamp seen. It must exceed the worst delay between CPUs' ring-buffer records.
@@ -92,12 +92,24 @@ pub struct HeapConfig {
     /// Most live blocks tracked; further allocations are counted but not tracked
     /// ([`Totals::dropped_over_limit`]).
     pub max_live: usize,
+    /// Mean bytes between sampled allocations when the kernel samples (`--sample-bytes`);
+    /// [`HeapModel::stack_stats`] then gives unbiased estimates instead of counts.
+    pub sample_mean_bytes: Option<f64>,
+}
+
+/// How many allocations of `size` bytes one sampled allocation stands for, under Poisson
+/// sampling by bytes with mean `mean`: the inverse of its chance of being sampled,
+/// `1 / (1 - exp(-size / mean))` (as tcmalloc and Go's heap profiles scale samples).
+pub fn sample_weight(size: u64, mean: f64) -> f64 {
+    let p = -(-(size.max(1) as f64) / mean).exp_m1();
+    if p > 0.0 { 1.0 / p } else { 1.0 }
 }
 
 impl Default for HeapConfig {
     fn default() -> Self {
         Self {
             reorder_window_ns: DEFAULT_REORDER_WINDOW_NS,
+            sample_mean_bytes: None,
             max_live: DEFAULT_MAX_LIVE,
         }
     }
@@ -259,6 +271,11 @@ impl HeapModel {
     pub fn stack_stats_min_age(&self, now_ns: u64, min_age_ns: u64) -> Vec<(StackKey, StackStats)> {
         let mut oldest_ms: Vec<Option<u32>> = vec![None; self.stacks.len()];
         let mut ages: Vec<AgeHistogram> = vec![AgeHistogram::default(); self.stacks.len()];
+        let mut estimated: Vec<(f64, f64)> = if self.config.sample_mean_bytes.is_some() {
+            vec![(0.0, 0.0); self.stacks.len()]
+        } else {
+            Vec::new()
+        };
         let mut old: Vec<(u64, u64)> = if min_age_ns > 0 {
             vec![(0, 0); self.stacks.len()]
         } else {
@@ -283,6 +300,14 @@ impl HeapModel {
                 slot.0 += entry.size;
                 slot.1 += 1;
             }
+            if let Some(mean) = self.config.sample_mean_bytes
+                && let Some(slot) = index.and_then(|i| estimated.get_mut(i))
+                && (min_age_ns == 0 || u64::from(ms) <= cutoff_ms)
+            {
+                let weight = sample_weight(entry.size, mean);
+                slot.0 += weight * entry.size as f64;
+                slot.1 += weight;
+            }
         }
         let oldest = oldest_ms.into_iter().map(|ms| {
             ms.map(|ms| origin_ns.saturating_add(u64::from(ms).saturating_mul(NS_PER_MS)))
@@ -293,15 +318,22 @@ impl HeapModel {
             .zip(oldest)
             .enumerate()
             .map(|(i, (slot, oldest))| {
-                let (live_bytes, live_allocs) = old
+                let (mut live_bytes, mut live_allocs) = old
                     .get(i)
                     .copied()
                     .unwrap_or((slot.live_bytes, slot.live_allocs));
+                let (mut total_allocs, mut total_bytes) = (slot.total_allocs, slot.total_bytes);
+                if let Some(&(bytes, allocs)) = estimated.get(i) {
+                    live_bytes = bytes.round() as u64;
+                    live_allocs = allocs.round() as u64;
+                    total_allocs = slot.est_total_allocs.round() as u64;
+                    total_bytes = slot.est_total_bytes.round() as u64;
+                }
                 let stats = StackStats {
                     live_bytes,
                     live_allocs,
-                    total_allocs: slot.total_allocs,
-                    total_bytes: slot.total_bytes,
+                    total_allocs,
+                    total_bytes,
                     oldest_live_ts_ns: oldest,
                     oldest_live_age_ns: oldest.map(|ts| now_ns.saturating_sub(ts)),
                     ages: ages.get(i).copied().unwrap_or_default(),
@@ -384,9 +416,17 @@ impl HeapModel {
             self.totals.dropped_over_limit += 1;
             return;
         };
+        let weight = self
+            .config
+            .sample_mean_bytes
+            .map(|mean| sample_weight(ev.size, mean));
         if let Some(slot) = self.slot_mut(stack) {
             slot.total_allocs += 1;
             slot.total_bytes = slot.total_bytes.saturating_add(ev.size);
+            if let Some(weight) = weight {
+                slot.est_total_allocs += weight;
+                slot.est_total_bytes += weight * ev.size as f64;
+            }
         }
         if self.live.len() >= self.config.max_live && !self.live.contains_key(&ev.addr) {
             self.totals.dropped_over_limit += 1;
@@ -470,6 +510,9 @@ struct StackSlot {
     live_allocs: u64,
     total_allocs: u64,
     total_bytes: u64,
+    /// Sampling: estimated allocations and bytes since attach.
+    est_total_allocs: f64,
+    est_total_bytes: f64,
 }
 
 /// A reorder-buffer entry, ordered by `(ts_ns, seq)` only.
@@ -947,6 +990,40 @@ mod tests {
     }
 
     #[test]
+    fn sampled_blocks_stand_for_their_unsampled_peers() {
+        // A block as large as the mean is sampled with probability 1 - 1/e.
+        let w = sample_weight(1000, 1000.0);
+        assert!((w - 1.0 / (1.0 - (-1.0f64).exp())).abs() < 1e-9);
+        // Huge blocks are always sampled; tiny ones stand for many.
+        assert!((sample_weight(1 << 30, 1000.0) - 1.0).abs() < 1e-9);
+        assert!((sample_weight(10, 1000.0) - 100.5).abs() < 0.1);
+
+        // Given one sampled 10-byte block under a 1000-byte mean
+        let mut heap = HeapModel::new(HeapConfig {
+            sample_mean_bytes: Some(1000.0),
+            ..HeapConfig::default()
+        });
+        heap.push(HeapEvent {
+            ts_ns: MS,
+            op: Op::Alloc,
+            addr: 0x10,
+            old_addr: 0,
+            size: 10,
+            stack: 3,
+            tid: 1,
+            kind: AllocKind::Malloc,
+        });
+        heap.flush();
+        // Then the stack's figures are estimates
+        let stats = heap.stack_stats(2 * MS);
+        assert_eq!((stats[0].1.live_allocs, stats[0].1.live_bytes), (101, 1005));
+        assert_eq!(
+            (stats[0].1.total_allocs, stats[0].1.total_bytes),
+            (101, 1005)
+        );
+    }
+
+    #[test]
     fn min_age_counts_only_old_enough_blocks() {
         // Given blocks 10 s, 5 s and 1 s old on one stack
         let mut heap = HeapModel::new(HeapConfig::default());
@@ -1096,6 +1173,7 @@ mod tests {
         let mut heap = HeapModel::new(HeapConfig {
             max_live: 40,
             reorder_window_ns: 5,
+            sample_mean_bytes: None,
         });
         for i in 0..20_000u64 {
             let r = next();

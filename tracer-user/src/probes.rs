@@ -101,6 +101,8 @@ pub struct ProbeConfig {
     pub unwind_rows: u32,
     /// Check 1 in this many unwound stacks against a user-space unwind (0: never).
     pub verify_every: u32,
+    /// Mean bytes between sampled allocations (0: trace every allocation).
+    pub sample_bytes: u64,
 }
 
 impl Default for ProbeConfig {
@@ -110,6 +112,7 @@ impl Default for ProbeConfig {
             unwind: UnwindMode::Auto,
             unwind_rows: 1 << 20,
             verify_every: 0,
+            sample_bytes: 0,
         }
     }
 }
@@ -143,6 +146,10 @@ pub struct Counters {
     pub unwind_read_failed: u64,
     /// Unwinding stopped because the stack pointer did not move up.
     pub unwind_no_progress: u64,
+    /// Allocations the sampler skipped.
+    pub unsampled: u64,
+    /// Sampled blocks the kernel could not remember.
+    pub sample_map_full: u64,
 }
 
 /// A stack as the kernel stored it.
@@ -210,6 +217,7 @@ impl Probes {
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("UNWIND_MODE", &unwind_mode, true)
             .override_global("VERIFY_EVERY", &config.verify_every, true)
+            .override_global("SAMPLE_BYTES", &config.sample_bytes, true)
             .map_max_entries(
                 names::VERIFY,
                 if config.verify_every == 0 {
@@ -219,7 +227,12 @@ impl Probes {
                 },
             )
             .load(OBJECT)?;
-        for name in [names::ALLOC_ENTER, names::ALLOC_EXIT, names::FREE_ENTER] {
+        for name in [
+            names::ALLOC_ENTER,
+            names::ALLOC_EXIT,
+            names::FREE_ENTER,
+            names::FLOOR_ENTER,
+        ] {
             program(&mut ebpf, name)?
                 .load()
                 .map_err(|source| ProbeError::Program {
@@ -249,6 +262,25 @@ impl Probes {
                 source,
             }
         })?;
+        // Sampling intervals: -ln(u) at 256 evenly spread points of (0, 1), scaled by 2^16.
+        let mut exp_table: Array<_, u32> = Array::try_from(
+            ebpf.map_mut("EXP_TABLE")
+                .ok_or(ProbeError::Missing("EXP_TABLE"))?,
+        )
+        .map_err(|source| ProbeError::Map {
+            name: "EXP_TABLE",
+            source,
+        })?;
+        for i in 0..256u32 {
+            let u = (f64::from(i) + 0.5) / 256.0;
+            let value = (-u.ln() * 65536.0).round() as u32;
+            exp_table
+                .set(i, value, 0)
+                .map_err(|source| ProbeError::Map {
+                    name: "EXP_TABLE",
+                    source,
+                })?;
+        }
         let verify = RingBuf::try_from(take(&mut ebpf, names::VERIFY)?).map_err(|source| {
             ProbeError::Map {
                 name: names::VERIFY,
@@ -328,6 +360,41 @@ impl Probes {
                     _ => self.entry_links.push(link),
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Attaches only the empty program to malloc's and free's probe sites (`--probe-floor`): the
+    /// cost of the two traps a tracer of every allocation cannot avoid, for benchmarks.
+    pub fn attach_floor(
+        &mut self,
+        allocator: &Allocator,
+        pid: NonZeroU32,
+    ) -> Result<(), ProbeError> {
+        let scope = UProbeScope::OneProcess(pid);
+        let path = &allocator.attach_path;
+        let prog = program(&mut self.ebpf, names::FLOOR_ENTER)?;
+        for probe in allocator.points.iter().filter(|p| {
+            matches!(
+                p.kind,
+                tracer_common::AllocKind::Malloc | tracer_common::AllocKind::Free
+            )
+        }) {
+            let what = format!("attaching the floor probe to {}", probe.kind.symbol());
+            let id = prog
+                .attach(
+                    UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
+                    path,
+                    scope,
+                )
+                .map_err(|source| ProbeError::Program {
+                    what: what.clone(),
+                    source,
+                })?;
+            let link = prog
+                .take_link(id)
+                .map_err(|source| ProbeError::Program { what, source })?;
+            self.entry_links.push(link);
         }
         Ok(())
     }
@@ -428,6 +495,8 @@ impl Probes {
             unwind_unsupported: read(Counter::UnwindUnsupported),
             unwind_read_failed: read(Counter::UnwindReadFailed),
             unwind_no_progress: read(Counter::UnwindNoProgress),
+            unsampled: read(Counter::Unsampled),
+            sample_map_full: read(Counter::SampleMapFull),
         }
     }
 }

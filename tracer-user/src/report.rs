@@ -37,8 +37,12 @@ pub struct Report {
     pub command: String,
     /// How long it was traced, in seconds.
     pub duration_s: f64,
-    /// How stacks were unwound (`"fp"`: frame pointers).
+    /// How stacks were unwound: `"auto"`, `"dwarf"` or `"fp"`.
     pub unwind: String,
+    /// With `--sample-bytes`: the mean bytes between sampled allocations. Live and total
+    /// figures are then unbiased estimates, not counts (absent when every allocation is traced).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_bytes: Option<u64>,
     /// Whole-process counters.
     pub totals: ReportTotals,
     /// Every loss and health counter.
@@ -119,6 +123,10 @@ pub struct Diagnostics {
     pub unwind_verified: u64,
     /// `--verify-unwind`: sampled stacks where the two unwinds differed.
     pub unwind_mismatched: u64,
+    /// `--sample-bytes`: allocations the sampler skipped.
+    pub unsampled: u64,
+    /// `--sample-bytes`: sampled blocks the kernel could not remember (their frees are missed).
+    pub sample_map_full: u64,
     /// leaktrace's own resident memory.
     pub tracer_memory_bytes: u64,
 }
@@ -151,6 +159,8 @@ impl Diagnostics {
             unwind_table_bytes: 0,
             unwind_verified: 0,
             unwind_mismatched: 0,
+            unsampled: k(Counter::Unsampled),
+            sample_map_full: k(Counter::SampleMapFull),
             tracer_memory_bytes: u64::try_from(tracer_memory_bytes).unwrap_or(u64::MAX),
         }
     }
@@ -161,7 +171,7 @@ impl Diagnostics {
     }
 
     /// Every counter with its JSON name, in declaration order.
-    pub fn fields(&self) -> [(&'static str, u64); 19] {
+    pub fn fields(&self) -> [(&'static str, u64); 21] {
         [
             ("ringbuf_full", self.ringbuf_full),
             ("stack_failed", self.stack_failed),
@@ -181,6 +191,8 @@ impl Diagnostics {
             ("unwind_table_bytes", self.unwind_table_bytes),
             ("unwind_verified", self.unwind_verified),
             ("unwind_mismatched", self.unwind_mismatched),
+            ("unsampled", self.unsampled),
+            ("sample_map_full", self.sample_map_full),
             ("tracer_memory_bytes", self.tracer_memory_bytes),
         ]
     }
@@ -447,7 +459,8 @@ mod tests {
     #[test]
     fn diagnostics_map_every_kernel_counter_by_name() {
         // Given distinct values for every kernel counter and heap counter
-        let kernel: [u64; Counter::COUNT as usize] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 20, 21, 22, 23];
+        let kernel: [u64; Counter::COUNT as usize] =
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 20, 21, 22, 23, 24, 25];
         let heap = Totals {
             replaced_live: 10,
             dropped_over_limit: 11,
@@ -482,6 +495,8 @@ mod tests {
                 ("unwind_table_bytes", 0),
                 ("unwind_verified", 0),
                 ("unwind_mismatched", 0),
+                ("unsampled", 25),
+                ("sample_map_full", 24),
                 ("tracer_memory_bytes", 4096),
             ]
         );

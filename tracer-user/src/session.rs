@@ -166,6 +166,7 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
             cli.verify_unwind
         },
         unwind: cli.unwind,
+        sample_bytes: cli.sample_bytes.unwrap_or(0),
         unwind_rows,
         ringbuf_bytes: cli.ringbuf_mib << 20,
     })
@@ -197,9 +198,12 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
                 .map_err(|err| Failure::runtime(chain(&err), None))?;
         }
     }
-    probes
-        .attach(&allocator, pid)
-        .map_err(|err| Failure::runtime(chain(&err), None))?;
+    if cli.probe_floor {
+        probes.attach_floor(&allocator, pid)
+    } else {
+        probes.attach(&allocator, pid)
+    }
+    .map_err(|err| Failure::runtime(chain(&err), None))?;
     describe_attach(&process, &allocator, &probes);
 
     let mut session = Session::new(cli, process, probes, launched, tables);
@@ -445,6 +449,8 @@ struct Session {
     live_view: Option<LiveView>,
     history: History,
     unwind: UnwindMode,
+    /// `--sample-bytes`, if sampling.
+    sample_bytes: Option<u64>,
     tables: UnwindTables,
     /// The executable mappings last published to the unwinder: (start, end, inode).
     exec_maps: Vec<(u64, u64, u64)>,
@@ -490,7 +496,10 @@ impl Session {
             process,
             probes,
             launched,
-            heap: HeapModel::new(HeapConfig::default()),
+            heap: HeapModel::new(HeapConfig {
+                sample_mean_bytes: cli.sample_bytes.map(|n| n as f64),
+                ..HeapConfig::default()
+            }),
             symbolizer: StackSymbolizer::new(),
             seen_stacks: HashSet::new(),
             stacks: HashMap::new(),
@@ -505,6 +514,7 @@ impl Session {
             live_view,
             history: History::default(),
             unwind: cli.unwind,
+            sample_bytes: cli.sample_bytes,
             tables,
             exec_maps: Vec::new(),
             undecodable: 0,
@@ -798,6 +808,12 @@ impl Session {
         }
         let now_ns = events::monotonic_now_ns();
         let mut stats = self.heap.stack_stats_min_age(now_ns, self.min_age_ns);
+        // Sampling: whole-process live figures are the sum of the stacks' estimates.
+        let estimated_live = self.sample_bytes.map(|_| {
+            stats.iter().fold((0u64, 0u64), |(bytes, allocs), (_, s)| {
+                (bytes + s.live_bytes, allocs + s.live_allocs)
+            })
+        });
         stats.sort_by(|a, b| {
             b.1.live_bytes
                 .cmp(&a.1.live_bytes)
@@ -853,11 +869,12 @@ impl Session {
             command: self.process.command.clone(),
             duration_s: self.started.elapsed().as_secs_f64(),
             unwind: self.unwind.name().to_owned(),
+            sample_bytes: self.sample_bytes,
             totals: ReportTotals {
                 allocs: totals.allocs,
                 frees: totals.frees,
-                live_bytes: totals.live_bytes,
-                live_allocs: totals.live_allocs,
+                live_bytes: estimated_live.map_or(totals.live_bytes, |(bytes, _)| bytes),
+                live_allocs: estimated_live.map_or(totals.live_allocs, |(_, allocs)| allocs),
                 unmatched_frees: totals.unmatched_frees,
                 lost_events: counters.ringbuf_full + counters.pending_full + self.undecodable,
             },
@@ -880,6 +897,8 @@ impl Session {
                 unwind_table_bytes: self.tables.summary().bytes as u64,
                 unwind_verified: self.verified.equal + self.verified.prefix_equal,
                 unwind_mismatched: self.verified.mismatched,
+                unsampled: counters.unsampled,
+                sample_map_full: counters.sample_map_full,
                 tracer_memory_bytes: own_rss_bytes(),
             },
             stacks,

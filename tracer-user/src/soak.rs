@@ -171,6 +171,7 @@ mod tests {
             command: "app".to_owned(),
             duration_s: 1.0,
             unwind: "auto".to_owned(),
+            sample_bytes: None,
             totals: ReportTotals::default(),
             diagnostics: Diagnostics::default(),
             stacks: Vec::new(),

@@ -20,6 +20,10 @@ const THREADS: u32 = 2;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Config {
     Untraced,
+    /// Empty probes on malloc and free only: the two traps any tracer of every call pays.
+    Floor,
+    /// leaktrace sampling by bytes (mean 512 KiB).
+    LeaktraceSampled,
     /// leaktrace with the kernel's frame-pointer walk.
     LeaktraceFp,
     /// leaktrace unwinding from `.eh_frame` tables.
@@ -31,17 +35,22 @@ impl Config {
     fn name(self) -> &'static str {
         match self {
             Self::Untraced => "untraced",
+            Self::Floor => "two-trap floor (empty probes)",
+            Self::LeaktraceSampled => "leaktrace --sample-bytes 524288",
             Self::LeaktraceFp => "leaktrace --unwind fp",
             Self::LeaktraceDwarf => "leaktrace --unwind dwarf",
             Self::Memleak => "bcc memleak-bpfcc -p PID",
         }
     }
 
-    fn unwind(self) -> Option<&'static str> {
+    /// leaktrace's arguments for this configuration, if it runs leaktrace.
+    fn leaktrace_args(self) -> Option<&'static [&'static str]> {
         match self {
-            Self::LeaktraceFp => Some("fp"),
-            Self::LeaktraceDwarf => Some("dwarf"),
-            _ => None,
+            Self::Floor => Some(&["--probe-floor", "--unwind", "fp"]),
+            Self::LeaktraceSampled => Some(&["--sample-bytes", "524288"]),
+            Self::LeaktraceFp => Some(&["--unwind", "fp"]),
+            Self::LeaktraceDwarf => Some(&["--unwind", "dwarf"]),
+            Self::Untraced | Self::Memleak => None,
         }
     }
 }
@@ -188,11 +197,11 @@ fn run_once(
     let export = dir.join("bench.json");
     let tracer = match config {
         Config::Untraced => None,
-        Config::LeaktraceFp | Config::LeaktraceDwarf => {
+        Config::Floor | Config::LeaktraceSampled | Config::LeaktraceFp | Config::LeaktraceDwarf => {
             let mut cmd = Command::new(leaktrace);
             cmd.args(["--no-tui", "-p", &pid.to_string(), "--export"])
                 .arg(&export);
-            cmd.args(["--unwind", config.unwind().unwrap_or("auto")]);
+            cmd.args(config.leaktrace_args().unwrap_or_default());
             Some(TracerProc::start(
                 cmd,
                 "leaktrace: tracing pid",
@@ -224,7 +233,7 @@ fn run_once(
     let mut lost = None;
     if let Some(tracer) = tracer {
         tracer.stop()?;
-        if config.unwind().is_some() {
+        if config.leaktrace_args().is_some() {
             let text = std::fs::read_to_string(&export).unwrap_or_default();
             lost = text
                 .split("\"lost_events\":")
@@ -263,6 +272,8 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64) -> Result<()> {
     let leaktrace = workspace.join("target/release/leaktrace");
     let mut configs = vec![
         Config::Untraced,
+        Config::Floor,
+        Config::LeaktraceSampled,
         Config::LeaktraceFp,
         Config::LeaktraceDwarf,
     ];
@@ -332,6 +343,18 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64) -> Result<()> {
         );
     }
     println!("leaktrace lost events over all runs: {lost_total}");
+    let position = |wanted: Config| configs.iter().position(|c| *c == wanted);
+    if let (Some(floor), Some(sampled)) =
+        (position(Config::Floor), position(Config::LeaktraceSampled))
+        && !samples[floor].is_empty()
+        && !samples[sampled].is_empty()
+    {
+        let (floor, sampled) = (median(&mut samples[floor]), median(&mut samples[sampled]));
+        println!(
+            "sampled tracing vs the two-trap floor: {:.2}x",
+            sampled / floor
+        );
+    }
     let fp = configs.iter().position(|c| *c == Config::LeaktraceFp);
     let dwarf = configs.iter().position(|c| *c == Config::LeaktraceDwarf);
     if let (Some(fp), Some(dwarf)) = (fp, dwarf)

@@ -129,6 +129,8 @@ mod tests {
             "unwind_table_bytes",
             "unwind_verified",
             "unwind_mismatched",
+            "unsampled",
+            "sample_map_full",
             "tracer_memory_bytes",
         ]
         .into_iter()

@@ -258,6 +258,7 @@ mod tests {
             command: "./server --port 8080".to_owned(),
             duration_s: 12.75,
             unwind: "fp".to_owned(),
+            sample_bytes: None,
             totals: ReportTotals {
                 allocs: 511,
                 frees: 510,
@@ -390,6 +391,7 @@ mod tests {
             command: String::new(),
             duration_s: 0.0,
             unwind: "fp".to_owned(),
+            sample_bytes: None,
             totals: ReportTotals::default(),
             diagnostics: Diagnostics::default(),
             stacks: Vec::new(),

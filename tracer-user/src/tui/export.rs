@@ -14,6 +14,7 @@ pub(crate) fn filtered_report(report: &Report, filter: &str) -> Report {
         command: report.command.clone(),
         duration_s: report.duration_s,
         unwind: report.unwind.clone(),
+        sample_bytes: None,
         totals: report.totals,
         diagnostics: report.diagnostics,
         stacks: visible_stacks(report, filter)

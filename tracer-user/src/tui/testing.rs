@@ -311,6 +311,7 @@ pub(crate) fn sample_snapshot() -> Snapshot {
             command: "./server --port 8080".to_owned(),
             duration_s: 12.75,
             unwind: "fp".to_owned(),
+            sample_bytes: None,
             totals: ReportTotals {
                 allocs: 1_204_332,
                 frees: 1_204_287,

@@ -188,6 +188,17 @@ fn render_header(app: &App, frame: &mut Frame<'_>, area: Rect) {
         label(")   tracer "),
         value(human_bytes(report.diagnostics.tracer_memory_bytes)),
     ]);
+    let health = match report.sample_bytes {
+        Some(mean) => {
+            let mut spans = health.spans;
+            spans.push(Span::styled(
+                format!("   sampled every {} (estimates)", human_bytes(mean)),
+                Style::new().bold().yellow(),
+            ));
+            Line::from(spans)
+        }
+        None => health,
+    };
     let baseline = app.baseline.as_ref().map_or_else(Line::default, |b| {
         Line::from(Span::styled(
             format!("Δ since {}", format::age(b.at_s)),
