@@ -509,3 +509,98 @@ pub fn assert_no_programs_left(context: &str) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A uretprobe another tool might have placed: a bare perf event (no BPF) on `symbol` in
+/// `binary`, for process `pid`. While the function runs, the kernel replaces its return address
+/// with the uretprobe trampoline. Dropping the descriptor removes it.
+pub fn foreign_uretprobe(binary: &Path, symbol: &str, pid: u32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd as _;
+    let nm = Command::new("nm")
+        .arg("--defined-only")
+        .arg(binary)
+        .output()
+        .unwrap();
+    let vaddr = String::from_utf8_lossy(&nm.stdout)
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            let addr = f.next()?;
+            let _kind = f.next()?;
+            (f.next()? == symbol)
+                .then(|| u64::from_str_radix(addr, 16).ok())
+                .flatten()
+        })
+        .unwrap_or_else(|| panic!("{symbol} not in {}", binary.display()));
+    // File offset through the LOAD segment holding it.
+    let readelf = Command::new("readelf")
+        .args(["-lW"])
+        .arg(binary)
+        .output()
+        .unwrap();
+    let offset = String::from_utf8_lossy(&readelf.stdout)
+        .lines()
+        .filter(|l| l.trim_start().starts_with("LOAD"))
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+            let (off, va, filesz) = (hex(f[1])?, hex(f[2])?, hex(f[4])?);
+            (vaddr >= va && vaddr < va + filesz).then_some(vaddr - va + off)
+        })
+        .unwrap();
+    let pmu: u32 = std::fs::read_to_string("/sys/bus/event_source/devices/uprobe/type")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    /// `struct perf_event_attr` up to `PERF_ATTR_SIZE_VER5`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct Attr {
+        type_: u32,
+        size: u32,
+        config: u64,
+        sample_period: u64,
+        sample_type: u64,
+        read_format: u64,
+        flags: u64,
+        wakeup_events: u32,
+        bp_type: u32,
+        config1: u64,
+        config2: u64,
+        branch_sample_type: u64,
+        sample_regs_user: u64,
+        sample_stack_user: u32,
+        clockid: i32,
+        sample_regs_intr: u64,
+        aux_watermark: u32,
+        sample_max_stack: u16,
+        reserved: u16,
+    }
+    let path = std::ffi::CString::new(binary.as_os_str().as_encoded_bytes()).unwrap();
+    let attr = Attr {
+        type_: pmu,
+        size: size_of::<Attr>() as u32,
+        config: 1, // retprobe
+        config1: path.as_ptr() as u64,
+        config2: offset,
+        ..Attr::default()
+    };
+    // SAFETY: `attr` is a valid perf_event_attr of the size it states; `path` outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            &raw const attr,
+            pid as i32,
+            -1,
+            -1,
+            8u64, // PERF_FLAG_FD_CLOEXEC
+        )
+    };
+    assert!(
+        fd >= 0,
+        "perf_event_open: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a fresh descriptor nothing else owns.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
+}

@@ -919,6 +919,30 @@ mod unwinding {
     }
 
     #[test]
+    fn return_addresses_behind_another_tools_uretprobe_are_translated() {
+        require_root();
+        let binary = fixture(Build::COmitFramePointer);
+        let mut target = Fixture::start(&binary);
+        // Another tool's return probe on chain_06: while it runs, its return address on the
+        // stack is the kernel's trampoline.
+        let foreign = leaktrace_tests::foreign_uretprobe(&binary, "chain_06", target.pid);
+        target.cmd("chain 1 8"); // the trampoline's mapping now exists
+        let tracer = Tracer::attach(target.pid, &["--top", "100"]);
+        tracer.wait_for_stderr("allocs/s", Duration::from_secs(5));
+        target.cmd("chain 3 100");
+        let report = tracer.interrupt().report.unwrap();
+        drop(foreign);
+        let stack = stack_from(&report, "chain_12");
+        let names = functions(stack);
+        let expected = chain();
+        let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+        assert!(has_subsequence(&names, &expected), "{names:?}");
+        assert_eq!(&names[..12], &expected[..12]);
+        assert_complete(stack);
+        assert_eq!(num(stack, "live_allocs"), 3);
+    }
+
+    #[test]
     fn kernel_unwinds_match_a_user_space_unwind_of_the_same_stack() {
         require_root();
         for (build, commands) in [

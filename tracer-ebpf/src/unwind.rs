@@ -17,7 +17,9 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_user, generated::bpf_loop},
+    helpers::{
+        bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_loop,
+    },
     macros::map,
     maps::Array,
 };
@@ -44,6 +46,19 @@ static MAPPINGS: Array<ExecMapping> = Array::with_max_entries(2 * MAX_MAPPINGS, 
 /// Index 0: the bank in use (bit 16) and its number of entries (low 16 bits).
 #[map(name = "MAPPING_COUNT")]
 static MAPPING_COUNT: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Index 0: the address of the kernel's uretprobe trampoline in the target (the start of its
+/// `[uprobes]` mapping), 0 until it exists. Written by user space.
+#[map(name = "TRAMPOLINE")]
+static TRAMPOLINE: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Byte offsets of `task_struct.utask`, `uprobe_task.return_instances`, and
+/// `return_instance.{stack, orig_ret_vaddr, next}` from the kernel's BTF; all 0 when unknown.
+#[unsafe(no_mangle)]
+static RI_OFFSETS: [u32; 5] = [0; 5];
+
+/// Most pending return instances looked through per frame.
+const MAX_RETURN_INSTANCES: u32 = 16;
 
 /// Binary-search steps over one binary's rows (2^24 rows at most).
 const ROW_SEARCH_STEPS: u32 = 24;
@@ -138,6 +153,41 @@ fn real_return_address(state: &ThreadState, slot: u64, ra: u64) -> u64 {
     ra
 }
 
+#[inline(always)]
+fn read_kernel(addr: u64) -> Option<u64> {
+    // SAFETY: the helper reads kernel memory and fails instead of faulting.
+    unsafe { bpf_probe_read_kernel(addr as *const u64) }.ok()
+}
+
+/// The original return address for a stack slot another tool's return probe hijacked: the
+/// kernel keeps it in the thread's list of pending return instances, which this walks as the
+/// kernel's own frame-pointer unwinder does (`fixup_uretprobe_trampoline_entries`).
+#[inline(always)]
+fn kernel_return_address(slot: u64) -> Option<u64> {
+    // SAFETY: reading a global set before load.
+    let offsets = unsafe { core::ptr::read_volatile(&raw const RI_OFFSETS) };
+    if offsets[0] == 0 {
+        return None;
+    }
+    // SAFETY: a helper with no arguments.
+    let task = unsafe { bpf_get_current_task() };
+    let utask = read_kernel(task + u64::from(offsets[0]))?;
+    if utask == 0 {
+        return None;
+    }
+    let mut ri = read_kernel(utask + u64::from(offsets[1]))?;
+    for _ in 0..MAX_RETURN_INSTANCES {
+        if ri == 0 {
+            return None;
+        }
+        if read_kernel(ri + u64::from(offsets[2]))? == slot {
+            return read_kernel(ri + u64::from(offsets[3]));
+        }
+        ri = read_kernel(ri + u64::from(offsets[4]))?;
+    }
+    None
+}
+
 /// Stops the walk as incomplete, counting why.
 #[inline(always)]
 fn fail(walk: &mut Walk, why: Counter) -> i64 {
@@ -211,7 +261,14 @@ unsafe extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
         return fail(walk, Counter::UnwindReadFailed);
     };
     // SAFETY: `walk.state` is this thread's map value, valid for the program run.
-    let ra = real_return_address(unsafe { &*walk.state }, cfa - 8, ra);
+    let mut ra = real_return_address(unsafe { &*walk.state }, cfa - 8, ra);
+    let trampoline = TRAMPOLINE.get(0).copied().unwrap_or(0);
+    if trampoline != 0 && ra == trampoline {
+        match kernel_return_address(cfa - 8) {
+            Some(original) => ra = original,
+            None => return fail(walk, Counter::UnwindUnsupported),
+        }
+    }
     let rbp = match rbp_slot.rbp_type {
         RBP_SAME => walk.rbp,
         RBP_AT_CFA => match read(cfa.wrapping_add(rbp_slot.rbp_offset as i64 as u64)) {

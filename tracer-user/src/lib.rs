@@ -12,6 +12,7 @@ pub mod events;
 pub mod export;
 pub mod heap;
 pub mod history;
+pub mod kernel_btf;
 pub mod launch;
 pub mod probe_site;
 pub mod probes;

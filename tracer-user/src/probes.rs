@@ -206,6 +206,17 @@ impl Probes {
         }
         let wakeup_bytes = u64::from(config.ringbuf_bytes / 4);
         let unwind_mode = config.unwind.kernel_value();
+        // Kernel structure offsets for translating foreign uretprobe trampolines (0: unknown).
+        let ri_offsets: [u32; 5] =
+            crate::kernel_btf::return_instance_offsets().map_or([0; 5], |o| {
+                [
+                    o.task_utask,
+                    o.utask_return_instances,
+                    o.ri_stack,
+                    o.ri_orig_ret_vaddr,
+                    o.ri_next,
+                ]
+            });
         let unwind_rows_capacity = if config.unwind == UnwindMode::Fp {
             1
         } else {
@@ -218,6 +229,7 @@ impl Probes {
             .override_global("UNWIND_MODE", &unwind_mode, true)
             .override_global("VERIFY_EVERY", &config.verify_every, true)
             .override_global("SAMPLE_BYTES", &config.sample_bytes, true)
+            .override_global("RI_OFFSETS", &ri_offsets, true)
             .map_max_entries(
                 names::VERIFY,
                 if config.verify_every == 0 {
@@ -471,6 +483,25 @@ impl Probes {
             })?;
         self.mapping_bank = bank;
         Ok(())
+    }
+
+    /// Tells the unwinder where the kernel's uretprobe trampoline sits in the target.
+    pub fn set_trampoline(&mut self, address: u64) -> Result<(), ProbeError> {
+        let mut trampoline: Array<_, u64> = Array::try_from(
+            self.ebpf
+                .map_mut("TRAMPOLINE")
+                .ok_or(ProbeError::Missing("TRAMPOLINE"))?,
+        )
+        .map_err(|source| ProbeError::Map {
+            name: "TRAMPOLINE",
+            source,
+        })?;
+        trampoline
+            .set(0, address, 0)
+            .map_err(|source| ProbeError::Map {
+                name: "TRAMPOLINE",
+                source,
+            })
     }
 
     /// Current counter values, summed over CPUs.

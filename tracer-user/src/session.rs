@@ -462,6 +462,8 @@ struct Session {
     verified: VerifyCounts,
     /// The mappings last read, for the reference unwinder.
     last_maps: Vec<Mapping>,
+    /// Where the kernel's uretprobe trampoline is published as being.
+    trampoline: Option<u64>,
     last_status: (Instant, u64, u64),
     rates: (f64, f64),
 }
@@ -522,6 +524,7 @@ impl Session {
             verify_ring: None,
             verified: VerifyCounts::default(),
             last_maps: Vec::new(),
+            trampoline: None,
             last_status: (now, 0, 0),
             rates: (0.0, 0.0),
         }
@@ -680,6 +683,14 @@ impl Session {
             self.modules.update(&maps);
             if self.unwind != UnwindMode::Fp {
                 self.refresh_unwind(&maps);
+                // The kernel's uretprobe trampoline: its own mapping, once any return probe
+                // has fired in the target.
+                if let Some(uprobes) = maps.iter().find(|m| m.path == "[uprobes]")
+                    && self.trampoline != Some(uprobes.start)
+                    && self.probes.set_trampoline(uprobes.start).is_ok()
+                {
+                    self.trampoline = Some(uprobes.start);
+                }
             }
             self.last_maps = maps;
         }

@@ -1,0 +1,166 @@
+//! Reading struct member offsets from the kernel's BTF (`/sys/kernel/btf/vmlinux`).
+//!
+//! The unwinder needs a few kernel structures to translate return addresses that another tool's
+//! return probe replaced with the kernel's trampoline: the task's `utask`, its list of pending
+//! `return_instances`, and each instance's saved stack slot and original return address. Their
+//! offsets change between kernels, so they are read from BTF at start; without them the
+//! translation is off and such frames end the stack (flagged incomplete).
+use std::collections::HashMap;
+
+/// BTF kinds with data after the common 12-byte type header.
+const KIND_INT: u32 = 1;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_ENUM64: u32 = 19;
+
+/// Member byte offsets of the named structs, as parsed from BTF.
+#[derive(Debug, Default)]
+pub struct StructOffsets {
+    structs: HashMap<String, HashMap<String, u32>>,
+}
+
+impl StructOffsets {
+    /// Parses raw BTF, keeping the members of the structs named in `wanted`.
+    pub fn parse(btf: &[u8], wanted: &[&str]) -> Option<Self> {
+        let u32_at = |at: usize| -> Option<u32> {
+            Some(u32::from_le_bytes(btf.get(at..at + 4)?.try_into().ok()?))
+        };
+        if btf.get(0..2)? != [0x9f, 0xeb] {
+            return None;
+        }
+        let hdr_len = u32_at(4)? as usize;
+        let (type_off, type_len) = (u32_at(8)? as usize, u32_at(12)? as usize);
+        let str_off = u32_at(16)? as usize;
+        let types = hdr_len + type_off;
+        let strings = hdr_len + str_off;
+        let name = |off: u32| -> Option<String> {
+            let start = strings + off as usize;
+            let rest = btf.get(start..)?;
+            let end = rest.iter().position(|b| *b == 0)?;
+            Some(String::from_utf8_lossy(&rest[..end]).into_owned())
+        };
+        let mut out = Self::default();
+        let mut at = types;
+        while at + 12 <= types + type_len {
+            let name_off = u32_at(at)?;
+            let info = u32_at(at + 4)?;
+            let kind = (info >> 24) & 0x1f;
+            let vlen = (info & 0xffff) as usize;
+            let kind_flag = info >> 31 != 0;
+            at += 12;
+            let extra = match kind {
+                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+                KIND_ARRAY => 12,
+                KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => vlen * 12,
+                KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
+                _ => 0,
+            };
+            if kind == KIND_STRUCT {
+                let struct_name = name(name_off)?;
+                if wanted.contains(&struct_name.as_str()) && !out.structs.contains_key(&struct_name)
+                {
+                    let mut members = HashMap::new();
+                    for m in 0..vlen {
+                        let member = at + m * 12;
+                        let offset = u32_at(member + 8)?;
+                        // With kind_flag the low 24 bits are the bit offset.
+                        let bits = if kind_flag {
+                            offset & 0x00ff_ffff
+                        } else {
+                            offset
+                        };
+                        members.insert(name(u32_at(member)?)?, bits / 8);
+                    }
+                    out.structs.insert(struct_name, members);
+                }
+            }
+            at += extra;
+        }
+        Some(out)
+    }
+
+    /// The byte offset of `member` in `strukt`.
+    pub fn offset(&self, strukt: &str, member: &str) -> Option<u32> {
+        self.structs.get(strukt)?.get(member).copied()
+    }
+}
+
+/// Where the kernel keeps pending return-probe instances (all byte offsets).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReturnInstanceOffsets {
+    /// `task_struct.utask`.
+    pub task_utask: u32,
+    /// `uprobe_task.return_instances`.
+    pub utask_return_instances: u32,
+    /// `return_instance.stack`: the stack slot whose return address was replaced.
+    pub ri_stack: u32,
+    /// `return_instance.orig_ret_vaddr`: the original return address.
+    pub ri_orig_ret_vaddr: u32,
+    /// `return_instance.next`.
+    pub ri_next: u32,
+}
+
+/// The offsets from the running kernel's BTF, if it has them all.
+pub fn return_instance_offsets() -> Option<ReturnInstanceOffsets> {
+    let btf = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
+    let offsets = StructOffsets::parse(&btf, &["task_struct", "uprobe_task", "return_instance"])?;
+    Some(ReturnInstanceOffsets {
+        task_utask: offsets.offset("task_struct", "utask")?,
+        utask_return_instances: offsets.offset("uprobe_task", "return_instances")?,
+        ri_stack: offsets.offset("return_instance", "stack")?,
+        ri_orig_ret_vaddr: offsets.offset("return_instance", "orig_ret_vaddr")?,
+        ri_next: offsets.offset("return_instance", "next")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_data_that_is_not_btf() {
+        assert!(StructOffsets::parse(b"not btf at all", &["x"]).is_none());
+        assert!(StructOffsets::parse(&[], &["x"]).is_none());
+    }
+
+    #[test]
+    fn reads_a_synthetic_struct() {
+        // Header (24 bytes), one struct with two members, then the strings.
+        let strings = b"\0point\0x\0y\0";
+        let mut types = Vec::new();
+        let push = |v: &mut Vec<u8>, x: u32| v.extend_from_slice(&x.to_le_bytes());
+        push(&mut types, 1); // name "point"
+        push(&mut types, (KIND_STRUCT << 24) | 2); // struct, 2 members
+        push(&mut types, 8); // size
+        for (name, bit_offset) in [(7u32, 0u32), (9, 32)] {
+            push(&mut types, name);
+            push(&mut types, 0);
+            push(&mut types, bit_offset);
+        }
+        let mut btf = vec![0x9f, 0xeb, 1, 0];
+        push(&mut btf, 24);
+        push(&mut btf, 0);
+        push(&mut btf, types.len() as u32);
+        push(&mut btf, types.len() as u32);
+        push(&mut btf, strings.len() as u32);
+        btf.extend_from_slice(&types);
+        btf.extend_from_slice(strings);
+        let offsets = StructOffsets::parse(&btf, &["point"]).expect("parses");
+        assert_eq!(offsets.offset("point", "x"), Some(0));
+        assert_eq!(offsets.offset("point", "y"), Some(4));
+        assert_eq!(offsets.offset("point", "z"), None);
+    }
+
+    #[test]
+    fn finds_the_return_instance_layout_of_this_kernel() {
+        let offsets = return_instance_offsets().expect("this kernel has BTF with uprobe structs");
+        assert!(offsets.task_utask > 0);
+        assert_ne!(offsets.ri_stack, offsets.ri_orig_ret_vaddr);
+    }
+}
