@@ -219,6 +219,15 @@ impl Fixture {
         line.trim().to_owned()
     }
 
+    /// Makes the fixture exec itself (`exec` command) and waits for the new image's `ready`.
+    pub fn exec_again(&mut self) {
+        writeln!(self.stdin, "exec").unwrap();
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), format!("ready {}", self.pid), "after exec");
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -488,7 +497,16 @@ pub fn leaktrace_programs_loaded() -> Vec<String> {
         .unwrap()
         .iter()
         .filter_map(|p| p["name"].as_str())
-        .filter(|name| ["alloc_enter", "alloc_exit", "free_enter"].contains(name))
+        .filter(|name| {
+            [
+                "alloc_enter",
+                "alloc_exit",
+                "free_enter",
+                "on_exec",
+                "floor_enter",
+            ]
+            .contains(name)
+        })
         .map(str::to_owned)
         .collect()
 }

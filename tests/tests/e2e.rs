@@ -344,7 +344,7 @@ mod lifecycle {
         target.cmd("leak 3 100");
         assert_eq!(
             leaktrace_programs_loaded().len(),
-            3,
+            5,
             "programs should be loaded while tracing"
         );
         let done = tracer.signal(libc::SIGTERM);
@@ -940,6 +940,39 @@ mod unwinding {
         assert_eq!(&names[..12], &expected[..12]);
         assert_complete(stack);
         assert_eq!(num(stack, "live_allocs"), 3);
+    }
+
+    #[test]
+    fn the_target_execing_a_new_image_keeps_full_stacks() {
+        require_root();
+        let mut target = Fixture::start(&fixture(Build::COmitFramePointer));
+        let tracer = Tracer::attach(target.pid, &["--top", "100"]);
+        target.cmd("chain 2 100");
+        target.exec_again();
+        // The new image's mappings reach the unwinder at the next status tick at the latest.
+        std::thread::sleep(Duration::from_millis(1500));
+        target.cmd("chain 3 100");
+        let report = tracer.interrupt().report.unwrap();
+        let stacks = stacks_from(&report, "chain_12");
+        assert_eq!(
+            stacks.len(),
+            2,
+            "one stack per image (different addresses): {report:#}"
+        );
+        for stack in stacks {
+            let names = functions(stack);
+            assert!(
+                has_subsequence(&names, &["chain_12", "chain_01", "run", "main", "_start"]),
+                "{names:?}"
+            );
+            assert_complete(stack);
+        }
+        // Blocks of the old image died with it; the 3 new ones are live.
+        let live: u64 = stacks_from(&report, "chain_12")
+            .iter()
+            .map(|s| num(s, "live_allocs"))
+            .sum();
+        assert!(live >= 3, "{report:#}");
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub mod names {
     pub const ALLOC_EXIT: &str = "alloc_exit";
     /// Entry program for `free`.
     pub const FREE_ENTER: &str = "free_enter";
+    /// Raw tracepoint program on `sched_process_exec`.
+    pub const EXEC: &str = "on_exec";
     /// An empty program, for measuring the cost of the traps alone.
     pub const FLOOR_ENTER: &str = "floor_enter";
     /// Ring buffer of [`crate::Event`] records.
@@ -115,6 +117,8 @@ pub enum EventOp {
     Alloc = 1,
     /// `addr` stopped being live.
     Free = 2,
+    /// The process exec'd a new image: every block of the old one is gone.
+    Exec = 3,
 }
 
 /// Bits of [`Event::flags`] and [`StackTrace::flags`].

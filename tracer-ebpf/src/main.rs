@@ -32,9 +32,9 @@ use aya_ebpf::{
         bpf_ktime_get_ns, bpf_probe_read_user,
         generated::bpf_probe_read_user as raw_probe_read_user,
     },
-    macros::{map, uprobe, uretprobe},
+    macros::{map, raw_tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{ProbeContext, RetProbeContext},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use tracer_common::{
     AllocKind, Counter, Event, EventOp, MAX_FRAMES, PENDING_SLOTS, Pending, StackTrace,
@@ -602,6 +602,34 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
         tid,
         kind: AllocKind::Free as u8,
         op: EventOp::Free as u8,
+        flags: 0,
+    });
+    0
+}
+
+/// The traced process (tgid), for programs that see every process (the exec tracepoint).
+#[unsafe(no_mangle)]
+static TARGET_TGID: u32 = 0;
+
+/// `sched_process_exec`: when the traced process execs, its old heap is gone; an event tells
+/// user space so those blocks stop counting as live.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn on_exec(_ctx: RawTracePointContext) -> i32 {
+    // SAFETY: reading a global set before load.
+    let target = unsafe { core::ptr::read_volatile(&raw const TARGET_TGID) };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if target == 0 || tgid != target {
+        return 0;
+    }
+    submit(Event {
+        ts_ns: now_ns(),
+        addr: 0,
+        old_addr: 0,
+        size: 0,
+        stack_id: 0,
+        tid: tgid,
+        kind: AllocKind::Free as u8,
+        op: EventOp::Exec as u8,
         flags: 0,
     });
     0

@@ -19,6 +19,7 @@ pub fn from_event(event: &Event) -> Option<HeapEvent> {
     let op = match event.op {
         op if op == EventOp::Alloc as u8 => Op::Alloc,
         op if op == EventOp::Free as u8 => Op::Free,
+        op if op == EventOp::Exec as u8 => Op::Exec,
         _ => return None,
     };
     Some(HeapEvent {

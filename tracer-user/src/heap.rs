@@ -59,6 +59,8 @@ pub enum Op {
     Alloc,
     /// `addr` stopped being live.
     Free,
+    /// The process exec'd a new image: every block live so far is gone.
+    Exec,
 }
 
 /// One allocator event, decoded.
@@ -158,6 +160,8 @@ pub struct Totals {
     /// Events applied after a later event had already been applied: they arrived more than the
     /// reorder window late, so their order relative to other events may be wrong.
     pub late_events: u64,
+    /// Blocks that stopped being live because the process exec'd a new image.
+    pub released_by_exec: u64,
 }
 
 impl Totals {
@@ -378,6 +382,18 @@ impl HeapModel {
         self.pending.len()
     }
 
+    /// Drops every live block (the process replaced its image), counting them.
+    fn release_all(&mut self) {
+        self.totals.released_by_exec += self.live.len() as u64;
+        self.live.clear();
+        for slot in &mut self.stacks {
+            slot.live_bytes = 0;
+            slot.live_allocs = 0;
+        }
+        self.totals.live_bytes = 0;
+        self.totals.live_allocs = 0;
+    }
+
     fn apply(&mut self, ev: &HeapEvent) {
         if self.applied_ts_ns.is_some_and(|applied| ev.ts_ns < applied) {
             self.totals.late_events += 1;
@@ -387,6 +403,7 @@ impl HeapModel {
             self.origin_ns = Some(ev.ts_ns);
         }
         match ev.op {
+            Op::Exec => self.release_all(),
             Op::Free => self.release(ev.addr),
             Op::Alloc => {
                 self.release(ev.old_addr);
@@ -1021,6 +1038,36 @@ mod tests {
             (stats[0].1.total_allocs, stats[0].1.total_bytes),
             (101, 1005)
         );
+    }
+
+    #[test]
+    fn exec_releases_every_live_block() {
+        let mut heap = HeapModel::new(HeapConfig::default());
+        let event = |ts_ns, op, addr| HeapEvent {
+            ts_ns,
+            op,
+            addr,
+            old_addr: 0,
+            size: 10,
+            stack: 4,
+            tid: 1,
+            kind: AllocKind::Malloc,
+        };
+        heap.push(event(MS, Op::Alloc, 0x10));
+        heap.push(event(2 * MS, Op::Alloc, 0x20));
+        heap.push(event(3 * MS, Op::Exec, 0));
+        heap.push(event(4 * MS, Op::Alloc, 0x10));
+        heap.flush();
+        let totals = heap.totals();
+        assert_eq!(
+            (
+                totals.live_allocs,
+                totals.live_bytes,
+                totals.released_by_exec
+            ),
+            (1, 10, 2)
+        );
+        assert_eq!(heap.stack_stats(5 * MS)[0].1.live_allocs, 1);
     }
 
     #[test]

@@ -103,6 +103,8 @@ pub struct ProbeConfig {
     pub verify_every: u32,
     /// Mean bytes between sampled allocations (0: trace every allocation).
     pub sample_bytes: u64,
+    /// The traced process, for the exec tracepoint (which sees every process).
+    pub target_pid: u32,
 }
 
 impl Default for ProbeConfig {
@@ -113,6 +115,7 @@ impl Default for ProbeConfig {
             unwind_rows: 1 << 20,
             verify_every: 0,
             sample_bytes: 0,
+            target_pid: 0,
         }
     }
 }
@@ -169,6 +172,7 @@ pub struct Probes {
     entry_links: Vec<UProbeLink>,
     return_links: Vec<UProbeLink>,
     free_links: Vec<UProbeLink>,
+    exec_link: Option<aya::programs::raw_trace_point::RawTracePointLink>,
     stacks: HashMap<MapData, u64, StackTrace>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
@@ -230,6 +234,7 @@ impl Probes {
             .override_global("VERIFY_EVERY", &config.verify_every, true)
             .override_global("SAMPLE_BYTES", &config.sample_bytes, true)
             .override_global("RI_OFFSETS", &ri_offsets, true)
+            .override_global("TARGET_TGID", &config.target_pid, true)
             .map_max_entries(
                 names::VERIFY,
                 if config.verify_every == 0 {
@@ -252,6 +257,18 @@ impl Probes {
                     source,
                 })?;
         }
+        let exec: &mut aya::programs::RawTracePoint = ebpf
+            .program_mut(names::EXEC)
+            .ok_or(ProbeError::Missing(names::EXEC))?
+            .try_into()
+            .map_err(|source| ProbeError::Program {
+                what: "program on_exec".into(),
+                source,
+            })?;
+        exec.load().map_err(|source| ProbeError::Program {
+            what: "loading on_exec".into(),
+            source,
+        })?;
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(ProbeError::Missing(name))
         };
@@ -319,6 +336,7 @@ impl Probes {
             entry_links: Vec::new(),
             return_links: Vec::new(),
             free_links: Vec::new(),
+            exec_link: None,
             stacks,
             counters,
             events: Some(events),
@@ -342,6 +360,26 @@ impl Probes {
     }
 
     fn attach_all(&mut self, allocator: &Allocator, pid: NonZeroU32) -> Result<(), ProbeError> {
+        // Exec first: an exec during attach must not leave the old image's blocks live.
+        let exec: &mut aya::programs::RawTracePoint = self
+            .ebpf
+            .program_mut(names::EXEC)
+            .ok_or(ProbeError::Missing(names::EXEC))?
+            .try_into()
+            .map_err(|source| ProbeError::Program {
+                what: "program on_exec".into(),
+                source,
+            })?;
+        let id = exec
+            .attach("sched_process_exec")
+            .map_err(|source| ProbeError::Program {
+                what: "attaching to sched_process_exec".into(),
+                source,
+            })?;
+        self.exec_link = Some(exec.take_link(id).map_err(|source| ProbeError::Program {
+            what: "attaching to sched_process_exec".into(),
+            source,
+        })?);
         let scope = UProbeScope::OneProcess(pid);
         let path = &allocator.attach_path;
         let point = |offset: u64, cookie: u64| UProbeAttachPoint {

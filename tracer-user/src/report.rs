@@ -108,6 +108,8 @@ pub struct Diagnostics {
     pub dropped_over_limit: u64,
     /// Events that arrived after newer ones had been applied (later than the reorder window).
     pub late_events: u64,
+    /// Blocks that stopped counting as live because the process exec'd a new image.
+    pub released_by_exec: u64,
     /// Stacks cut short because the unwinder met a pc in no known mapping.
     pub unwind_no_mapping: u64,
     /// Stacks cut short at a CFI rule the unwinder cannot follow.
@@ -152,6 +154,7 @@ impl Diagnostics {
             replaced_live: heap.replaced_live,
             dropped_over_limit: heap.dropped_over_limit,
             late_events: heap.late_events,
+            released_by_exec: heap.released_by_exec,
             unwind_no_mapping: k(Counter::UnwindNoMapping),
             unwind_unsupported: k(Counter::UnwindUnsupported),
             unwind_read_failed: k(Counter::UnwindReadFailed),
@@ -171,7 +174,7 @@ impl Diagnostics {
     }
 
     /// Every counter with its JSON name, in declaration order.
-    pub fn fields(&self) -> [(&'static str, u64); 21] {
+    pub fn fields(&self) -> [(&'static str, u64); 22] {
         [
             ("ringbuf_full", self.ringbuf_full),
             ("stack_failed", self.stack_failed),
@@ -184,6 +187,7 @@ impl Diagnostics {
             ("replaced_live", self.replaced_live),
             ("dropped_over_limit", self.dropped_over_limit),
             ("late_events", self.late_events),
+            ("released_by_exec", self.released_by_exec),
             ("unwind_no_mapping", self.unwind_no_mapping),
             ("unwind_unsupported", self.unwind_unsupported),
             ("unwind_read_failed", self.unwind_read_failed),
@@ -488,6 +492,7 @@ mod tests {
                 ("replaced_live", 10),
                 ("dropped_over_limit", 11),
                 ("late_events", 12),
+                ("released_by_exec", 0),
                 ("unwind_no_mapping", 20),
                 ("unwind_unsupported", 21),
                 ("unwind_read_failed", 22),

@@ -160,6 +160,7 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
     let rows = tables.total_rows();
     let unwind_rows = u32::try_from(rows + (rows / 2).max(256 << 10)).unwrap_or(u32::MAX);
     let mut probes = Probes::load(ProbeConfig {
+        target_pid: process.pid,
         verify_every: if cli.unwind == UnwindMode::Fp {
             0
         } else {
@@ -901,6 +902,7 @@ impl Session {
                 replaced_live: totals.replaced_live,
                 dropped_over_limit: totals.dropped_over_limit,
                 late_events: totals.late_events,
+                released_by_exec: totals.released_by_exec,
                 unwind_no_mapping: counters.unwind_no_mapping,
                 unwind_unsupported: counters.unwind_unsupported,
                 unwind_read_failed: counters.unwind_read_failed,

@@ -122,6 +122,7 @@ mod tests {
             "replaced_live",
             "dropped_over_limit",
             "late_events",
+            "released_by_exec",
             "unwind_no_mapping",
             "unwind_unsupported",
             "unwind_read_failed",
