@@ -526,6 +526,20 @@ mod live_view {
             }
         }
 
+        /// leaktrace's live view on `pid`, exporting to `dir/final.json` and leaving its exit
+        /// code in `dir/exit`; returns once the header is on screen.
+        fn leaktrace(name: &str, pid: u32, dir: &Path) -> Self {
+            let command = format!(
+                "{} -p {pid} --export {}/final.json; echo $? > {}/exit",
+                leaktrace_tests::leaktrace_bin().display(),
+                dir.display(),
+                dir.display()
+            );
+            let tmux = Self::start(&format!("{name}-{pid}"), &command);
+            tmux.wait_for("the header", |s| s.contains(&format!("pid {pid}")));
+            tmux
+        }
+
         fn screen(&self) -> String {
             let out = Command::new("tmux")
                 .args(["capture-pane", "-p", "-t", &self.name])
@@ -594,16 +608,7 @@ mod live_view {
         require_root();
         let mut target = Fixture::start(&fixture(Build::CFramePointers));
         let dir = tempfile::tempdir().unwrap();
-        let bin = leaktrace_tests::leaktrace_bin();
-        let command = format!(
-            "{} -p {} --export {}/final.json; echo $? > {}/exit",
-            bin.display(),
-            target.pid,
-            dir.path().display(),
-            dir.path().display()
-        );
-        let tmux = Tmux::start(&format!("lt-{}", target.pid), &command);
-        tmux.wait_for("the header", |s| s.contains(&format!("pid {}", target.pid)));
+        let tmux = Tmux::leaktrace("lt", target.pid, dir.path());
         target.cmd("leak 40 1000");
         target.cmd("cache 5 100");
         target.cmd("churn 2000");
@@ -676,16 +681,7 @@ mod live_view {
         require_root();
         let mut target = Fixture::start(&fixture(Build::CFramePointers));
         let dir = tempfile::tempdir().unwrap();
-        let bin = leaktrace_tests::leaktrace_bin();
-        let command = format!(
-            "{} -p {} --export {}/final.json; echo $? > {}/exit",
-            bin.display(),
-            target.pid,
-            dir.path().display(),
-            dir.path().display()
-        );
-        let tmux = Tmux::start(&format!("lt-rate-{}", target.pid), &command);
-        tmux.wait_for("the header", |s| s.contains(&format!("pid {}", target.pid)));
+        let tmux = Tmux::leaktrace("lt-rate", target.pid, dir.path());
         let reply = target.cmd("threads 8 100000 100");
         let elapsed_ns: u64 = reply.trim_start_matches("ok ").parse().unwrap();
         let events = 8 * 1000 + 2 * 8 * 99_000;

@@ -310,7 +310,7 @@ pub mod unwind {
 
     /// One row: the rules that apply from `pc` up to the next row's `pc`. 12 bytes.
     #[repr(C)]
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
     pub struct UnwindRow {
         /// ELF virtual address (in the binary's own address space) where the row starts.
         pub pc: u32,
@@ -322,6 +322,27 @@ pub mod unwind {
         pub cfa_type: u8,
         /// One of the `RBP_*` constants.
         pub rbp_type: u8,
+    }
+
+    impl UnwindRow {
+        /// A row saying "no CFI from `pc` on" (frame pointers there).
+        pub const fn none(pc: u32) -> Self {
+            Self {
+                pc,
+                cfa_offset: 0,
+                rbp_offset: 0,
+                cfa_type: CFA_NONE,
+                rbp_type: RBP_SAME,
+            }
+        }
+
+        /// Whether two rows give the same rules (whatever their `pc`).
+        pub const fn same_rule(&self, other: &Self) -> bool {
+            self.cfa_offset == other.cfa_offset
+                && self.rbp_offset == other.rbp_offset
+                && self.cfa_type == other.cfa_type
+                && self.rbp_type == other.rbp_type
+        }
     }
 
     /// One executable mapping of the target, with the location of its binary's rows.
@@ -339,6 +360,15 @@ pub mod unwind {
         /// Number of rows (0: no CFI, unwind with frame pointers).
         pub rows_len: u32,
     }
+
+    /// Where a signal trampoline's frame keeps the interrupted rbp, rsp and rip, from its rsp:
+    /// `ucontext.uc_mcontext` is 40 bytes in, and the registers sit at 80, 120 and 128 in the
+    /// x86-64 `sigcontext`.
+    pub const SIGNAL_RBP_OFFSET: u64 = 40 + 80;
+    /// See [`SIGNAL_RBP_OFFSET`].
+    pub const SIGNAL_RSP_OFFSET: u64 = 40 + 120;
+    /// See [`SIGNAL_RBP_OFFSET`].
+    pub const SIGNAL_RIP_OFFSET: u64 = 40 + 128;
 
     /// Most executable mappings the unwinder knows at once.
     pub const MAX_MAPPINGS: u32 = 256;

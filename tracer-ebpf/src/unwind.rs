@@ -27,7 +27,7 @@ use tracer_common::{
     Counter, MAX_FRAMES, PENDING_SLOTS, ThreadState, flags,
     unwind::{
         CFA_END, CFA_NONE, CFA_PLT, CFA_RBP, CFA_RSP, CFA_SIGNAL, ExecMapping, MAX_MAPPINGS,
-        RBP_AT_CFA, RBP_SAME, UnwindRow,
+        RBP_AT_CFA, RBP_SAME, SIGNAL_RBP_OFFSET, SIGNAL_RIP_OFFSET, SIGNAL_RSP_OFFSET, UnwindRow,
     },
 };
 
@@ -64,11 +64,6 @@ const MAX_RETURN_INSTANCES: u32 = 16;
 const ROW_SEARCH_STEPS: u32 = 24;
 /// Binary-search steps over the mappings (2^9 > `MAX_MAPPINGS`).
 const MAPPING_SEARCH_STEPS: u32 = 9;
-/// Offsets in the signal frame: `ucontext.uc_mcontext` is at +40 from rsp in `__restore_rt`,
-/// and rbp, rsp, rip sit at +80, +120, +128 in the `sigcontext`.
-const SIGFRAME_RBP: u64 = 40 + 80;
-const SIGFRAME_RSP: u64 = 40 + 120;
-const SIGFRAME_RIP: u64 = 40 + 128;
 
 /// The walk's state, shared by the steps.
 #[repr(C)]
@@ -245,9 +240,9 @@ unsafe extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
         CFA_END => return 1,
         CFA_SIGNAL => {
             let (Some(rip), Some(rsp), Some(rbp)) = (
-                read(walk.rsp + SIGFRAME_RIP),
-                read(walk.rsp + SIGFRAME_RSP),
-                read(walk.rsp + SIGFRAME_RBP),
+                read(walk.rsp + SIGNAL_RIP_OFFSET),
+                read(walk.rsp + SIGNAL_RSP_OFFSET),
+                read(walk.rsp + SIGNAL_RBP_OFFSET),
             ) else {
                 return fail(walk, Counter::UnwindReadFailed);
             };

@@ -70,18 +70,6 @@ fn build_id(data: &[u8]) -> Option<Vec<u8>> {
         })
 }
 
-fn convert(rows: &[unwind::UnwindRow]) -> Vec<UnwindRow> {
-    rows.iter()
-        .map(|r| UnwindRow {
-            pc: r.pc,
-            cfa_offset: r.cfa_offset,
-            rbp_offset: r.rbp_offset,
-            cfa_type: r.cfa_type,
-            rbp_type: r.rbp_type,
-        })
-        .collect()
-}
-
 impl UnwindTables {
     /// Tables for process `pid` (files are read through `/proc/PID/root`).
     pub fn new(pid: u32) -> Self {
@@ -120,7 +108,7 @@ impl UnwindTables {
                         key.clone(),
                         Binary {
                             name: name.clone(),
-                            rows: convert(&table.rows),
+                            rows: table.rows.clone(),
                             table,
                             rows_start: None,
                             host,
