@@ -1,5 +1,5 @@
 /*
- * leaktrace's demo: a pretend request server that runs for 15 seconds. Most requests allocate
+ * leaktrace's demo: a pretend request server that runs for 30 seconds. Most requests allocate
  * and free their buffers, but every session it opens is added to a cache that is never pruned:
  * session_cache_add -> new_session -> malloc leaks 2 KiB per session.
  */
@@ -33,7 +33,7 @@ NOINLINE void handle_request(int i) {
 int main(void) {
     printf("demo service: pid %d, leaking 2 KiB per new session\n", (int)getpid());
     fflush(stdout);
-    time_t end = time(NULL) + 15;
+    time_t end = time(NULL) + 30;
     for (int i = 0; time(NULL) < end; i++) {
         handle_request(i);
         if (i % 10 == 0) session_cache_add(i);
