@@ -28,8 +28,16 @@ pub mod names {
     pub const STACKS: &str = "STACKS";
     /// Per-CPU loss and health counters, indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
-    /// Global configuration written by user space before load.
-    pub const CONFIG: &str = "CONFIG";
+    /// Unwind rows of every binary ([`crate::unwind::UnwindRow`]).
+    pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
+    /// The target's executable mappings ([`crate::unwind::ExecMapping`]), in two banks.
+    pub const MAPPINGS: &str = "MAPPINGS";
+    /// The mappings bank in use and its length.
+    pub const MAPPING_COUNT: &str = "MAPPING_COUNT";
+    /// The exponential-interval table of the sampler.
+    pub const EXP_TABLE: &str = "EXP_TABLE";
+    /// The address of the kernel's uretprobe trampoline in the target.
+    pub const TRAMPOLINE: &str = "TRAMPOLINE";
     /// Ring buffer of [`crate::VerifyRecord`]s (`--verify-unwind`).
     pub const VERIFY: &str = "VERIFY";
 }

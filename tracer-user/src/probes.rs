@@ -228,7 +228,7 @@ impl Probes {
         };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS, config.ringbuf_bytes)
-            .map_max_entries("UNWIND_ROWS", unwind_rows_capacity)
+            .map_max_entries(names::UNWIND_ROWS, unwind_rows_capacity)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("UNWIND_MODE", &unwind_mode, true)
             .override_global("VERIFY_EVERY", &config.verify_every, true)
@@ -293,11 +293,11 @@ impl Probes {
         })?;
         // Sampling intervals: -ln(u) at 256 evenly spread points of (0, 1), scaled by 2^16.
         let mut exp_table: Array<_, u32> = Array::try_from(
-            ebpf.map_mut("EXP_TABLE")
-                .ok_or(ProbeError::Missing("EXP_TABLE"))?,
+            ebpf.map_mut(names::EXP_TABLE)
+                .ok_or(ProbeError::Missing(names::EXP_TABLE))?,
         )
         .map_err(|source| ProbeError::Map {
-            name: "EXP_TABLE",
+            name: names::EXP_TABLE,
             source,
         })?;
         for i in 0..256u32 {
@@ -306,7 +306,7 @@ impl Probes {
             exp_table
                 .set(i, value, 0)
                 .map_err(|source| ProbeError::Map {
-                    name: "EXP_TABLE",
+                    name: names::EXP_TABLE,
                     source,
                 })?;
         }
@@ -316,18 +316,19 @@ impl Probes {
                 source,
             }
         })?;
-        let Map::Array(unwind_rows) = take(&mut ebpf, "UNWIND_ROWS")? else {
-            return Err(ProbeError::Missing("UNWIND_ROWS"));
+        let Map::Array(unwind_rows) = take(&mut ebpf, names::UNWIND_ROWS)? else {
+            return Err(ProbeError::Missing(names::UNWIND_ROWS));
         };
-        let mappings =
-            Array::try_from(take(&mut ebpf, "MAPPINGS")?).map_err(|source| ProbeError::Map {
-                name: "MAPPINGS",
+        let mappings = Array::try_from(take(&mut ebpf, names::MAPPINGS)?).map_err(|source| {
+            ProbeError::Map {
+                name: names::MAPPINGS,
                 source,
-            })?;
+            }
+        })?;
         let mapping_count =
-            Array::try_from(take(&mut ebpf, "MAPPING_COUNT")?).map_err(|source| {
+            Array::try_from(take(&mut ebpf, names::MAPPING_COUNT)?).map_err(|source| {
                 ProbeError::Map {
-                    name: "MAPPING_COUNT",
+                    name: names::MAPPING_COUNT,
                     source,
                 }
             })?;
@@ -509,14 +510,14 @@ impl Probes {
             self.mappings
                 .set(base + i as u32, mapping, 0)
                 .map_err(|source| ProbeError::Map {
-                    name: "MAPPINGS",
+                    name: names::MAPPINGS,
                     source,
                 })?;
         }
         self.mapping_count
             .set(0, (bank << 16) | n as u32, 0)
             .map_err(|source| ProbeError::Map {
-                name: "MAPPING_COUNT",
+                name: names::MAPPING_COUNT,
                 source,
             })?;
         self.mapping_bank = bank;
@@ -527,17 +528,17 @@ impl Probes {
     pub fn set_trampoline(&mut self, address: u64) -> Result<(), ProbeError> {
         let mut trampoline: Array<_, u64> = Array::try_from(
             self.ebpf
-                .map_mut("TRAMPOLINE")
-                .ok_or(ProbeError::Missing("TRAMPOLINE"))?,
+                .map_mut(names::TRAMPOLINE)
+                .ok_or(ProbeError::Missing(names::TRAMPOLINE))?,
         )
         .map_err(|source| ProbeError::Map {
-            name: "TRAMPOLINE",
+            name: names::TRAMPOLINE,
             source,
         })?;
         trampoline
             .set(0, address, 0)
             .map_err(|source| ProbeError::Map {
-                name: "TRAMPOLINE",
+                name: names::TRAMPOLINE,
                 source,
             })
     }
