@@ -270,6 +270,22 @@ impl HeapModel {
         self.stack_stats_min_age(now_ns, 0)
     }
 
+    /// Live bytes of every stack: from the running counters (no scan of the live table), or,
+    /// when sampling, the estimates of [`Self::stack_stats`] (which need the scan).
+    pub fn live_bytes_by_stack(&self, now_ns: u64) -> Vec<(StackKey, u64)> {
+        if self.config.sample_mean_bytes.is_some() {
+            return self
+                .stack_stats(now_ns)
+                .into_iter()
+                .map(|(key, stats)| (key, stats.live_bytes))
+                .collect();
+        }
+        self.stacks
+            .iter()
+            .map(|slot| (slot.key, slot.live_bytes))
+            .collect()
+    }
+
     /// Like [`Self::stack_stats`], but live bytes and counts only count blocks at least
     /// `min_age_ns` old at `now_ns` (`--min-age`); the totals since attach are unchanged.
     pub fn stack_stats_min_age(&self, now_ns: u64, min_age_ns: u64) -> Vec<(StackKey, StackStats)> {
@@ -1038,6 +1054,28 @@ mod tests {
             (stats[0].1.total_allocs, stats[0].1.total_bytes),
             (101, 1005)
         );
+    }
+
+    #[test]
+    fn live_bytes_by_stack_follows_the_counters() {
+        let mut heap = HeapModel::new(HeapConfig::default());
+        let event = |ts_ns, op, addr, stack| HeapEvent {
+            ts_ns,
+            op,
+            addr,
+            old_addr: 0,
+            size: 10,
+            stack,
+            tid: 1,
+            kind: AllocKind::Malloc,
+        };
+        heap.push(event(MS, Op::Alloc, 0x10, 1));
+        heap.push(event(2 * MS, Op::Alloc, 0x20, 2));
+        heap.push(event(3 * MS, Op::Free, 0x10, 0));
+        heap.flush();
+        let mut live = heap.live_bytes_by_stack(4 * MS);
+        live.sort_unstable();
+        assert_eq!(live, vec![(1, 0), (2, 10)]);
     }
 
     #[test]

@@ -202,6 +202,15 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe,
     })
 }
 
+/// Takes map `name` out of the loaded object as the typed map `T`.
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ProbeError::Missing(name))?;
+    T::try_from(map).map_err(|source| ProbeError::Map { name, source })
+}
+
 impl Probes {
     /// Loads the programs and maps into the kernel (nothing is attached yet).
     pub fn load(config: ProbeConfig) -> Result<Self, ProbeError> {
@@ -269,28 +278,9 @@ impl Probes {
             what: "loading on_exec".into(),
             source,
         })?;
-        let take = |ebpf: &mut Ebpf, name: &'static str| {
-            ebpf.take_map(name).ok_or(ProbeError::Missing(name))
-        };
-        let stacks = HashMap::try_from(take(&mut ebpf, names::STACKS)?).map_err(|source| {
-            ProbeError::Map {
-                name: names::STACKS,
-                source,
-            }
-        })?;
-        let counters =
-            PerCpuArray::try_from(take(&mut ebpf, names::COUNTERS)?).map_err(|source| {
-                ProbeError::Map {
-                    name: names::COUNTERS,
-                    source,
-                }
-            })?;
-        let events = RingBuf::try_from(take(&mut ebpf, names::EVENTS)?).map_err(|source| {
-            ProbeError::Map {
-                name: names::EVENTS,
-                source,
-            }
-        })?;
+        let stacks = take_map(&mut ebpf, names::STACKS)?;
+        let counters = take_map(&mut ebpf, names::COUNTERS)?;
+        let events = take_map(&mut ebpf, names::EVENTS)?;
         // Sampling intervals: -ln(u) at 256 evenly spread points of (0, 1), scaled by 2^16.
         let mut exp_table: Array<_, u32> = Array::try_from(
             ebpf.map_mut(names::EXP_TABLE)
@@ -310,28 +300,12 @@ impl Probes {
                     source,
                 })?;
         }
-        let verify = RingBuf::try_from(take(&mut ebpf, names::VERIFY)?).map_err(|source| {
-            ProbeError::Map {
-                name: names::VERIFY,
-                source,
-            }
-        })?;
-        let Map::Array(unwind_rows) = take(&mut ebpf, names::UNWIND_ROWS)? else {
+        let verify = take_map(&mut ebpf, names::VERIFY)?;
+        let Some(Map::Array(unwind_rows)) = ebpf.take_map(names::UNWIND_ROWS) else {
             return Err(ProbeError::Missing(names::UNWIND_ROWS));
         };
-        let mappings = Array::try_from(take(&mut ebpf, names::MAPPINGS)?).map_err(|source| {
-            ProbeError::Map {
-                name: names::MAPPINGS,
-                source,
-            }
-        })?;
-        let mapping_count =
-            Array::try_from(take(&mut ebpf, names::MAPPING_COUNT)?).map_err(|source| {
-                ProbeError::Map {
-                    name: names::MAPPING_COUNT,
-                    source,
-                }
-            })?;
+        let mappings = take_map(&mut ebpf, names::MAPPINGS)?;
+        let mapping_count = take_map(&mut ebpf, names::MAPPING_COUNT)?;
         Ok(Self {
             ebpf,
             entry_links: Vec::new(),

@@ -735,13 +735,8 @@ impl Session {
         // One sample of every stack's live bytes per interval: growth and verdicts read these.
         let t_s = self.started.elapsed().as_secs_f64();
         let now_ns = events::monotonic_now_ns();
-        self.history.record(
-            t_s,
-            self.heap
-                .stack_stats(now_ns)
-                .into_iter()
-                .map(|(id, stat)| (id, stat.live_bytes)),
-        );
+        self.history
+            .record(t_s, self.heap.live_bytes_by_stack(now_ns));
         if self.unwind != UnwindMode::Fp && self.process.is_alive() {
             // Libraries loaded since (dlopen) get tables and mappings.
             self.refresh_maps();
