@@ -501,6 +501,7 @@ pub fn leaktrace_programs_loaded() -> Vec<String> {
             [
                 "alloc_enter",
                 "alloc_exit",
+                "alloc_session",
                 "free_enter",
                 "on_exec",
                 "floor_enter",

@@ -1285,7 +1285,8 @@ mod sampling {
         let tracer = Tracer::attach(target.pid, &["--sample-bytes", "65536"]);
         target.cmd("leak 25600 4096");
         target.cmd("churn 20000");
-        let report = tracer.interrupt().report.unwrap();
+        let finished = tracer.interrupt();
+        let report = finished.report.unwrap();
         assert_eq!(report["sample_bytes"], 65536);
         let leak = stack_from(&report, "alloc_buffer");
         let truth = 25_600.0 * 4096.0;
@@ -1308,6 +1309,99 @@ mod sampling {
         for stack in stacks_from(&report, "churn_alloc") {
             assert_eq!(num(stack, "live_bytes"), 0);
         }
+        assert_eq!(num(&report["totals"], "lost_events"), 0);
+        // Unsampled calls skipped their return trap.
+        assert!(
+            finished.stderr.contains(SESSION_LINE),
+            "sampling did not use a uprobe session:\n{}",
+            finished.stderr
+        );
+    }
+
+    /// What leaktrace prints when sampling runs as a uprobe session.
+    const SESSION_LINE: &str = "returns: uprobe session";
+
+    /// Whether the kernel has mapped its uprobe area (which holds the uretprobe trampoline) into
+    /// process `pid`.
+    fn has_uprobe_area(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .unwrap()
+            .lines()
+            .any(|line| line.ends_with("[uprobes]"))
+    }
+
+    #[test]
+    fn unsampled_calls_skip_the_return_trap() {
+        require_root();
+        // A mean so large that no call is sampled: with a uprobe session no return is ever
+        // hijacked, so the kernel never maps the trampoline area into the target. Every probe
+        // site in glibc is an emulated instruction, so nothing else maps it either.
+        let mut target = Fixture::start(&fixture(Build::COmitFramePointer));
+        let tracer = Tracer::attach(target.pid, &["--sample-bytes", "1000000000000"]);
+        target.cmd("churn 5000");
+        assert!(
+            !has_uprobe_area(target.pid),
+            "a return was hijacked in session mode"
+        );
+        let finished = tracer.interrupt();
+        assert!(
+            finished.stderr.contains(SESSION_LINE),
+            "{}",
+            finished.stderr
+        );
+        let report = finished.report.unwrap();
+        assert!(num(&report["diagnostics"], "unsampled") >= 5000);
+        assert_eq!(num(&report["diagnostics"], "pending_missing"), 0);
+
+        // Negative control: separate return probes hijack every return.
+        let mut target = Fixture::start(&fixture(Build::COmitFramePointer));
+        let tracer = Tracer::attach(
+            target.pid,
+            &["--sample-bytes", "1000000000000", "--no-uprobe-session"],
+        );
+        target.cmd("churn 5000");
+        assert!(has_uprobe_area(target.pid), "no return was hijacked");
+        let finished = tracer.interrupt();
+        assert!(
+            finished
+                .stderr
+                .contains("returns: a return probe on every call"),
+            "{}",
+            finished.stderr
+        );
+    }
+
+    #[test]
+    fn realloc_of_a_sampled_block_is_followed_when_returns_are_skipped() {
+        require_root();
+        // 40,000 blocks of 64 bytes grown to 8 KiB by realloc; one in four is kept (80 MiB).
+        // About 40 of the 64-byte blocks are sampled; their reallocs are mostly not, yet must
+        // release them (a session cannot skip those returns), so regrow_first keeps nothing.
+        let mut target = Fixture::start(&fixture(Build::COmitFramePointer));
+        let tracer = Tracer::attach(target.pid, &["--sample-bytes", "65536"]);
+        target.cmd("regrow 40000 8192 4");
+        let finished = tracer.interrupt();
+        assert!(
+            finished.stderr.contains(SESSION_LINE),
+            "{}",
+            finished.stderr
+        );
+        let report = finished.report.unwrap();
+        let first = stacks_from(&report, "regrow_first");
+        // Some 64-byte blocks were sampled (the check below has something to check)...
+        assert!(first.iter().map(|s| num(s, "total_allocs")).sum::<u64>() > 0);
+        // ...and every one of them was released by its realloc.
+        for stack in first {
+            assert_eq!(num(stack, "live_bytes"), 0, "{stack}");
+        }
+        let grown = stack_from(&report, "regrow_grow");
+        let truth = 10_000.0 * 8192.0;
+        let estimate = num(grown, "live_bytes") as f64;
+        assert!(
+            (estimate / truth - 1.0).abs() < 0.10,
+            "estimate {estimate} vs {truth}"
+        );
+        assert_eq!(num(&report["totals"], "unmatched_frees"), 0);
         assert_eq!(num(&report["totals"], "lost_events"), 0);
     }
 }

@@ -14,6 +14,8 @@ pub const MAX_FRAMES: usize = 127;
 pub mod names {
     /// Entry program for every allocating function; the attach cookie carries its [`crate::AllocKind`].
     pub const ALLOC_ENTER: &str = "alloc_enter";
+    /// Entry and return of allocating calls, attached as a uprobe session.
+    pub const ALLOC_SESSION: &str = "alloc_session";
     /// Return program for every allocating function; the attach cookie carries its kind.
     pub const ALLOC_EXIT: &str = "alloc_exit";
     /// Entry program for `free`.
@@ -247,8 +249,6 @@ pub const PENDING_SLOTS: usize = 11;
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ThreadState {
-    /// Sampling: bytes still to allocate on this thread before the next sampled allocation.
-    pub sample_countdown: i64,
     /// Stack pointer at the entry of the outermost traced call in progress (0: none).
     pub outer_sp: u64,
     /// When that call began; an old one is taken as stale (its return was never seen).
@@ -413,7 +413,7 @@ mod tests {
         assert_eq!(size_of::<Pending>(), 3 * 8 + 8 + 8 + 8 + 8);
         assert_eq!(
             size_of::<ThreadState>(),
-            32 + PENDING_SLOTS * size_of::<Pending>() + size_of::<StackTrace>()
+            24 + PENDING_SLOTS * size_of::<Pending>() + size_of::<StackTrace>()
         );
         assert!((AllocKind::Free as usize) < PENDING_SLOTS);
     }

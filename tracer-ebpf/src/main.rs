@@ -4,7 +4,10 @@
 //! - `alloc_enter` (uprobe) saves the call's arguments, keyed by thread and kind;
 //! - `alloc_exit` (uretprobe) reads the result, captures the user stack, deduplicates it into
 //!   `STACKS` and writes one [`Event`] to the `EVENTS` ring buffer;
-//! - `free_enter` (uprobe) writes a free event.
+//! - `free_enter` (uprobe) writes a free event;
+//! - `alloc_session` does the work of both `alloc_enter` and `alloc_exit` when attached as a
+//!   uprobe session (Linux 6.13+), so that when sampling, an unsampled call skips its return
+//!   trap.
 //!
 //! The kind of call comes from the attach cookie, so one program pair covers malloc, calloc,
 //! realloc, reallocarray, posix_memalign, aligned_alloc, memalign, valloc and pvalloc.
@@ -13,7 +16,8 @@
 //! failure, pending-state overflow) increments a per-CPU counter in `COUNTERS`.
 //!
 //! # Minimum kernel version
-//! Ring buffers need 5.8, attach cookies 5.15; leaktrace is developed on 6.18.
+//! Ring buffers need 5.8, attach cookies 5.15, uprobe sessions 6.13 (optional); leaktrace is
+//! developed on 6.18.
 #![no_std]
 #![no_main]
 
@@ -28,8 +32,8 @@ use aya_ebpf::{
         BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
     },
     helpers::{
-        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_stack,
-        bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_func_ip, bpf_get_prandom_u32,
+        bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::bpf_probe_read_user as raw_probe_read_user,
     },
     macros::{map, raw_tracepoint, uprobe, uretprobe},
@@ -72,6 +76,39 @@ static SAMPLE_BYTES: u64 = 0;
 /// dropped here instead of being sent.
 #[map(name = "SAMPLED")]
 static SAMPLED: HashMap<u64, u32> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
+
+/// Sampling: bytes still to allocate on this CPU before the next sampled allocation (0: draw a
+/// fresh countdown).
+#[map(name = "SAMPLE_COUNTDOWN")]
+static SAMPLE_COUNTDOWN: PerCpuArray<i64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Sampling by bytes, as tcmalloc, jemalloc and Go do: a countdown of bytes to the next sample
+/// is drawn from an exponential distribution with mean `mean`; a call that reaches it is sampled
+/// and draws the next one. Each call of `size` bytes is then sampled with probability
+/// `1 - exp(-size / mean)`, whatever came before (the exponential is memoryless), which is what
+/// user space divides by. The countdown is per CPU, not per thread, so the decision needs no
+/// thread lookup; a program preempted halfway by another on the same CPU can lose one update,
+/// which only delays a sample.
+#[inline(always)]
+fn take_sample(size: u64, mean: u64) -> bool {
+    let Some(countdown) = SAMPLE_COUNTDOWN.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: the pointer comes from a successful per-CPU array lookup, so it points at this
+    // CPU's slot; uprobe programs run with migration disabled.
+    let countdown = unsafe { &mut *countdown };
+    let size = size.min(i64::MAX as u64) as i64;
+    if *countdown <= 0 {
+        *countdown = next_sample_interval(mean).max(1);
+    }
+    if *countdown > size {
+        *countdown -= size;
+        false
+    } else {
+        *countdown = next_sample_interval(mean).max(1);
+        true
+    }
+}
 
 /// Sampling: 256 draws of -ln(u) for u evenly spread over (0, 1), scaled by 2^16, written by user
 /// space: `table[random byte] * mean >> 16` is an exponential interval with that mean.
@@ -183,40 +220,70 @@ fn thread_state(tid: u32, create: bool) -> Option<*mut ThreadState> {
 
 /// Whether a call at stack pointer `sp` runs inside the thread's outer traced call.
 #[inline(always)]
-fn inside_outer_call(state: &ThreadState, sp: u64, now: u64) -> bool {
+fn inside_outer_call(state: &ThreadState, sp: u64) -> bool {
     // The stack grows down: a call made from inside the outer call has a smaller sp. `<=`: a
     // tail call into another traced function (glibc's reallocarray jumps to realloc) runs at
     // the outer call's own stack pointer.
     state.outer_sp != 0
         && sp <= state.outer_sp
-        && now.wrapping_sub(state.outer_started_ns) < OUTER_STALE_NS
+        // The clock is read last: most calls have no outer call in progress.
+        && now_ns().wrapping_sub(state.outer_started_ns) < OUTER_STALE_NS
 }
 
 #[uprobe]
 pub fn alloc_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, false);
+    0
+}
+
+/// What an entry decided about the call's return.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Return {
+    /// The return must be seen.
+    Wanted,
+    /// Nothing at the return can matter (an unsampled call): a session may skip it.
+    Skippable,
+}
+
+/// Entry of an allocating call: saves its arguments (and, when sampling, decides whether the
+/// call is sampled). `session`: the caller can skip the return, so an unsampled call that
+/// cannot release a sampled block leaves no pending state behind.
+#[inline(always)]
+fn enter(ctx: &ProbeContext, session: bool) -> Return {
     // SAFETY: `ctx.regs` is the kernel-provided `pt_regs` for this probe hit.
     let regs = unsafe { &*ctx.regs };
     // SAFETY: a helper reading this program's attach cookie.
     let kind = (unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }) as usize;
     if kind >= PENDING_SLOTS {
-        return 0;
+        return Return::Skippable;
+    }
+    let args = [regs.rdi, regs.rsi, regs.rdx];
+    // Decided before anything else, so an unsampled call in a session costs only this.
+    let mean = sample_bytes();
+    let sampled = mean == 0 || take_sample(requested_bytes(kind as u32, &args), mean);
+    if session && !sampled && !may_release_sampled(kind as u32, &args) {
+        // Neither a new block nor a released one is followed: nothing at the return matters.
+        // No outer call is recorded either, so a free the allocator makes inside this call
+        // (realloc(p, 0) of an unsampled p) is judged on its own: dropped as unsampled. A call
+        // nested in a sampled one needs no record: the outer call accounts for it.
+        count(Counter::Unsampled);
+        return Return::Skippable;
     }
     let tid = current_tid();
     let Some(state) = thread_state(tid, true) else {
         count(Counter::PendingFull);
-        return 0;
+        return Return::Skippable;
     };
     // SAFETY: pointer from a successful map lookup; only this thread uses its entry, and a
     // thread runs one probe program at a time.
     let state = unsafe { &mut *state };
-    let now = now_ns();
     let sp = regs.rsp;
-    let nested = inside_outer_call(state, sp, now);
+    let nested = inside_outer_call(state, sp);
     if nested {
         count(Counter::Nested);
     } else {
         state.outer_sp = sp;
-        state.outer_started_ns = now;
+        state.outer_started_ns = now_ns();
         state.outer_kind = kind as u32;
     }
     if state.pending[kind].active != 0 {
@@ -231,26 +298,6 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
     } else {
         0
     };
-    let args = [regs.rdi, regs.rsi, regs.rdx];
-    // Sampling by bytes, as tcmalloc, jemalloc and Go do: a thread's countdown of bytes to the
-    // next sample; a call that reaches it is sampled and draws the next countdown.
-    let mean = sample_bytes();
-    let sampled = if mean == 0 || nested {
-        true
-    } else {
-        let size = requested_bytes(kind as u32, &args).min(i64::MAX as u64) as i64;
-        if state.sample_countdown <= 0 && state.sample_countdown != i64::MIN {
-            // A fresh thread: start with a random countdown.
-            state.sample_countdown = next_sample_interval(mean).max(1);
-        }
-        if state.sample_countdown > size {
-            state.sample_countdown -= size;
-            false
-        } else {
-            state.sample_countdown = next_sample_interval(mean).max(1);
-            true
-        }
-    };
     let slot = &mut state.pending[kind];
     *slot = Pending {
         args,
@@ -261,7 +308,18 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
         sampled: u32::from(sampled),
         _pad: 0,
     };
-    0
+    Return::Wanted
+}
+
+/// Whether a call may release a block the sampler follows: realloc and reallocarray of a
+/// sampled pointer, and reallocarray always (its tail call into realloc makes a second,
+/// nested decision that must see this one's pending state).
+#[inline(always)]
+fn may_release_sampled(kind: u32, args: &[u64; 3]) -> bool {
+    if kind == AllocKind::ReallocArray as u32 {
+        return true;
+    }
+    kind == AllocKind::Realloc as u32 && args[0] != 0 && SAMPLED.get_ptr(args[0]).is_some()
 }
 
 /// What a finished call did to the heap.
@@ -480,33 +538,66 @@ fn submit(event: Event) {
 
 #[uretprobe]
 pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
+    leave(&ctx);
+    0
+}
+
+/// An allocator call's entry and return in one program, attached as a uprobe session (Linux
+/// 6.13+): an entry that returns 1 tells the kernel to skip the return, so an unsampled call
+/// costs one trap instead of two.
+///
+/// Written without `#[uprobe]`, whose wrapper always returns 0: here the return value is the
+/// decision. The section name is the one that macro uses, so the object lists it as a uprobe.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn alloc_session(ctx: *mut c_void) -> u32 {
+    let ctx = ProbeContext::new(ctx);
+    // SAFETY: `ctx.regs` is the kernel-provided `pt_regs` for this probe hit.
+    let ip = unsafe { (*ctx.regs).rip };
+    // SAFETY: a helper reading the probed address from this program's run context. At the
+    // entry the instruction pointer is that address; at the return it is the caller's return
+    // address, which cannot be a probe site (every site is at or just past a function start).
+    let probe_ip = unsafe { bpf_get_func_ip(ctx.as_ptr()) };
+    if ip != probe_ip {
+        leave(&RetProbeContext::new(ctx.as_ptr()));
+        return 0;
+    }
+    match enter(&ctx, true) {
+        Return::Wanted => 0,
+        Return::Skippable => 1,
+    }
+}
+
+/// Return of an allocating call: reads the result, captures the stack and sends the event.
+#[inline(always)]
+fn leave(ctx: &RetProbeContext) {
     // SAFETY: a helper reading this program's attach cookie.
     let kind = (unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }) as usize;
     if kind >= PENDING_SLOTS {
-        return 0;
+        return;
     }
     let tid = current_tid();
     let Some(state) = thread_state(tid, false) else {
         count(Counter::PendingMissing);
-        return 0;
+        return;
     };
-    // SAFETY: as in `alloc_enter`.
+    // SAFETY: as in `enter`.
     let state = unsafe { &mut *state };
     let pending = state.pending[kind];
     if pending.active == 0 {
         count(Counter::PendingMissing);
-        return 0;
+        return;
     }
     state.pending[kind].active = 0;
     if pending.nested != 0 {
-        return 0;
+        return;
     }
     if state.outer_kind == kind as u32 && state.outer_sp == pending.sp {
         state.outer_sp = 0;
     }
     let ret: u64 = ctx.ret();
     let Some(mut outcome) = outcome(kind as u32, &pending.args, ret) else {
-        return 0;
+        return;
     };
     if sample_bytes() != 0 {
         // Only blocks the sampler chose are followed: a released block (realloc's old one, or
@@ -519,7 +610,7 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
         let released_sampled = released != 0 && SAMPLED.remove(released).is_ok();
         if outcome.op == EventOp::Free {
             if !released_sampled {
-                return 0;
+                return;
             }
         } else {
             if !released_sampled {
@@ -528,7 +619,7 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
             if pending.sampled == 0 {
                 count(Counter::Unsampled);
                 if !released_sampled {
-                    return 0;
+                    return;
                 }
                 // Send the release alone.
                 outcome = Outcome {
@@ -547,12 +638,12 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
     }
     let ts_ns = now_ns();
     let (stack_id, stack_flags) = if outcome.op == EventOp::Alloc {
-        capture_stack(&ctx, state)
+        capture_stack(ctx, state)
     } else {
         (0, 0)
     };
     if stack_id != 0 && unwind_mode() != 0 {
-        verify_sample(&ctx, state, stack_id, stack_flags);
+        verify_sample(ctx, state, stack_id, stack_flags);
     }
     submit(Event {
         ts_ns,
@@ -565,7 +656,6 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
         op: outcome.op as u8,
         flags: stack_flags,
     });
-    0
 }
 
 #[uprobe]
@@ -576,11 +666,16 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     if addr == 0 {
         return 0;
     }
+    let sampling = sample_bytes() != 0;
+    if sampling && SAMPLED.get_ptr(addr).is_none() {
+        // Not a sampled block: nothing to report. Checked first, with a lookup (no lock), as
+        // this is what most frees meet when sampling.
+        return 0;
+    }
     let tid = current_tid();
-    let now = now_ns();
     let inside = match thread_state(tid, false) {
-        // SAFETY: as in `alloc_enter`; only read here.
-        Some(state) => inside_outer_call(unsafe { &*state }, regs.rsp, now),
+        // SAFETY: as in `enter`; only read here.
+        Some(state) => inside_outer_call(unsafe { &*state }, regs.rsp),
         None => false,
     };
     if inside {
@@ -589,12 +684,12 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
         count(Counter::Nested);
         return 0;
     }
-    if sample_bytes() != 0 && SAMPLED.remove(addr).is_err() {
-        // Not a sampled block: nothing to report.
+    if sampling && SAMPLED.remove(addr).is_err() {
+        // Another thread freed it first (a double free in the target).
         return 0;
     }
     submit(Event {
-        ts_ns: now,
+        ts_ns: now_ns(),
         addr,
         old_addr: 0,
         size: 0,

@@ -90,6 +90,11 @@ pub struct Cli {
     #[arg(long, hide = true)]
     pub probe_floor: bool,
 
+    /// Benchmarking aid: when sampling, use separate entry and return probes even where the
+    /// kernel has uprobe sessions (every call then takes the return trap).
+    #[arg(long, hide = true)]
+    pub no_uprobe_session: bool,
+
     /// Check 1 in N unwound stacks against a user-space unwind of a copy of the same stack
     /// (a self-test of the unwinder; results in the export's diagnostics).
     #[arg(long, value_name = "N", default_value_t = 0)]

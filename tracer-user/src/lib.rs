@@ -25,4 +25,5 @@ pub mod symbolize;
 pub mod tui;
 pub mod unwind;
 pub mod unwind_tables;
+pub mod uprobe_session;
 pub mod verify;

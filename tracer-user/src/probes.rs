@@ -1,7 +1,9 @@
 //! Loading leaktrace's eBPF programs and attaching them to the target's allocator.
 //!
 //! Attach order: `free`, then the allocation return probes, then the allocation entry probes;
-//! detach order: the reverse. So every allocation recorded has its return caught and its free
+//! detach order: the reverse. When sampling on a kernel with uprobe sessions, one session link
+//! (see [`crate::uprobe_session`]) replaces the allocation entry and return probes, so unsampled
+//! calls skip the return trap; it is attached after `free` and detached before it. So every allocation recorded has its return caught and its free
 //! seen, and no block looks leaked only because a probe was missing. Dropping [`Probes`] detaches
 //! everything (also while unwinding from a panic); the kernel removes the breakpoints from the
 //! target.
@@ -22,7 +24,10 @@ use tracer_common::{
     unwind::{ExecMapping, MAX_MAPPINGS},
 };
 
-use crate::allocator::Allocator;
+use crate::{
+    allocator::Allocator,
+    uprobe_session::{SessionLink, SessionProgram},
+};
 
 /// The eBPF object built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -105,6 +110,9 @@ pub struct ProbeConfig {
     pub sample_bytes: u64,
     /// The traced process, for the exec tracepoint (which sees every process).
     pub target_pid: u32,
+    /// When sampling, use a uprobe session where the kernel has them (unsampled calls then
+    /// skip the return trap). `false` forces separate entry and return probes.
+    pub uprobe_session: bool,
 }
 
 impl Default for ProbeConfig {
@@ -116,6 +124,7 @@ impl Default for ProbeConfig {
             verify_every: 0,
             sample_bytes: 0,
             target_pid: 0,
+            uprobe_session: true,
         }
     }
 }
@@ -166,9 +175,40 @@ pub struct KernelStack {
     pub incomplete: bool,
 }
 
+/// How the returns of allocating calls are caught.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReturnProbes {
+    /// A return probe on every call.
+    Uretprobes,
+    /// A uprobe session: the return is caught only for calls whose entry asks for it.
+    Session,
+    /// Separate return probes because a session could not be set up (the reason).
+    Fallback(String),
+}
+
+impl ReturnProbes {
+    /// One line for the attach summary.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Uretprobes => "returns: a return probe on every call".into(),
+            Self::Session => {
+                "returns: uprobe session (unsampled calls skip the return trap)".into()
+            }
+            Self::Fallback(why) => {
+                format!("returns: a return probe on every call (no uprobe session: {why})")
+            }
+        }
+    }
+}
+
 /// The loaded programs, their links and the maps user space reads.
 pub struct Probes {
     ebpf: Ebpf,
+    /// The session program, when sampling and the kernel accepted it.
+    session_program: Option<SessionProgram>,
+    /// How returns are caught (decided at load, revised if the session link fails).
+    returns: ReturnProbes,
+    session_links: Vec<SessionLink>,
     entry_links: Vec<UProbeLink>,
     return_links: Vec<UProbeLink>,
     free_links: Vec<UProbeLink>,
@@ -278,6 +318,15 @@ impl Probes {
             what: "loading on_exec".into(),
             source,
         })?;
+        // Before any map is taken out of `ebpf`: the session program shares them all.
+        let (session_program, returns) = if config.sample_bytes == 0 || !config.uprobe_session {
+            (None, ReturnProbes::Uretprobes)
+        } else {
+            match load_session(&mut ebpf) {
+                Ok(program) => (Some(program), ReturnProbes::Session),
+                Err(why) => (None, ReturnProbes::Fallback(why)),
+            }
+        };
         let stacks = take_map(&mut ebpf, names::STACKS)?;
         let counters = take_map(&mut ebpf, names::COUNTERS)?;
         let events = take_map(&mut ebpf, names::EVENTS)?;
@@ -308,6 +357,9 @@ impl Probes {
         let mapping_count = take_map(&mut ebpf, names::MAPPING_COUNT)?;
         Ok(Self {
             ebpf,
+            session_program,
+            returns,
+            session_links: Vec::new(),
             entry_links: Vec::new(),
             return_links: Vec::new(),
             free_links: Vec::new(),
@@ -364,6 +416,9 @@ impl Probes {
         let attach_err = |what: String| move |source| ProbeError::Program { what, source };
         // Frees first, then returns, then entries: see the module docs.
         for stage in [names::FREE_ENTER, names::ALLOC_EXIT, names::ALLOC_ENTER] {
+            if stage == names::ALLOC_EXIT && self.attach_session(allocator, pid) {
+                break;
+            }
             let prog = program(&mut self.ebpf, stage)?;
             for probe in &allocator.points {
                 let is_free = probe.kind == tracer_common::AllocKind::Free;
@@ -387,6 +442,41 @@ impl Probes {
             }
         }
         Ok(())
+    }
+
+    /// Attaches the session program to every allocating function, if it was loaded. Returns
+    /// whether it did; on failure the reason is kept and separate probes are used instead.
+    fn attach_session(&mut self, allocator: &Allocator, pid: NonZeroU32) -> bool {
+        let Some(program) = &self.session_program else {
+            return false;
+        };
+        let (offsets, cookies): (Vec<u64>, Vec<u64>) = allocator
+            .points
+            .iter()
+            .filter(|p| p.kind != tracer_common::AllocKind::Free)
+            .map(|p| (p.file_offset, p.kind as u64))
+            .unzip();
+        match SessionLink::attach(
+            program,
+            &allocator.attach_path,
+            &offsets,
+            &cookies,
+            pid.get(),
+        ) {
+            Ok(link) => {
+                self.session_links.push(link);
+                true
+            }
+            Err(err) => {
+                self.returns = ReturnProbes::Fallback(err.to_string());
+                false
+            }
+        }
+    }
+
+    /// How the returns of allocating calls are caught.
+    pub fn returns(&self) -> &ReturnProbes {
+        &self.returns
     }
 
     /// Attaches only the empty program to malloc's and free's probe sites (`--probe-floor`): the
@@ -428,6 +518,8 @@ impl Probes {
     /// parallel (the kernel waits for in-flight probe handlers on every removal). The target
     /// runs on unprobed.
     pub fn detach(&mut self) {
+        // A session link holds entries and returns: it goes first, with the entries.
+        drop(std::mem::take(&mut self.session_links));
         for links in [
             &mut self.entry_links,
             &mut self.return_links,
@@ -444,7 +536,14 @@ impl Probes {
 
     /// Number of attached probes.
     pub fn attached(&self) -> usize {
-        self.entry_links.len() + self.return_links.len() + self.free_links.len()
+        self.entry_links.len()
+            + self.return_links.len()
+            + self.free_links.len()
+            + self
+                .session_links
+                .iter()
+                .map(SessionLink::probes)
+                .sum::<usize>()
     }
 
     /// Takes the `--verify-unwind` ring buffer (once).
@@ -543,6 +642,18 @@ impl Probes {
             sample_map_full: read(Counter::SampleMapFull),
         }
     }
+}
+
+/// Loads the session program, sharing the maps and BTF of the object aya loaded. The error is
+/// the reason, for the attach summary.
+fn load_session(ebpf: &mut Ebpf) -> Result<SessionProgram, String> {
+    let btf_id = program(ebpf, names::ALLOC_ENTER)
+        .map_err(|err| err.to_string())?
+        .info()
+        .map_err(|err| err.to_string())?
+        .btf_id()
+        .ok_or("the loaded object has no BTF")?;
+    SessionProgram::load(OBJECT, ebpf, names::ALLOC_SESSION, btf_id).map_err(|err| err.to_string())
 }
 
 impl Drop for Probes {

@@ -168,6 +168,7 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
         },
         unwind: cli.unwind,
         sample_bytes: cli.sample_bytes.unwrap_or(0),
+        uprobe_session: !cli.no_uprobe_session,
         unwind_rows,
         ringbuf_bytes: cli.ringbuf_mib << 20,
     })
@@ -375,6 +376,7 @@ fn describe_attach(process: &Process, allocator: &Allocator, probes: &Probes) {
         let missing: Vec<&str> = allocator.missing.iter().map(|k| k.symbol()).collect();
         eprintln!("leaktrace:   not defined there: {}", missing.join(", "));
     }
+    eprintln!("leaktrace:   {}", probes.returns().describe());
 }
 
 /// Opens a pidfd for `pid`: readable once the process exits.

@@ -22,8 +22,10 @@ enum Config {
     Untraced,
     /// Empty probes on malloc and free only: the two traps any tracer of every call pays.
     Floor,
-    /// leaktrace sampling by bytes (mean 512 KiB).
+    /// leaktrace sampling by bytes (mean 512 KiB), as a uprobe session where the kernel has them.
     LeaktraceSampled,
+    /// The same with separate return probes: every call takes the return trap.
+    LeaktraceSampledUretprobes,
     /// leaktrace with the kernel's frame-pointer walk.
     LeaktraceFp,
     /// leaktrace unwinding from `.eh_frame` tables.
@@ -37,6 +39,7 @@ impl Config {
             Self::Untraced => "untraced",
             Self::Floor => "two-trap floor (empty probes)",
             Self::LeaktraceSampled => "leaktrace --sample-bytes 524288",
+            Self::LeaktraceSampledUretprobes => "  same, without uprobe session",
             Self::LeaktraceFp => "leaktrace --unwind fp",
             Self::LeaktraceDwarf => "leaktrace --unwind dwarf",
             Self::Memleak => "bcc memleak-bpfcc -p PID",
@@ -48,6 +51,9 @@ impl Config {
         match self {
             Self::Floor => Some(&["--probe-floor", "--unwind", "fp"]),
             Self::LeaktraceSampled => Some(&["--sample-bytes", "524288"]),
+            Self::LeaktraceSampledUretprobes => {
+                Some(&["--sample-bytes", "524288", "--no-uprobe-session"])
+            }
             Self::LeaktraceFp => Some(&["--unwind", "fp"]),
             Self::LeaktraceDwarf => Some(&["--unwind", "dwarf"]),
             Self::Untraced | Self::Memleak => None,
@@ -197,7 +203,11 @@ fn run_once(
     let export = dir.join("bench.json");
     let tracer = match config {
         Config::Untraced => None,
-        Config::Floor | Config::LeaktraceSampled | Config::LeaktraceFp | Config::LeaktraceDwarf => {
+        Config::Floor
+        | Config::LeaktraceSampled
+        | Config::LeaktraceSampledUretprobes
+        | Config::LeaktraceFp
+        | Config::LeaktraceDwarf => {
             let mut cmd = Command::new(leaktrace);
             cmd.args(["--no-tui", "-p", &pid.to_string(), "--export"])
                 .arg(&export);
@@ -274,6 +284,7 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64) -> Result<()> {
         Config::Untraced,
         Config::Floor,
         Config::LeaktraceSampled,
+        Config::LeaktraceSampledUretprobes,
         Config::LeaktraceFp,
         Config::LeaktraceDwarf,
     ];
@@ -354,6 +365,14 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64) -> Result<()> {
             "sampled tracing vs the two-trap floor: {:.2}x",
             sampled / floor
         );
+        if let Some(pair) = position(Config::LeaktraceSampledUretprobes)
+            && !samples[pair].is_empty()
+        {
+            println!(
+                "  without the uprobe session (a return trap on every call): {:.2}x",
+                median(&mut samples[pair]) / floor
+            );
+        }
     }
     let fp = configs.iter().position(|c| *c == Config::LeaktraceFp);
     let dwarf = configs.iter().position(|c| *c == Config::LeaktraceDwarf);
