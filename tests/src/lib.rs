@@ -219,6 +219,12 @@ impl Fixture {
         line.trim().to_owned()
     }
 
+    /// Sends one command without waiting for its reply (for a command a test stops midway).
+    pub fn send(&mut self, command: &str) {
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
     /// Makes the fixture exec itself (`exec` command) and waits for the new image's `ready`.
     pub fn exec_again(&mut self) {
         writeln!(self.stdin, "exec").unwrap();

@@ -365,6 +365,44 @@ mod lifecycle {
     }
 
     #[test]
+    fn ctrl_c_right_after_attach_still_reports() {
+        require_root();
+        // The signal goes out the moment leaktrace says it is tracing, often before its main
+        // loop runs (the handlers are installed before the first probe is attached): it must
+        // end the trace with an export and leave no program behind, with separate probes and
+        // with a uprobe session.
+        for args in [&[][..], &["--sample-bytes", "4096"][..]] {
+            let mut target = Fixture::start(&fixture(Build::CFramePointers));
+            target.cmd("leak 3 100");
+            let tracer = Tracer::attach(target.pid, args);
+            let done = tracer.interrupt();
+            assert!(done.status.success(), "{args:?}: {}", done.stderr);
+            assert!(done.stderr.contains("probes detached"), "{}", done.stderr);
+            assert!(done.report.is_some(), "{args:?}: no export");
+            assert_no_programs_left("after an early Ctrl-C");
+            target.cmd("churn 1000");
+            assert!(target.is_running());
+        }
+    }
+
+    #[test]
+    fn stopping_under_load_reports_no_missed_entries() {
+        require_root();
+        // Probes come off while the target allocates as fast as it can: returns that run after
+        // their entry probe is gone belong to no reported call, and must not show up as
+        // `pending_missing` in the report.
+        let mut target = Fixture::start(&fixture(Build::CFramePointers));
+        let tracer = Tracer::attach(target.pid, &[]);
+        target.send("churn 1000000000");
+        std::thread::sleep(Duration::from_millis(1500));
+        let done = tracer.interrupt();
+        let report = done.report.unwrap();
+        assert!(num(&report["totals"], "frees") > 10_000, "{report:#}");
+        assert_eq!(num(&report["diagnostics"], "pending_missing"), 0);
+        assert!(target.is_running());
+    }
+
+    #[test]
     fn duration_ends_the_run() {
         require_root();
         let mut target = Fixture::start(&fixture(Build::CFramePointers));

@@ -200,6 +200,16 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
                 .map_err(|err| Failure::runtime(chain(&err), None))?;
         }
     }
+    // Ctrl-C and SIGTERM are caught from before the first probe is attached: one that arrives
+    // while start-up finishes still ends the trace with a report and export.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Failure::runtime(format!("starting the runtime: {err}"), None))?;
+    let signals = {
+        let _context = runtime.enter();
+        StopSignals::install()?
+    };
     if cli.probe_floor {
         probes.attach_floor(&allocator, pid)
     } else {
@@ -229,17 +239,33 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
         released.map_err(|err| Failure::usage(chain(&err), "check the command and its path"))?;
     }
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| Failure::runtime(format!("starting the runtime: {err}"), None))?;
     if let Some((dir, every)) = soak {
         let soak = Soak::new(&dir, cli.keep, cli.export_format(), session.process.pid)
             .map_err(|err| Failure::runtime(format!("snapshot directory: {err}"), None))?;
         session.soak = Some((soak, every));
     }
-    let reason = runtime.block_on(session.trace())?;
+    let reason = runtime.block_on(session.trace(signals))?;
     session.finish(reason, export)
+}
+
+/// The signals that stop a trace (Ctrl-C and SIGTERM), caught from installation on: one that
+/// arrives before the main loop polls is kept for it.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers; must run inside the tokio runtime's context.
+    fn install() -> Result<Self, Failure> {
+        let signal_failure = |err: std::io::Error| {
+            Failure::runtime(format!("installing signal handlers: {err}"), None)
+        };
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).map_err(signal_failure)?,
+            terminate: signal(SignalKind::terminate()).map_err(signal_failure)?,
+        })
+    }
 }
 
 /// Whether the session will show the live view (a terminal, and not `--no-tui`).
@@ -460,6 +486,9 @@ struct Session {
     undecodable: u64,
     /// Events stamped after this (the stop) are ignored.
     cutoff_ns: Option<u64>,
+    /// The kernel's counters at the cutoff: what happens while probes are being removed (returns
+    /// whose entry probe is already gone) is not part of the report.
+    counters_at_cutoff: Option<Counters>,
     /// `--verify-unwind` records, and the results so far.
     verify_ring: Option<RingBuf<MapData>>,
     verified: VerifyCounts,
@@ -524,6 +553,7 @@ impl Session {
             exec_maps: Vec::new(),
             undecodable: 0,
             cutoff_ns: None,
+            counters_at_cutoff: None,
             verify_ring: None,
             verified: VerifyCounts::default(),
             last_maps: Vec::new(),
@@ -534,7 +564,11 @@ impl Session {
     }
 
     /// The main loop; returns why it stopped.
-    async fn trace(&mut self) -> Result<StopReason, Failure> {
+    async fn trace(&mut self, signals: StopSignals) -> Result<StopReason, Failure> {
+        let StopSignals {
+            mut interrupt,
+            mut terminate,
+        } = signals;
         let ring = self
             .probes
             .take_events()
@@ -547,11 +581,6 @@ impl Session {
         // SAFETY: the `AsyncFd` owns the pidfd, which stays open until it is dropped.
         let exited = pidfd(self.process.pid)
             .and_then(|fd| unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok());
-        let signal_failure = |err: std::io::Error| {
-            Failure::runtime(format!("installing signal handlers: {err}"), None)
-        };
-        let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_failure)?;
-        let mut terminate = signal(SignalKind::terminate()).map_err(signal_failure)?;
         let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
         drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let soak_every = self
@@ -614,6 +643,7 @@ impl Session {
         // being removed one by one (allocations no longer seen, frees still seen) and are left
         // out. Detach, then take everything still buffered.
         self.cutoff_ns = Some(events::monotonic_now_ns());
+        self.counters_at_cutoff = Some(self.probes.counters());
         self.probes.detach();
         self.drain(ring.get_mut());
         self.heap.flush();
@@ -730,7 +760,8 @@ impl Session {
     }
 
     fn counters(&self) -> Counters {
-        self.probes.counters()
+        self.counters_at_cutoff
+            .unwrap_or_else(|| self.probes.counters())
     }
 
     fn status(&mut self) {
