@@ -1029,6 +1029,12 @@ mod unwinding {
                 Build::Rust,
                 &["chain 5 100", "register 10 64", "churn 300"][..],
             ),
+            // Frame-pointer prologues save rbp right below the return address, which the
+            // unwinder reads together with it.
+            (
+                Build::CFramePointers,
+                &["chain 5 100", "recurse 40 8", "churn 500", "entry"][..],
+            ),
         ] {
             let mut target = Fixture::start(&fixture(build));
             let tracer = Tracer::attach(target.pid, &["--verify-unwind", "1"]);

@@ -82,12 +82,23 @@ struct Walk {
     flags: u32,
     /// 0 once a frame's rbp rule could not be followed: rbp no longer holds the caller's value.
     rbp_known: u32,
+    /// Explicit padding.
+    _pad: u32,
+    /// The kernel's uretprobe trampoline in the target (0: not known yet), read once per walk.
+    trampoline: u64,
 }
 
 #[inline(always)]
 fn read(addr: u64) -> Option<u64> {
     // SAFETY: the helper reads target memory and fails instead of faulting.
     unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+}
+
+/// Two consecutive words of target memory in one read.
+#[inline(always)]
+fn read_pair(addr: u64) -> Option<[u64; 2]> {
+    // SAFETY: the helper reads target memory and fails instead of faulting.
+    unsafe { bpf_probe_read_user(addr as *const [u64; 2]) }.ok()
 }
 
 #[inline(always)]
@@ -252,20 +263,35 @@ unsafe extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
         CFA_NONE if walk.fp_fallback != 0 => return frame_pointer_step(walk),
         _ => return fail(walk, Counter::UnwindUnsupported),
     };
-    let Some(ra) = read(cfa - 8) else {
-        return fail(walk, Counter::UnwindReadFailed);
+    // Where rbp is saved right below the return address (every frame-pointer prologue), one
+    // read takes both.
+    let pair = rbp_slot.rbp_type == RBP_AT_CFA && rbp_slot.rbp_offset == -16;
+    let (ra, saved_rbp) = if pair {
+        match read_pair(cfa - 16) {
+            Some([rbp, ra]) => (ra, rbp),
+            None => return fail(walk, Counter::UnwindReadFailed),
+        }
+    } else {
+        match read(cfa - 8) {
+            Some(ra) => (ra, 0),
+            None => return fail(walk, Counter::UnwindReadFailed),
+        }
     };
-    // SAFETY: `walk.state` is this thread's map value, valid for the program run.
-    let mut ra = real_return_address(unsafe { &*walk.state }, cfa - 8, ra);
-    let trampoline = TRAMPOLINE.get(0).copied().unwrap_or(0);
-    if trampoline != 0 && ra == trampoline {
-        match kernel_return_address(cfa - 8) {
-            Some(original) => ra = original,
-            None => return fail(walk, Counter::UnwindUnsupported),
+    let mut ra = ra;
+    if walk.trampoline == 0 || ra == walk.trampoline {
+        // Possibly a return address swapped for the trampoline by a return probe.
+        // SAFETY: `walk.state` is this thread's map value, valid for the program run.
+        ra = real_return_address(unsafe { &*walk.state }, cfa - 8, ra);
+        if walk.trampoline != 0 && ra == walk.trampoline {
+            match kernel_return_address(cfa - 8) {
+                Some(original) => ra = original,
+                None => return fail(walk, Counter::UnwindUnsupported),
+            }
         }
     }
     let rbp = match rbp_slot.rbp_type {
         RBP_SAME => walk.rbp,
+        RBP_AT_CFA if pair => saved_rbp,
         RBP_AT_CFA => match read(cfa.wrapping_add(rbp_slot.rbp_offset as i64 as u64)) {
             Some(rbp) => rbp,
             None => return fail(walk, Counter::UnwindReadFailed),
@@ -347,6 +373,8 @@ pub(crate) fn unwind(
         fp_fallback: u32::from(fp_fallback),
         flags: 0,
         rbp_known: 1,
+        _pad: 0,
+        trampoline: TRAMPOLINE.get(0).copied().unwrap_or(0),
     };
     // SAFETY: `step` is a BPF subprogram with the callback signature bpf_loop expects, and
     // `walk` outlives the call.
