@@ -293,18 +293,8 @@ impl Probes {
                 },
             )
             .load(OBJECT)?;
-        for name in [
-            names::ALLOC_ENTER,
-            names::ALLOC_EXIT,
-            names::FREE_ENTER,
-            names::FLOOR_ENTER,
-        ] {
-            program(&mut ebpf, name)?
-                .load()
-                .map_err(|source| ProbeError::Program {
-                    what: format!("loading {name}"),
-                    source,
-                })?;
+        for name in [names::FREE_ENTER, names::FLOOR_ENTER] {
+            load_program(&mut ebpf, name)?;
         }
         let exec: &mut aya::programs::RawTracePoint = ebpf
             .program_mut(names::EXEC)
@@ -318,7 +308,9 @@ impl Probes {
             what: "loading on_exec".into(),
             source,
         })?;
-        // Before any map is taken out of `ebpf`: the session program shares them all.
+        // Before any map is taken out of `ebpf`: the session program shares them all. The
+        // separate entry and return programs are verified only when needed (each takes the
+        // verifier a while: it holds the unwinder).
         let (session_program, returns) = if config.sample_bytes == 0 || !config.uprobe_session {
             (None, ReturnProbes::Uretprobes)
         } else {
@@ -327,6 +319,9 @@ impl Probes {
                 Err(why) => (None, ReturnProbes::Fallback(why)),
             }
         };
+        if session_program.is_none() {
+            load_pair(&mut ebpf)?;
+        }
         let stacks = take_map(&mut ebpf, names::STACKS)?;
         let counters = take_map(&mut ebpf, names::COUNTERS)?;
         let events = take_map(&mut ebpf, names::EVENTS)?;
@@ -416,7 +411,7 @@ impl Probes {
         let attach_err = |what: String| move |source| ProbeError::Program { what, source };
         // Frees first, then returns, then entries: see the module docs.
         for stage in [names::FREE_ENTER, names::ALLOC_EXIT, names::ALLOC_ENTER] {
-            if stage == names::ALLOC_EXIT && self.attach_session(allocator, pid) {
+            if stage == names::ALLOC_EXIT && self.attach_session(allocator, pid)? {
                 break;
             }
             let prog = program(&mut self.ebpf, stage)?;
@@ -445,10 +440,15 @@ impl Probes {
     }
 
     /// Attaches the session program to every allocating function, if it was loaded. Returns
-    /// whether it did; on failure the reason is kept and separate probes are used instead.
-    fn attach_session(&mut self, allocator: &Allocator, pid: NonZeroU32) -> bool {
+    /// whether it did; on failure the reason is kept and the separate entry and return
+    /// programs are loaded to be attached instead.
+    fn attach_session(
+        &mut self,
+        allocator: &Allocator,
+        pid: NonZeroU32,
+    ) -> Result<bool, ProbeError> {
         let Some(program) = &self.session_program else {
-            return false;
+            return Ok(false);
         };
         let (offsets, cookies): (Vec<u64>, Vec<u64>) = allocator
             .points
@@ -465,11 +465,13 @@ impl Probes {
         ) {
             Ok(link) => {
                 self.session_links.push(link);
-                true
+                Ok(true)
             }
             Err(err) => {
                 self.returns = ReturnProbes::Fallback(err.to_string());
-                false
+                self.session_program = None;
+                load_pair(&mut self.ebpf)?;
+                Ok(false)
             }
         }
     }
@@ -644,10 +646,26 @@ impl Probes {
     }
 }
 
-/// Loads the session program, sharing the maps and BTF of the object aya loaded. The error is
-/// the reason, for the attach summary.
+/// Loads (verifies) program `name` of the object.
+fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), ProbeError> {
+    program(ebpf, name)?
+        .load()
+        .map_err(|source| ProbeError::Program {
+            what: format!("loading {name}"),
+            source,
+        })
+}
+
+/// Loads the separate entry and return programs of allocating calls.
+fn load_pair(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    load_program(ebpf, names::ALLOC_ENTER)?;
+    load_program(ebpf, names::ALLOC_EXIT)
+}
+
+/// Loads the session program, sharing the maps and BTF of the object aya loaded (any loaded
+/// program of the object reports that BTF). The error is the reason, for the attach summary.
 fn load_session(ebpf: &mut Ebpf) -> Result<SessionProgram, String> {
-    let btf_id = program(ebpf, names::ALLOC_ENTER)
+    let btf_id = program(ebpf, names::FREE_ENTER)
         .map_err(|err| err.to_string())?
         .info()
         .map_err(|err| err.to_string())?
