@@ -1416,36 +1416,43 @@ mod sampling {
     }
 
     #[test]
-    fn realloc_of_a_sampled_block_is_followed_when_returns_are_skipped() {
+    fn realloc_releases_sampled_blocks_with_and_without_a_session() {
         require_root();
         // 40,000 blocks of 64 bytes grown to 8 KiB by realloc; one in four is kept (80 MiB).
         // About 40 of the 64-byte blocks are sampled; their reallocs are mostly not, yet must
         // release them (a session cannot skip those returns), so regrow_first keeps nothing.
-        let mut target = Fixture::start(&fixture(Build::COmitFramePointer));
-        let tracer = Tracer::attach(target.pid, &["--sample-bytes", "65536"]);
-        target.cmd("regrow 40000 8192 4");
-        let finished = tracer.interrupt();
-        assert!(
-            finished.stderr.contains(SESSION_LINE),
-            "{}",
-            finished.stderr
-        );
-        let report = finished.report.unwrap();
-        let first = stacks_from(&report, "regrow_first");
-        // Some 64-byte blocks were sampled (the check below has something to check)...
-        assert!(first.iter().map(|s| num(s, "total_allocs")).sum::<u64>() > 0);
-        // ...and every one of them was released by its realloc.
-        for stack in first {
-            assert_eq!(num(stack, "live_bytes"), 0, "{stack}");
+        // The same holds with separate return probes, the fallback where sessions are missing.
+        for (extra, returns) in [
+            (None, SESSION_LINE),
+            (
+                Some("--no-uprobe-session"),
+                "returns: a return probe on every call",
+            ),
+        ] {
+            let mut target = Fixture::start(&fixture(Build::COmitFramePointer));
+            let mut args = vec!["--sample-bytes", "65536"];
+            args.extend(extra);
+            let tracer = Tracer::attach(target.pid, &args);
+            target.cmd("regrow 40000 8192 4");
+            let finished = tracer.interrupt();
+            assert!(finished.stderr.contains(returns), "{}", finished.stderr);
+            let report = finished.report.unwrap();
+            let first = stacks_from(&report, "regrow_first");
+            // Some 64-byte blocks were sampled (the check below has something to check)...
+            assert!(first.iter().map(|s| num(s, "total_allocs")).sum::<u64>() > 0);
+            // ...and every one of them was released by its realloc.
+            for stack in first {
+                assert_eq!(num(stack, "live_bytes"), 0, "{extra:?}: {stack}");
+            }
+            let grown = stack_from(&report, "regrow_grow");
+            let truth = 10_000.0 * 8192.0;
+            let estimate = num(grown, "live_bytes") as f64;
+            assert!(
+                (estimate / truth - 1.0).abs() < 0.10,
+                "{extra:?}: estimate {estimate} vs {truth}"
+            );
+            assert_eq!(num(&report["totals"], "unmatched_frees"), 0);
+            assert_eq!(num(&report["totals"], "lost_events"), 0);
         }
-        let grown = stack_from(&report, "regrow_grow");
-        let truth = 10_000.0 * 8192.0;
-        let estimate = num(grown, "live_bytes") as f64;
-        assert!(
-            (estimate / truth - 1.0).abs() < 0.10,
-            "estimate {estimate} vs {truth}"
-        );
-        assert_eq!(num(&report["totals"], "unmatched_frees"), 0);
-        assert_eq!(num(&report["totals"], "lost_events"), 0);
     }
 }

@@ -80,8 +80,9 @@ pub struct Cli {
     pub unwind: UnwindMode,
 
     /// Sample allocations by bytes (Poisson, mean N bytes between samples, as tcmalloc, jemalloc
-    /// and Go do), decided in the kernel: unsampled allocations cost no stack and no event, and
-    /// live and total figures become unbiased estimates. 524288 is a common choice.
+    /// and Go do), decided in the kernel: unsampled allocations cost no stack and no event (and,
+    /// on Linux 6.13+, no return probe), and live and total figures become unbiased estimates.
+    /// 524288 is a common choice.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub sample_bytes: Option<u64>,
 
