@@ -104,7 +104,9 @@ fn read_pair(addr: u64) -> Option<[u64; 2]> {
 #[inline(always)]
 fn find_mapping(pc: u64) -> Option<ExecMapping> {
     let header = *MAPPING_COUNT.get(0)?;
-    let base = if header >> 16 != 0 { MAX_MAPPINGS } else { 0 };
+    // Computed, not chosen by a branch: as a constant, the bank's base would make the
+    // verifier follow the binary search with exact bounds, a distinct state for every path.
+    let base = ((header >> 16) & 1) * MAX_MAPPINGS;
     let (mut lo, mut hi) = (base, base + (header & 0xffff).min(MAX_MAPPINGS));
     for _ in 0..MAPPING_SEARCH_STEPS {
         if lo >= hi {
