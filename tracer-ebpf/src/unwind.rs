@@ -11,16 +11,26 @@
 //!    rbp from the `ucontext` on the stack;
 //! 3. where no row covers the pc (no CFI), take one frame-pointer step instead (in `auto` mode).
 //!
+//! Stack memory is read from a copy: at the start of a walk one read takes the top
+//! [`COPY_BYTES`] of the stack into the thread's `STACK_COPY` (task-local storage), and each
+//! frame's reads come from it, with a read of target memory only for what lies beyond it. One
+//! large read costs far less than a read per frame.
+//!
 //! The walk ends at an outermost frame (undefined return address), a zero return address or
 //! rbp, the depth limit (flagged truncated), or a failure (flagged incomplete and counted by
 //! reason: no mapping, unsupported rule, unreadable stack, stack pointer not moving up).
 use core::ffi::c_void;
 
 use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type},
     helpers::{
-        bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_loop,
+        bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{
+            bpf_get_current_task_btf, bpf_loop, bpf_probe_read_user as raw_probe_read_user,
+            bpf_task_storage_get,
+        },
     },
-    macros::map,
+    macros::{btf_map, map},
     maps::Array,
 };
 use tracer_common::{
@@ -51,6 +61,58 @@ static MAPPING_COUNT: Array<u32> = Array::with_max_entries(1, 0);
 /// `[uprobes]` mapping), 0 until it exists. Written by user space.
 #[map(name = "TRAMPOLINE")]
 static TRAMPOLINE: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Bytes of stack copied at the start of a walk (a power of two).
+const COPY_BYTES: usize = 4096;
+/// The same in words.
+const COPY_WORDS: usize = COPY_BYTES / 8;
+/// Reads tried per walk, each a quarter of the one before, when the stack ends less than
+/// [`COPY_BYTES`] above the stack pointer.
+const COPY_ATTEMPTS: u32 = 3;
+/// Smallest copy worth making (two frames of the smallest kind).
+const MIN_COPY_BYTES: u64 = 32;
+
+/// A thread's copy of the top of its stack.
+#[repr(C)]
+pub struct StackCopy {
+    /// The address `words[0]` was copied from.
+    base: u64,
+    /// Bytes copied (0: none).
+    len: u64,
+    /// The address of `words`, stored as a number: read back, it is a plain scalar to the
+    /// verifier (see `read_pair`).
+    address: u64,
+    /// An address the stack ends below (a copy reaching it failed); 0: none known yet.
+    limit: u64,
+    /// The copied stack.
+    words: [u64; COPY_WORDS],
+}
+
+/// A task-local storage map definition in the BTF layout the loader reads (aya-ebpf 0.2 has no
+/// task storage type). The fields are never read: their types carry the map's parameters.
+#[repr(C)]
+pub struct TaskStorage {
+    r#type: *const [i32; bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const StackCopy,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: the fields are null placeholders describing the map to the loader; nothing reads or
+// writes them, so sharing the static is harmless.
+unsafe impl Sync for TaskStorage {}
+
+/// Each thread's stack copy: allocated by the kernel on a thread's first walk, freed with the
+/// thread (or the map), so no memory is reserved for threads that never allocate.
+#[btf_map]
+static STACK_COPY: TaskStorage = TaskStorage {
+    r#type: core::ptr::null(),
+    key: core::ptr::null(),
+    value: core::ptr::null(),
+    max_entries: core::ptr::null(),
+    map_flags: core::ptr::null(),
+};
 
 /// Byte offsets of `task_struct.utask`, `uprobe_task.return_instances`, and
 /// `return_instance.{stack, orig_ret_vaddr, next}` from the kernel's BTF; all 0 when unknown.
@@ -86,19 +148,92 @@ struct Walk {
     _pad: u32,
     /// The kernel's uretprobe trampoline in the target (0: not known yet), read once per walk.
     trampoline: u64,
+    /// Where the thread's stack copy holds its words (0: no copy), the stack address of the
+    /// first word, and the bytes copied.
+    copy_address: u64,
+    /// See `copy_address`.
+    copy_base: u64,
+    /// See `copy_address`.
+    copy_len: u64,
 }
 
+/// The word of target memory at `addr`, read directly (for the rarer reads: signal frames, an
+/// rbp saved elsewhere than right below the return address).
 #[inline(always)]
 fn read(addr: u64) -> Option<u64> {
     // SAFETY: the helper reads target memory and fails instead of faulting.
     unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
 }
 
-/// Two consecutive words of target memory in one read.
+/// Two consecutive words of target stack memory at `addr`: from the thread's copy when it
+/// holds them, else in one read of target memory.
+///
+/// The copy is read with `bpf_probe_read_kernel` from its address kept as a plain number
+/// (`StackCopy::address`), not indexed as a map value: an index would tie its bounds to the stack
+/// pointer the walk carries, and the verifier could then never merge the states of successive
+/// frames in the bpf_loop body. The check here keeps the read inside the copy.
 #[inline(always)]
-fn read_pair(addr: u64) -> Option<[u64; 2]> {
+fn read_pair(walk: &Walk, addr: u64) -> Option<[u64; 2]> {
+    if walk.copy_address != 0 {
+        let offset = addr.wrapping_sub(walk.copy_base);
+        if addr >= walk.copy_base && offset + 16 <= walk.copy_len {
+            // SAFETY: the source lies inside the copy's words (checked above); the helper
+            // copies 16 bytes of kernel memory and fails instead of faulting.
+            return unsafe {
+                bpf_probe_read_kernel((walk.copy_address + offset) as *const [u64; 2])
+            }
+            .ok();
+        }
+    }
     // SAFETY: the helper reads target memory and fails instead of faulting.
     unsafe { bpf_probe_read_user(addr as *const [u64; 2]) }.ok()
+}
+
+/// This thread's stack copy, filled from `rsp` up (null when no storage could be had).
+#[inline(always)]
+fn copy_stack(rsp: u64) -> *const StackCopy {
+    // SAFETY: the helper returns the current task as a pointer the verifier trusts; task
+    // storage gets (or creates, zeroed) this task's value, or returns null.
+    let copy = unsafe {
+        bpf_task_storage_get(
+            (&raw const STACK_COPY).cast_mut().cast(),
+            bpf_get_current_task_btf().cast(),
+            core::ptr::null_mut(),
+            u64::from(BPF_LOCAL_STORAGE_GET_F_CREATE),
+        )
+    }
+    .cast::<StackCopy>();
+    if copy.is_null() {
+        return copy;
+    }
+    // SAFETY: `copy` is this task's storage value; the helper writes at most the sizes passed,
+    // which fit `words`, and fails (zeroing the destination) instead of faulting.
+    unsafe {
+        (*copy).base = rsp;
+        (*copy).len = 0;
+        (*copy).address = (*copy).words.as_ptr() as u64;
+        let dst = (*copy).words.as_mut_ptr().cast();
+        // Near the top of a stack a full copy would run off its end, and a failed read costs a
+        // fault: copy no further than the thread's learned limit, and lower the limit on
+        // every failure (the end lies below any read that failed).
+        let limit = (*copy).limit;
+        let mut size = COPY_BYTES as u64;
+        if limit > rsp && limit - rsp < size {
+            size = (limit - rsp) & !7;
+        }
+        for _ in 0..COPY_ATTEMPTS {
+            if size < MIN_COPY_BYTES {
+                break;
+            }
+            if raw_probe_read_user(dst, size as u32, rsp as *const c_void) == 0 {
+                (*copy).len = size;
+                break;
+            }
+            (*copy).limit = rsp + size;
+            size = (size / 4) & !7;
+        }
+    }
+    copy
 }
 
 #[inline(always)]
@@ -267,17 +402,12 @@ unsafe extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
     };
     // Where rbp is saved right below the return address (every frame-pointer prologue), one
     // read takes both.
+    // One read for the return address and the word below it, which is the caller's rbp in
+    // every frame-pointer prologue (and some other stack slot, just as readable, elsewhere).
     let pair = rbp_slot.rbp_type == RBP_AT_CFA && rbp_slot.rbp_offset == -16;
-    let (ra, saved_rbp) = if pair {
-        match read_pair(cfa - 16) {
-            Some([rbp, ra]) => (ra, rbp),
-            None => return fail(walk, Counter::UnwindReadFailed),
-        }
-    } else {
-        match read(cfa - 8) {
-            Some(ra) => (ra, 0),
-            None => return fail(walk, Counter::UnwindReadFailed),
-        }
+    let (ra, saved_rbp) = match read_pair(walk, cfa - 16) {
+        Some([rbp, ra]) => (ra, rbp),
+        None => return fail(walk, Counter::UnwindReadFailed),
     };
     let mut ra = ra;
     if walk.trampoline == 0 || ra == walk.trampoline {
@@ -318,7 +448,7 @@ fn frame_pointer_step(walk: &mut Walk) -> i64 {
         // The outermost frame clears rbp: a complete stack.
         return 1;
     }
-    let (Some(ra), Some(rbp)) = (read(walk.rbp + 8), read(walk.rbp)) else {
+    let Some([rbp, ra]) = read_pair(walk, walk.rbp) else {
         return fail(walk, Counter::UnwindReadFailed);
     };
     let rsp = walk.rbp + 16;
@@ -377,7 +507,19 @@ pub(crate) fn unwind(
         rbp_known: 1,
         _pad: 0,
         trampoline: TRAMPOLINE.get(0).copied().unwrap_or(0),
+        copy_address: 0,
+        copy_base: 0,
+        copy_len: 0,
     };
+    let copy = copy_stack(rsp);
+    if !copy.is_null() {
+        // SAFETY: a non-null `copy` is this thread's task storage value.
+        unsafe {
+            walk.copy_address = core::ptr::read_volatile(&raw const (*copy).address);
+            walk.copy_base = (*copy).base;
+            walk.copy_len = (*copy).len;
+        }
+    }
     // SAFETY: `step` is a BPF subprogram with the callback signature bpf_loop expects, and
     // `walk` outlives the call.
     unsafe {

@@ -276,6 +276,9 @@ impl Probes {
             config.unwind_rows.max(1)
         };
         let mut ebpf = EbpfLoader::new()
+            // The unwinder's per-thread stack copy is task-local storage, which aya creates
+            // but has no typed handle for (user space never touches it).
+            .allow_unsupported_maps()
             .map_max_entries(names::EVENTS, config.ringbuf_bytes)
             .map_max_entries(names::UNWIND_ROWS, unwind_rows_capacity)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
