@@ -208,8 +208,7 @@ impl Fixture {
 
     /// Sends one command and returns its `ok...` reply.
     pub fn cmd(&mut self, command: &str) -> String {
-        writeln!(self.stdin, "{command}").unwrap();
-        self.stdin.flush().unwrap();
+        self.send(command);
         let mut line = String::new();
         self.stdout.read_line(&mut line).unwrap();
         assert!(
@@ -227,8 +226,7 @@ impl Fixture {
 
     /// Makes the fixture exec itself (`exec` command) and waits for the new image's `ready`.
     pub fn exec_again(&mut self) {
-        writeln!(self.stdin, "exec").unwrap();
-        self.stdin.flush().unwrap();
+        self.send("exec");
         let mut line = String::new();
         self.stdout.read_line(&mut line).unwrap();
         assert_eq!(line.trim(), format!("ready {}", self.pid), "after exec");

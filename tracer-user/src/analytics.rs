@@ -243,7 +243,7 @@ impl Serialize for AgeHistogram {
 }
 
 /// What a stack's live bytes are doing. Serialized and displayed in lowercase (`"leak"`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     /// Growing steadily for a while, and the early blocks are still live.
@@ -255,6 +255,7 @@ pub enum Verdict {
     /// Nothing held for long: blocks are freed soon after they are allocated.
     Churn,
     /// Not enough history to say.
+    #[default]
     Unknown,
 }
 

@@ -443,20 +443,12 @@ mod tests {
 
     fn stack(live_bytes: u64, live_allocs: u64, frames: Vec<Frame>) -> StackReport {
         StackReport {
-            id: 0,
             live_bytes,
             live_allocs,
             total_allocs: live_allocs,
             total_bytes: live_bytes,
-            oldest_age_s: None,
-            truncated: false,
-            incomplete: false,
-            verdict: crate::analytics::Verdict::Unknown,
-            growth_bytes_per_s: None,
-            growth_bytes_per_h: None,
-            growth_r2: None,
-            ages: crate::analytics::AgeHistogram::default(),
             frames,
+            ..StackReport::default()
         }
     }
 

@@ -202,8 +202,9 @@ impl Diagnostics {
     }
 }
 
-/// One allocating call stack.
-#[derive(Serialize, Clone, Debug, PartialEq)]
+/// One allocating call stack. `Default` (nothing live, no frames, verdict unknown) is for tests
+/// and builders that set the fields they care about.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
 pub struct StackReport {
     /// The kernel's id for this stack within this run (not exported: ids are hashes of
     /// addresses, which differ between runs).
@@ -360,18 +361,11 @@ mod tests {
             live_allocs: 1,
             total_allocs: 1,
             total_bytes,
-            oldest_age_s: None,
-            truncated: false,
-            incomplete: false,
-            verdict: crate::analytics::Verdict::Unknown,
-            growth_bytes_per_s: None,
-            growth_bytes_per_h: None,
-            growth_r2: None,
-            ages: crate::analytics::AgeHistogram::default(),
             frames: vec![Frame {
                 function: leaf.map(str::to_owned),
                 ..Frame::unknown(addr)
             }],
+            ..StackReport::default()
         }
     }
 

@@ -169,19 +169,8 @@ mod tests {
         };
         let mut stacks = vec![
             StackReport {
-                id: 0,
-                live_bytes: 0,
-                live_allocs: 0,
                 total_allocs: 500,
                 total_bytes: 64_000,
-                oldest_age_s: None,
-                truncated: false,
-                incomplete: false,
-                verdict: crate::analytics::Verdict::Unknown,
-                growth_bytes_per_s: None,
-                growth_bytes_per_h: None,
-                growth_r2: None,
-                ages: crate::analytics::AgeHistogram::default(),
                 frames: vec![
                     Frame {
                         function: Some("parse_header".to_owned()),
@@ -193,21 +182,15 @@ mod tests {
                     },
                     frame("main", "src/main.c", 18, 0x55d0_c0de_0100, false),
                 ],
+                ..StackReport::default()
             },
             StackReport {
-                id: 0,
                 live_bytes: 4096,
                 live_allocs: 1,
                 total_allocs: 1,
                 total_bytes: 4096,
                 oldest_age_s: Some(3.0),
                 truncated: true,
-                incomplete: false,
-                verdict: crate::analytics::Verdict::Unknown,
-                growth_bytes_per_s: None,
-                growth_bytes_per_h: None,
-                growth_r2: None,
-                ages: crate::analytics::AgeHistogram::default(),
                 frames: vec![
                     Frame {
                         module: Some("/usr/lib/libfoo.so.1".to_owned()),
@@ -223,21 +206,14 @@ mod tests {
                     },
                     Frame::unknown(0x7ffd_0000_9abc),
                 ],
+                ..StackReport::default()
             },
             StackReport {
-                id: 0,
                 live_bytes: 1_572_864,
                 live_allocs: 3,
                 total_allocs: 10,
                 total_bytes: 2_097_152,
                 oldest_age_s: Some(12.5),
-                truncated: false,
-                incomplete: false,
-                verdict: crate::analytics::Verdict::Unknown,
-                growth_bytes_per_s: None,
-                growth_bytes_per_h: None,
-                growth_r2: None,
-                ages: crate::analytics::AgeHistogram::default(),
                 frames: vec![
                     frame("grow_buffer", "src/buffer.c", 42, 0x55d0_c0de_1234, true),
                     frame("buffer_append", "src/buffer.c", 88, 0x55d0_c0de_1234, false),
@@ -250,6 +226,7 @@ mod tests {
                     ),
                     frame("main", "src/main.c", 25, 0x55d0_c0de_0150, false),
                 ],
+                ..StackReport::default()
             },
         ];
         sort_stacks(&mut stacks);

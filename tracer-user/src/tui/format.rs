@@ -357,19 +357,8 @@ mod tests {
     fn descriptions_name_the_caller_its_caller_and_the_allocation_site() {
         let stack = |frames: Vec<Frame>| StackReport {
             id: 1,
-            live_bytes: 0,
-            live_allocs: 0,
-            total_allocs: 0,
-            total_bytes: 0,
-            oldest_age_s: None,
-            truncated: false,
-            incomplete: false,
-            verdict: crate::analytics::Verdict::Unknown,
-            growth_bytes_per_s: None,
-            growth_bytes_per_h: None,
-            growth_r2: None,
-            ages: crate::analytics::AgeHistogram::default(),
             frames,
+            ..StackReport::default()
         };
         let alloc = named("alloc_buffer", "leaky", Some("/src/leaky.c"), Some(52));
         let parse = named("parse_header", "leaky", Some("/src/leaky.c"), Some(80));

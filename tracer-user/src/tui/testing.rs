@@ -6,7 +6,7 @@ use ratatui::layout::Size;
 
 use super::app::App;
 use crate::{
-    analytics::{AgeHistogram, Verdict},
+    analytics::Verdict,
     history::Series,
     report::{Diagnostics, Frame, Report, ReportTotals, StackReport, sort_stacks},
     snapshot::Snapshot,
@@ -40,14 +40,8 @@ fn stack(
         total_allocs: live_allocs * 2 + 1,
         total_bytes: live_bytes * 2 + 64,
         oldest_age_s: age,
-        truncated: false,
-        incomplete: false,
-        verdict: Verdict::Unknown,
-        growth_bytes_per_s: None,
-        growth_bytes_per_h: None,
-        growth_r2: None,
-        ages: AgeHistogram::default(),
         frames,
+        ..StackReport::default()
     }
 }
 
