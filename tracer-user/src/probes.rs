@@ -15,7 +15,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::{
-        UProbe,
+        RawTracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
     },
 };
@@ -234,7 +234,11 @@ impl std::fmt::Debug for Probes {
     }
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, ProbeError> {
+/// Program `name` of the loaded object, as the program type `T`.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, ProbeError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
     let program = ebpf.program_mut(name).ok_or(ProbeError::Missing(name))?;
     program.try_into().map_err(|source| ProbeError::Program {
         what: format!("program {name}"),
@@ -299,18 +303,12 @@ impl Probes {
         for name in [names::FREE_ENTER, names::FLOOR_ENTER] {
             load_program(&mut ebpf, name)?;
         }
-        let exec: &mut aya::programs::RawTracePoint = ebpf
-            .program_mut(names::EXEC)
-            .ok_or(ProbeError::Missing(names::EXEC))?
-            .try_into()
+        program::<RawTracePoint>(&mut ebpf, names::EXEC)?
+            .load()
             .map_err(|source| ProbeError::Program {
-                what: "program on_exec".into(),
+                what: "loading on_exec".into(),
                 source,
             })?;
-        exec.load().map_err(|source| ProbeError::Program {
-            what: "loading on_exec".into(),
-            source,
-        })?;
         // Before any map is taken out of `ebpf`: the session program shares them all. The
         // separate entry and return programs are verified only when needed (each takes the
         // verifier a while: it holds the unwinder).
@@ -386,15 +384,7 @@ impl Probes {
 
     fn attach_all(&mut self, allocator: &Allocator, pid: NonZeroU32) -> Result<(), ProbeError> {
         // Exec first: an exec during attach must not leave the old image's blocks live.
-        let exec: &mut aya::programs::RawTracePoint = self
-            .ebpf
-            .program_mut(names::EXEC)
-            .ok_or(ProbeError::Missing(names::EXEC))?
-            .try_into()
-            .map_err(|source| ProbeError::Program {
-                what: "program on_exec".into(),
-                source,
-            })?;
+        let exec: &mut RawTracePoint = program(&mut self.ebpf, names::EXEC)?;
         let id = exec
             .attach("sched_process_exec")
             .map_err(|source| ProbeError::Program {
@@ -417,7 +407,7 @@ impl Probes {
             if stage == names::ALLOC_EXIT && self.attach_session(allocator, pid)? {
                 break;
             }
-            let prog = program(&mut self.ebpf, stage)?;
+            let prog: &mut UProbe = program(&mut self.ebpf, stage)?;
             for probe in &allocator.points {
                 let is_free = probe.kind == tracer_common::AllocKind::Free;
                 if is_free != (stage == names::FREE_ENTER) {
@@ -493,7 +483,7 @@ impl Probes {
     ) -> Result<(), ProbeError> {
         let scope = UProbeScope::OneProcess(pid);
         let path = &allocator.attach_path;
-        let prog = program(&mut self.ebpf, names::FLOOR_ENTER)?;
+        let prog: &mut UProbe = program(&mut self.ebpf, names::FLOOR_ENTER)?;
         for probe in allocator.points.iter().filter(|p| {
             matches!(
                 p.kind,
@@ -651,7 +641,7 @@ impl Probes {
 
 /// Loads (verifies) program `name` of the object.
 fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), ProbeError> {
-    program(ebpf, name)?
+    program::<UProbe>(ebpf, name)?
         .load()
         .map_err(|source| ProbeError::Program {
             what: format!("loading {name}"),
@@ -668,7 +658,7 @@ fn load_pair(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
 /// Loads the session program, sharing the maps and BTF of the object aya loaded (any loaded
 /// program of the object reports that BTF). The error is the reason, for the attach summary.
 fn load_session(ebpf: &mut Ebpf) -> Result<SessionProgram, String> {
-    let btf_id = program(ebpf, names::FREE_ENTER)
+    let btf_id = program::<UProbe>(ebpf, names::FREE_ENTER)
         .map_err(|err| err.to_string())?
         .info()
         .map_err(|err| err.to_string())?

@@ -139,7 +139,8 @@ fn write_stack<W: Write>(rank: usize, stack: &StackReport, out: &mut W) -> std::
 }
 
 /// One frame: `function (module) file:line [inlined]`, or `[module] 0xaddr` without a name.
-fn frame_line(frame: &Frame) -> String {
+/// The live view's detail pane shows the same lines.
+pub(crate) fn frame_line(frame: &Frame) -> String {
     let mut line = match (frame.function.as_deref(), frame.module_name()) {
         (Some(function), module) => {
             let mut s = one_line(function).into_owned();

@@ -173,21 +173,7 @@ pub(crate) fn short_location(frame: &Frame) -> Option<String> {
 /// One line of the detail pane: `#n function (module) file:line [inlined]`, or
 /// `#n [module] 0xaddr` for a frame without a name.
 pub(crate) fn frame_line(index: usize, frame: &Frame) -> String {
-    let mut line = format!("#{index} {}", frame_label(frame));
-    if frame.function.is_some()
-        && let Some(module) = frame.module_name()
-    {
-        line.push_str(&format!(" ({})", one_line(module)));
-    }
-    match (frame.file.as_deref(), frame.line) {
-        (Some(file), Some(n)) => line.push_str(&format!(" {}:{n}", one_line(file))),
-        (Some(file), None) => line.push_str(&format!(" {}", one_line(file))),
-        (None, _) => {}
-    }
-    if frame.inlined {
-        line.push_str(" [inlined]");
-    }
-    line
+    format!("#{index} {}", crate::export::text::frame_line(frame))
 }
 
 /// What a stack row says about where the memory comes from: the allocator's caller, the
