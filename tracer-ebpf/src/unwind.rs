@@ -75,10 +75,6 @@ const MIN_COPY_BYTES: u64 = 32;
 /// A thread's copy of the top of its stack.
 #[repr(C)]
 pub struct StackCopy {
-    /// The address `words[0]` was copied from.
-    base: u64,
-    /// Bytes copied (0: none).
-    len: u64,
     /// The address of `words`, stored as a number: read back, it is a plain scalar to the
     /// verifier (see `read_pair`).
     address: u64,
@@ -189,9 +185,11 @@ fn read_pair(walk: &Walk, addr: u64) -> Option<[u64; 2]> {
     unsafe { bpf_probe_read_user(addr as *const [u64; 2]) }.ok()
 }
 
-/// This thread's stack copy, filled from `rsp` up (null when no storage could be had).
+/// Copies the top of this thread's stack, from `rsp` up, into its `STACK_COPY`. Returns where
+/// the copied words are, as a number (see `read_pair`), and how many bytes were copied; `(0, 0)`
+/// when there is no copy.
 #[inline(always)]
-fn copy_stack(rsp: u64) -> *const StackCopy {
+fn copy_stack(rsp: u64) -> (u64, u64) {
     // SAFETY: the helper returns the current task as a pointer the verifier trusts; task
     // storage gets (or creates, zeroed) this task's value, or returns null.
     let copy = unsafe {
@@ -204,19 +202,18 @@ fn copy_stack(rsp: u64) -> *const StackCopy {
     }
     .cast::<StackCopy>();
     if copy.is_null() {
-        return copy;
+        return (0, 0);
     }
     // SAFETY: `copy` is this task's storage value; the helper writes at most the sizes passed,
     // which fit `words`, and fails (zeroing the destination) instead of faulting.
     unsafe {
-        (*copy).base = rsp;
-        (*copy).len = 0;
         (*copy).address = (*copy).words.as_ptr() as u64;
         let dst = (*copy).words.as_mut_ptr().cast();
         // Near the top of a stack a full copy would run off its end, and a failed read costs a
         // fault: copy no further than the thread's learned limit, and lower the limit on
         // every failure (the end lies below any read that failed).
         let limit = (*copy).limit;
+        let mut copied = 0;
         let mut size = COPY_BYTES as u64;
         if limit > rsp && limit - rsp < size {
             size = (limit - rsp) & !7;
@@ -226,14 +223,14 @@ fn copy_stack(rsp: u64) -> *const StackCopy {
                 break;
             }
             if raw_probe_read_user(dst, size as u32, rsp as *const c_void) == 0 {
-                (*copy).len = size;
+                copied = size;
                 break;
             }
             (*copy).limit = rsp + size;
             size = (size / 4) & !7;
         }
+        (core::ptr::read_volatile(&raw const (*copy).address), copied)
     }
-    copy
 }
 
 #[inline(always)]
@@ -494,6 +491,7 @@ pub(crate) fn unwind(
 ) -> (u32, u16) {
     // SAFETY: `state` is this thread's map value.
     unsafe { (*state).stack.ips[0] = rip };
+    let (copy_address, copy_len) = copy_stack(rsp);
     let mut walk = Walk {
         state,
         rip,
@@ -507,19 +505,10 @@ pub(crate) fn unwind(
         rbp_known: 1,
         _pad: 0,
         trampoline: TRAMPOLINE.get(0).copied().unwrap_or(0),
-        copy_address: 0,
-        copy_base: 0,
-        copy_len: 0,
+        copy_address,
+        copy_base: rsp,
+        copy_len,
     };
-    let copy = copy_stack(rsp);
-    if !copy.is_null() {
-        // SAFETY: a non-null `copy` is this thread's task storage value.
-        unsafe {
-            walk.copy_address = core::ptr::read_volatile(&raw const (*copy).address);
-            walk.copy_base = (*copy).base;
-            walk.copy_len = (*copy).len;
-        }
-    }
     // SAFETY: `step` is a BPF subprogram with the callback signature bpf_loop expects, and
     // `walk` outlives the call.
     unsafe {
