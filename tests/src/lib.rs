@@ -484,35 +484,24 @@ pub fn stacks_with<'a>(report: &'a Value, names: &[&str]) -> Vec<&'a Value> {
         .collect()
 }
 
-/// Names of loaded BPF programs that belong to leaktrace (none may remain after it exits).
+/// The names leaktrace gives its BPF programs.
+const PROGRAM_NAMES: [&str; 6] = [
+    "alloc_enter",
+    "alloc_exit",
+    "alloc_session",
+    "free_enter",
+    "on_exec",
+    "floor_enter",
+];
+
+/// Names of loaded BPF programs that belong to leaktrace (none may remain after it exits),
+/// listed through the bpf system call as `bpftool prog show` does.
 pub fn leaktrace_programs_loaded() -> Vec<String> {
-    let out = Command::new("bpftool")
-        .args(["-j", "prog", "show"])
-        .output()
-        .expect("bpftool is installed by `cargo xtask test`");
-    assert!(
-        out.status.success(),
-        "bpftool: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let progs: Value = serde_json::from_slice(&out.stdout).unwrap();
-    progs
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|p| p["name"].as_str())
-        .filter(|name| {
-            [
-                "alloc_enter",
-                "alloc_exit",
-                "alloc_session",
-                "free_enter",
-                "on_exec",
-                "floor_enter",
-            ]
-            .contains(name)
-        })
-        .map(str::to_owned)
+    aya::programs::loaded_programs()
+        // A program can be unloaded between listing its id and opening it: skip it.
+        .filter_map(Result::ok)
+        .filter_map(|p| p.name_as_str().map(str::to_owned))
+        .filter(|name| PROGRAM_NAMES.contains(&name.as_str()))
         .collect()
 }
 

@@ -13,6 +13,9 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod tools;
+
+use tools::{Install, Need};
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "leaktrace's development tasks")]
@@ -23,7 +26,7 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install the toolchain pieces and packages leaktrace needs.
+    /// Install the toolchain pieces, and every command the tests and the benchmark run.
     Setup,
     /// Build leaktrace (release), then run it as root with these arguments; with none, trace the
     /// bundled demo service.
@@ -53,15 +56,15 @@ enum Task {
 fn main() -> Result<()> {
     let args = Args::parse();
     match args.task {
-        Task::Setup => setup(),
+        Task::Setup => setup(Need::Bench),
         Task::Run { args } => run(&args),
         Task::Test { filter } => test(filter.as_deref()),
         Task::Clippy => {
-            setup()?;
+            setup(Need::Test)?;
             clippy()
         }
         Task::Bench { reps, ops } => {
-            setup()?;
+            setup(Need::Bench)?;
             build_release()?;
             bench::run(&workspace(), reps, ops)
         }
@@ -121,8 +124,9 @@ fn is_root() -> bool {
     output(Command::new("id").arg("-u")).is_ok_and(|uid| uid.trim() == "0")
 }
 
-/// Installs whatever is missing.
-fn setup() -> Result<()> {
+/// Installs whatever `need` calls for that is missing (see [`tools::TOOLS`]), then checks it
+/// is all there.
+fn setup(need: Need) -> Result<()> {
     // The eBPF crate builds core from source with nightly.
     let components = output(Command::new("rustup").args([
         "component",
@@ -146,20 +150,24 @@ fn setup() -> Result<()> {
     if !have("bpf-linker") && !cargo_bin("bpf-linker").is_file() {
         install_bpf_linker()?;
     }
-    // Zig 0.15 builds the Zig fixture; it comes from PyPI.
-    let zig = Command::new("python3")
-        .args(["-m", "ziglang", "version"])
-        .output();
-    if !zig.is_ok_and(|out| out.status.success() && out.stdout.starts_with(b"0.15")) {
-        run_cmd(Command::new("python3").args(["-m", "pip", "install", "-q", "ziglang==0.15.2"]))?;
+    let missing: Vec<&tools::Tool> = tools::wanted(need).filter(|t| !tools::present(t)).collect();
+    for tool in &missing {
+        if let Install::Pip(_, requirement, _) = tool.install {
+            run_cmd(Command::new("python3").args(["-m", "pip", "install", "-q", requirement]))?;
+        }
     }
-    apt_install(&[
-        ("gcc", "gcc"),
-        ("go", "golang-go"),
-        ("setpriv", "util-linux"),
-        ("tmux", "tmux"),
-    ])?;
-    Ok(())
+    let mut packages: Vec<&str> = missing
+        .iter()
+        .filter_map(|t| match t.install {
+            Install::Apt(packages) => Some(packages.split_whitespace()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    packages.sort_unstable();
+    packages.dedup();
+    apt_install(&packages)?;
+    tools::check(need)
 }
 
 fn cargo_bin(name: &str) -> PathBuf {
@@ -214,13 +222,8 @@ fn install_bpf_linker() -> Result<()> {
     )
 }
 
-/// Installs Debian packages for the commands that are missing.
-pub(crate) fn apt_install(wanted: &[(&str, &str)]) -> Result<()> {
-    let missing: Vec<&str> = wanted
-        .iter()
-        .filter(|(cmd, _)| !have(cmd))
-        .map(|(_, pkg)| *pkg)
-        .collect();
+/// Installs Debian packages.
+fn apt_install(missing: &[&str]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
@@ -235,7 +238,7 @@ pub(crate) fn apt_install(wanted: &[(&str, &str)]) -> Result<()> {
     run_cmd(
         Command::new("apt-get")
             .args(["install", "-y", "-q"])
-            .args(&missing)
+            .args(missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }
@@ -264,7 +267,7 @@ fn build_demo() -> Result<PathBuf> {
 }
 
 fn run(args: &[OsString]) -> Result<()> {
-    setup()?;
+    setup(Need::Test)?;
     let leaktrace = build_release()?;
     let mut args = args.to_vec();
     if args.first().is_some_and(|a| a == "--") {
@@ -326,7 +329,7 @@ fn clippy() -> Result<()> {
 }
 
 fn test(filter: Option<&str>) -> Result<()> {
-    setup()?;
+    setup(Need::Test)?;
     run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
     clippy()?;
     // Unit tests (pure logic, no root needed).

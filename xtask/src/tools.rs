@@ -1,0 +1,238 @@
+//! Every external command the tests and the benchmark run, where it comes from, and the check
+//! that they are all there before anything runs.
+//!
+//! A command a test needs but `setup` does not install passes on the machine where someone
+//! installed it by hand and fails everywhere else: so this list is the only place such a
+//! command is named, `setup` installs from it, and [`check`] refuses to start with a one-line
+//! error naming whatever is still missing.
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+/// Which task needs a tool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// The tests (and so CI).
+    Test,
+    /// `cargo xtask bench` only.
+    Bench,
+}
+
+/// How a tool is installed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Install {
+    /// A Debian package (or several, space-separated).
+    Apt(&'static str),
+    /// A Python module from PyPI, run as `python3 -m MODULE`: (module, pip requirement, the
+    /// version `python3 -m MODULE version` must start with).
+    Pip(&'static str, &'static str, &'static str),
+    /// Part of every Debian system or of the Rust toolchain the project builds with.
+    Base,
+}
+
+/// One external command.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tool {
+    /// The command (for [`Install::Pip`], the module).
+    pub(crate) command: &'static str,
+    pub(crate) install: Install,
+    pub(crate) need: Need,
+    /// What runs it.
+    pub(crate) used_for: &'static str,
+}
+
+/// Every external command the end-to-end tests and the benchmark run.
+pub(crate) const TOOLS: &[Tool] = &[
+    Tool {
+        command: "sh",
+        install: Install::Base,
+        need: Need::Test,
+        used_for: "xtask's own checks",
+    },
+    Tool {
+        command: "cp",
+        install: Install::Base,
+        need: Need::Bench,
+        used_for: "the bench's kernel header overlay for bcc",
+    },
+    Tool {
+        command: "rustc",
+        install: Install::Base,
+        need: Need::Test,
+        used_for: "the Rust fixture",
+    },
+    Tool {
+        command: "gcc",
+        install: Install::Apt("gcc"),
+        need: Need::Test,
+        used_for: "the C fixtures, the demo and the bench workload",
+    },
+    Tool {
+        command: "nm",
+        install: Install::Apt("binutils"),
+        need: Need::Test,
+        used_for: "finding a fixture function for a foreign uretprobe",
+    },
+    Tool {
+        command: "readelf",
+        install: Install::Apt("binutils"),
+        need: Need::Test,
+        used_for: "a fixture's load segments",
+    },
+    Tool {
+        command: "objcopy",
+        install: Install::Apt("binutils"),
+        need: Need::Test,
+        used_for: "splitting a fixture's debug info off",
+    },
+    Tool {
+        command: "strip",
+        install: Install::Apt("binutils"),
+        need: Need::Test,
+        used_for: "stripping a fixture as distributions do",
+    },
+    Tool {
+        command: "xz",
+        install: Install::Apt("xz-utils"),
+        need: Need::Test,
+        used_for: "a fixture with MiniDebugInfo (.gnu_debugdata)",
+    },
+    Tool {
+        command: "go",
+        install: Install::Apt("golang-go"),
+        need: Need::Test,
+        used_for: "the Go fixture and `go tool pprof`",
+    },
+    Tool {
+        command: "tmux",
+        install: Install::Apt("tmux"),
+        need: Need::Test,
+        used_for: "driving the live view",
+    },
+    Tool {
+        command: "setpriv",
+        install: Install::Apt("util-linux"),
+        need: Need::Test,
+        used_for: "running leaktrace unprivileged",
+    },
+    Tool {
+        command: "ziglang",
+        install: Install::Pip("ziglang", "ziglang==0.15.2", "0.15"),
+        need: Need::Test,
+        used_for: "the Zig fixtures",
+    },
+    Tool {
+        command: "memleak-bpfcc",
+        install: Install::Apt("bpfcc-tools linux-headers-amd64"),
+        need: Need::Bench,
+        used_for: "the bench's bcc memleak row",
+    },
+];
+
+/// The tools `need` calls for: the tests' for [`Need::Test`], everything for [`Need::Bench`].
+pub(crate) fn wanted(need: Need) -> impl Iterator<Item = &'static Tool> {
+    TOOLS
+        .iter()
+        .filter(move |t| need == Need::Bench || t.need == Need::Test)
+}
+
+/// Whether `tool` can be run.
+pub(crate) fn present(tool: &Tool) -> bool {
+    match tool.install {
+        Install::Pip(module, _, version) => Command::new("python3")
+            .args(["-m", module, "version"])
+            .output()
+            .is_ok_and(|out| out.status.success() && out.stdout.starts_with(version.as_bytes())),
+        Install::Apt(_) | Install::Base => Command::new("sh")
+            .args([
+                "-c",
+                &format!("command -v {} >/dev/null 2>&1", tool.command),
+            ])
+            .status()
+            .is_ok_and(|s| s.success()),
+    }
+}
+
+/// Fails with one line naming every tool `need` calls for that is missing.
+pub(crate) fn check(need: Need) -> Result<()> {
+    let missing: Vec<String> = wanted(need)
+        .filter(|t| !present(t))
+        .map(|t| match t.install {
+            Install::Apt(package) => format!("{} (Debian: {package}; {})", t.command, t.used_for),
+            Install::Pip(_, requirement, _) => {
+                format!("{} (pip: {requirement}; {})", t.command, t.used_for)
+            }
+            Install::Base => format!("{} ({})", t.command, t.used_for),
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "missing: {}; run `cargo xtask setup` as root to install them",
+        missing.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tool_is_listed_once_and_installable() {
+        let mut names: Vec<&str> = TOOLS.iter().map(|t| t.command).collect();
+        names.sort_unstable();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(before, names.len(), "a tool is listed twice");
+        assert!(
+            TOOLS
+                .iter()
+                .all(|t| !matches!(t.install, Install::Apt("")) && !t.used_for.is_empty())
+        );
+    }
+
+    #[test]
+    fn the_bench_needs_everything_the_tests_need() {
+        let test: Vec<&str> = wanted(Need::Test).map(|t| t.command).collect();
+        let bench: Vec<&str> = wanted(Need::Bench).map(|t| t.command).collect();
+        assert!(test.iter().all(|t| bench.contains(t)));
+        assert!(bench.contains(&"memleak-bpfcc") && !test.contains(&"memleak-bpfcc"));
+    }
+
+    #[test]
+    fn every_command_the_tests_run_is_listed() {
+        // The end-to-end tests' sources name the commands they start with Command::new("…").
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let mut sources = String::new();
+        for file in [
+            "tests/src/lib.rs",
+            "tests/tests/e2e.rs",
+            "xtask/src/bench.rs",
+            "tracer-user/src/export/pprof.rs",
+            "tracer-user/src/unwind/tests/real.rs",
+        ] {
+            sources.push_str(&std::fs::read_to_string(root.join(file)).unwrap_or_default());
+        }
+        let mut rest = sources.as_str();
+        let mut started = Vec::new();
+        while let Some(at) = rest.find("Command::new(\"") {
+            rest = &rest[at + "Command::new(\"".len()..];
+            if let Some(end) = rest.find('"') {
+                started.push(&rest[..end]);
+            }
+        }
+        assert!(started.len() > 5, "found only {started:?}");
+        for command in started {
+            let listed = TOOLS.iter().any(|t| t.command == command)
+                || (command == "python3" && TOOLS.iter().any(|t| t.command == "ziglang"));
+            assert!(
+                listed,
+                "{command} is run by a test or the bench but not in TOOLS"
+            );
+        }
+    }
+}
