@@ -75,11 +75,63 @@ pub enum Build {
     COmitFramePointer,
     /// `plugin.c` as a shared library without frame pointers, for `dlopen`.
     Plugin,
+    /// `plugin_beta.c`, the same way: loaded in `plugin.c`'s place after it is unloaded.
+    PluginBeta,
+    /// `leaky.c` without frame pointers, its debug info split off into
+    /// `debug/.build-id/ab/cdef….debug` beside it (see [`debug_dir`]), then stripped.
+    CStrippedBuildId,
+    /// The same, with the debug file in `.debug/leaky.debug` beside it, named by a
+    /// `.gnu_debuglink`.
+    CStrippedDebugLink,
+    /// The same, stripped, with a MiniDebugInfo symbol table (`.gnu_debugdata`) instead.
+    CMiniDebugInfo,
     /// `map_leak.rs`, rustc -O (release, no forced frame pointers).
     Rust,
     /// `zig_leak.zig`, Zig 0.15 ReleaseFast with -fomit-frame-pointer, allocating through
     /// `std.heap.c_allocator`.
     Zig,
+    /// `zig_relay.zig`, built the same way: one leaking path through 15 call sites of one line.
+    ZigRelay,
+}
+
+/// Where a stripped fixture's split-off debug files are (`CStrippedBuildId`: a directory for
+/// `--debuginfo-dir`).
+pub fn debug_dir(build: Build) -> PathBuf {
+    fixture(build).with_file_name("debug")
+}
+
+/// The GNU build id of an ELF file, in hex, as `readelf -n` prints it.
+pub fn build_id(path: &Path) -> String {
+    let out = Command::new("readelf")
+        .arg("-n")
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: ").map(str::to_owned))
+        .unwrap_or_else(|| panic!("no build id in {}", path.display()))
+}
+
+/// Builds `leaky.c` without frame pointers into `dir/leaky` (with debug info), for stripping.
+fn leaky_with_debug_info(dir: &Path) -> PathBuf {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let out = dir.join("leaky");
+    run_build(
+        Command::new("gcc")
+            .args([
+                "-O2",
+                "-g",
+                "-fomit-frame-pointer",
+                "-fno-optimize-sibling-calls",
+            ])
+            .args(["-pthread", "-Wall", "-Wno-deprecated-declarations"])
+            .arg(workspace().join("tests/fixtures/leaky.c"))
+            .arg("-o")
+            .arg(&out),
+    );
+    out
 }
 
 /// Builds (once per test binary) and returns the path of a fixture.
@@ -125,8 +177,12 @@ pub fn fixture(build: Build) -> PathBuf {
             run_build(&mut cmd);
             out
         }
-        Build::Plugin => {
-            let out = dir.join("libplugin.so");
+        Build::Plugin | Build::PluginBeta => {
+            let (source, name) = match build {
+                Build::Plugin => ("plugin.c", "libplugin.so"),
+                _ => ("plugin_beta.c", "libplugin_beta.so"),
+            };
+            let out = dir.join(name);
             run_build(
                 Command::new("gcc")
                     .args([
@@ -136,8 +192,67 @@ pub fn fixture(build: Build) -> PathBuf {
                         "-fno-optimize-sibling-calls",
                     ])
                     .args(["-shared", "-fPIC"])
-                    .arg(src.join("plugin.c"))
+                    .arg(src.join(source))
                     .arg("-o")
+                    .arg(&out),
+            );
+            out
+        }
+        Build::CStrippedBuildId => {
+            let out = leaky_with_debug_info(&dir.join("stripped-buildid"));
+            let id = build_id(&out);
+            let debug = out
+                .with_file_name("debug/.build-id")
+                .join(&id[..2])
+                .join(format!("{}.debug", &id[2..]));
+            std::fs::create_dir_all(debug.parent().unwrap()).unwrap();
+            run_build(
+                Command::new("objcopy")
+                    .arg("--only-keep-debug")
+                    .arg(&out)
+                    .arg(&debug),
+            );
+            run_build(Command::new("strip").arg("--strip-all").arg(&out));
+            out
+        }
+        Build::CStrippedDebugLink => {
+            let out = leaky_with_debug_info(&dir.join("stripped-debuglink"));
+            let debug = out.with_file_name(".debug/leaky.debug");
+            std::fs::create_dir_all(debug.parent().unwrap()).unwrap();
+            run_build(
+                Command::new("objcopy")
+                    .arg("--only-keep-debug")
+                    .arg(&out)
+                    .arg(&debug),
+            );
+            run_build(Command::new("strip").arg("--strip-all").arg(&out));
+            run_build(
+                Command::new("objcopy")
+                    .arg(format!("--add-gnu-debuglink={}", debug.display()))
+                    .arg(&out),
+            );
+            out
+        }
+        Build::CMiniDebugInfo => {
+            // As Fedora's find-debuginfo does: the symbol table alone, xz-compressed, in the
+            // stripped binary's .gnu_debugdata.
+            let out = leaky_with_debug_info(&dir.join("minidebuginfo"));
+            let mini = out.with_file_name("mini");
+            run_build(
+                Command::new("strip")
+                    .arg("--strip-debug")
+                    .arg("-o")
+                    .arg(&mini)
+                    .arg(&out),
+            );
+            run_build(Command::new("xz").arg("-f").arg(&mini));
+            run_build(Command::new("strip").arg("--strip-all").arg(&out));
+            run_build(
+                Command::new("objcopy")
+                    .arg(format!(
+                        "--add-section=.gnu_debugdata={}",
+                        mini.with_extension("xz").display()
+                    ))
                     .arg(&out),
             );
             out
@@ -153,13 +268,18 @@ pub fn fixture(build: Build) -> PathBuf {
             );
             out
         }
-        Build::Zig => {
-            let out = dir.join("zig_leak");
+        Build::Zig | Build::ZigRelay => {
+            let name = if build == Build::Zig {
+                "zig_leak"
+            } else {
+                "zig_relay"
+            };
+            let out = dir.join(name);
             let cache = dir.join("zig-cache");
             run_build(
                 Command::new("python3")
                     .args(["-m", "ziglang", "build-exe"])
-                    .arg(src.join("zig_leak.zig"))
+                    .arg(src.join(format!("{name}.zig")))
                     .args(["-O", "ReleaseFast", "-fomit-frame-pointer", "-lc"])
                     .arg(format!("-femit-bin={}", out.display()))
                     .env("ZIG_GLOBAL_CACHE_DIR", &cache)
@@ -349,6 +469,22 @@ impl Tracer {
     /// Stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits (at most 5 s) for the next status line: by then every event sent before this call
+    /// has been read and every stack seen so far symbolized.
+    pub fn wait_for_next_status(&self) {
+        let count = |text: &str| text.matches("] live ").count();
+        let before = count(&self.stderr());
+        let start = Instant::now();
+        while count(&self.stderr()) <= before {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "no status line; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Pid of the leaktrace process.

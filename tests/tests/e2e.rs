@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use leaktrace_tests::{
-    Build, Fixture, Tracer, assert_no_programs_left, fixture, functions, has_subsequence,
-    leaktrace_programs_loaded, num, require_root, run_leaktrace, stack_from, stacks_from,
-    stacks_with,
+    Build, Fixture, Tracer, assert_no_programs_left, build_id, debug_dir, fixture, functions,
+    has_subsequence, leaktrace_programs_loaded, num, require_root, run_leaktrace, stack_from,
+    stacks_from, stacks_with,
 };
 use serde_json::Value;
 
@@ -44,7 +44,7 @@ mod c_fixture {
 
     fn leaks_exactly(build: Build) {
         let mut target = Fixture::start(&fixture(build));
-        let tracer = Tracer::attach(target.pid, &["--top", "100"]);
+        let tracer = Tracer::attach(target.pid, &[]);
         target.cmd("churn 20000");
         target.cmd("leak 25 1000");
         target.cmd("cache 7 333");
@@ -109,7 +109,7 @@ mod c_fixture {
 
     fn entry_points_exactly(build: Build) {
         let mut target = Fixture::start(&fixture(build));
-        let tracer = Tracer::attach(target.pid, &["--top", "100"]);
+        let tracer = Tracer::attach(target.pid, &[]);
         target.cmd("entry");
         let report = tracer.interrupt().report.unwrap();
         assert_clean(&report);
@@ -163,7 +163,7 @@ mod c_fixture {
     fn allocations_inside_glibc_have_their_callers() {
         require_root();
         let mut target = Fixture::start(&fixture(Build::CFramePointers));
-        let tracer = Tracer::attach(target.pid, &["--top", "100"]);
+        let tracer = Tracer::attach(target.pid, &[]);
         target.cmd("libc 13");
         let report = tracer.interrupt().report.unwrap();
         // glibc keeps no frame pointers: its .eh_frame carries the stack on to the caller.
@@ -190,7 +190,7 @@ mod c_fixture {
     fn eight_threads_at_200k_events_per_second_lose_nothing() {
         require_root();
         let mut target = Fixture::start(&fixture(Build::CFramePointers));
-        let tracer = Tracer::attach(target.pid, &["--top", "100"]);
+        let tracer = Tracer::attach(target.pid, &[]);
         let (threads, per_thread, every) = (8u64, 100_000u64, 100u64);
         let reply = target.cmd(&format!("threads {threads} {per_thread} {every}"));
         let elapsed_ns: u64 = reply.trim_start_matches("ok ").parse().unwrap();
@@ -224,7 +224,7 @@ mod c_fixture {
     fn statically_linked_target() {
         require_root();
         let mut target = Fixture::start(&fixture(Build::CStatic));
-        let tracer = Tracer::attach(target.pid, &["--top", "100"]);
+        let tracer = Tracer::attach(target.pid, &[]);
         target.cmd("leak 9 777");
         target.cmd("churn 1000");
         let done = tracer.interrupt();
@@ -258,7 +258,7 @@ mod rust_fixture {
     fn map_that_is_never_pruned() {
         require_root();
         let mut target = Fixture::start(&fixture(Build::Rust));
-        let tracer = Tracer::attach(target.pid, &["--top", "100"]);
+        let tracer = Tracer::attach(target.pid, &[]);
         target.cmd("register 40 4096");
         target.cmd("churn 2000");
         let report = tracer.interrupt().report.unwrap();
@@ -759,7 +759,7 @@ mod unwinding {
     fn twelve_frames_without_frame_pointers_and_the_fp_negative_control() {
         require_root();
         let mut target = Fixture::start(&fixture(Build::COmitFramePointer));
-        let tracer = Tracer::attach(target.pid, &["--top", "100"]);
+        let tracer = Tracer::attach(target.pid, &[]);
         target.cmd("chain 4 100");
         let report = tracer.interrupt().report.unwrap();
         assert_eq!(report["unwind"], "auto");
@@ -776,7 +776,7 @@ mod unwinding {
         assert_complete(stack);
 
         // The same program through the kernel's frame-pointer walk: the chain is lost.
-        let tracer = Tracer::attach(target.pid, &["--top", "100", "--unwind", "fp"]);
+        let tracer = Tracer::attach(target.pid, &["--unwind", "fp"]);
         target.cmd("chain 4 100");
         let report = tracer.interrupt().report.unwrap();
         assert_eq!(report["unwind"], "fp");
@@ -793,7 +793,7 @@ mod unwinding {
     fn rust_release_binary_without_frame_pointers() {
         require_root();
         let mut target = Fixture::start(&fixture(Build::Rust));
-        let tracer = Tracer::attach(target.pid, &["--top", "100"]);
+        let tracer = Tracer::attach(target.pid, &[]);
         target.cmd("chain 6 2048");
         let report = tracer.interrupt().report.unwrap();
         let stacks = stacks_with(
@@ -825,7 +825,7 @@ mod unwinding {
         require_root();
         let zig = fixture(Build::Zig);
         let zig = zig.to_str().unwrap();
-        let done = Tracer::start(&["--top", "100", "--", zig, "7", "3000"]).wait();
+        let done = Tracer::start(&["--", zig, "7", "3000"]).wait();
         assert!(done.status.success(), "{}", done.stderr);
         let report = done.report.unwrap();
         let stacks: Vec<&Value> = report["stacks"]
@@ -861,7 +861,7 @@ mod unwinding {
     fn allocations_inside_glibc_continue_to_their_callers() {
         require_root();
         let mut target = Fixture::start(&fixture(Build::COmitFramePointer));
-        let tracer = Tracer::attach(target.pid, &["--top", "100"]);
+        let tracer = Tracer::attach(target.pid, &[]);
         target.cmd("libc 3");
         target.cmd("libcalls");
         let report = tracer.interrupt().report.unwrap();
@@ -897,7 +897,7 @@ mod unwinding {
         require_root();
         let plugin = fixture(Build::Plugin);
         let mut target = Fixture::start(&fixture(Build::COmitFramePointer));
-        let tracer = Tracer::attach(target.pid, &["--top", "100"]);
+        let tracer = Tracer::attach(target.pid, &[]);
         target.cmd("recurse 300 55");
         target.cmd("thread 77");
         target.cmd(&format!("dlopen {}", plugin.display()));
@@ -961,7 +961,7 @@ mod unwinding {
         // stack is the kernel's trampoline.
         let foreign = leaktrace_tests::foreign_uretprobe(&binary, "chain_06", target.pid);
         target.cmd("chain 1 8"); // the trampoline's mapping now exists
-        let tracer = Tracer::attach(target.pid, &["--top", "100"]);
+        let tracer = Tracer::attach(target.pid, &[]);
         tracer.wait_for_stderr("allocs/s", Duration::from_secs(5));
         target.cmd("chain 3 100");
         let report = tracer.interrupt().report.unwrap();
@@ -980,19 +980,19 @@ mod unwinding {
     fn the_target_execing_a_new_image_keeps_full_stacks() {
         require_root();
         let mut target = Fixture::start(&fixture(Build::COmitFramePointer));
-        let tracer = Tracer::attach(target.pid, &["--top", "100"]);
+        let tracer = Tracer::attach(target.pid, &[]);
         target.cmd("chain 2 100");
         target.exec_again();
         // The new image's mappings reach the unwinder at the next status tick at the latest.
         std::thread::sleep(Duration::from_millis(1500));
         target.cmd("chain 3 100");
         let report = tracer.interrupt().report.unwrap();
+        // One source path: one row, with a call site per image (different addresses)
         let stacks = stacks_from(&report, "chain_12");
-        assert_eq!(
-            stacks.len(),
-            2,
-            "one stack per image (different addresses): {report:#}"
-        );
+        assert_eq!(stacks.len(), 1, "{report:#}");
+        let sites = stacks[0]["call_sites"].as_array().unwrap();
+        assert_eq!(sites.len(), 2, "one call site per image: {report:#}");
+        assert_ne!(sites[0]["addrs"][0], sites[1]["addrs"][0]);
         for stack in stacks {
             let names = functions(stack);
             assert!(
@@ -1121,7 +1121,7 @@ mod analytics {
         require_root();
         let mut target = Fixture::start(&fixture(Build::COmitFramePointer));
         // Judged over 30 s of history (a tenth of that is enough to call a leak).
-        let tracer = Tracer::attach(target.pid, &["--top", "100", "--window", "30"]);
+        let tracer = Tracer::attach(target.pid, &["--window", "30"]);
         let start = Instant::now();
         let mut second = 0;
         while start.elapsed() < Duration::from_secs(32) {
@@ -1199,7 +1199,7 @@ mod analytics {
         target.cmd("churn 500");
         let done = tracer.interrupt();
         assert!(done.status.success(), "{}", done.stderr);
-        assert!(done.stderr.contains("(pprof)"), "{}", done.stderr);
+        assert!(done.stderr.contains("(pprof, "), "{}", done.stderr);
         let profile = dir.path().join("heap.pb.gz");
         std::fs::write(&profile, &done.export_bytes).unwrap();
         let top = go_pprof(
@@ -1453,6 +1453,318 @@ mod sampling {
             );
             assert_eq!(num(&report["totals"], "unmatched_frees"), 0);
             assert_eq!(num(&report["totals"], "lost_events"), 0);
+        }
+    }
+}
+
+mod rows {
+    use super::*;
+
+    /// The rows whose frames include `function`.
+    fn rows_through<'a>(report: &'a Value, function: &str) -> Vec<&'a Value> {
+        report["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| functions(s).iter().any(|f| f.ends_with(function)))
+            .collect()
+    }
+
+    #[test]
+    fn one_leaking_path_through_fifteen_call_sites_is_one_row() {
+        require_root();
+        // The relay's shape: 40 requests, each resolving 15 names in an unrolled loop, so the
+        // one leaking path runs through 15 call instructions of one source line.
+        let relay = fixture(Build::ZigRelay);
+        let relay = relay.to_str().unwrap();
+        let done = Tracer::start(&["--", relay, "40", "1000"]).wait();
+        assert!(done.status.success(), "{}", done.stderr);
+        let report = done.report.unwrap();
+        assert_clean(&report);
+        assert_eq!(report["group_by"], "source");
+
+        // One row, with every byte and its 15 call sites
+        let rows = rows_through(&report, "allocTlsState");
+        assert_eq!(rows.len(), 1, "{report:#}");
+        let row = rows[0];
+        assert_eq!(
+            (num(row, "live_bytes"), num(row, "live_allocs")),
+            (600_000, 600)
+        );
+        let names = functions(row);
+        assert!(
+            has_subsequence(
+                &names,
+                &[
+                    "zig_relay.allocTlsState",
+                    "zig_relay.newSession",
+                    "zig_relay.openConn",
+                    "zig_relay.fetchDoc",
+                    "zig_relay.resolve",
+                    "zig_relay.serve",
+                    "zig_relay.main"
+                ]
+            ),
+            "{names:?}"
+        );
+        let sites = row["call_sites"].as_array().unwrap();
+        assert_eq!(sites.len(), 15, "{row:#}");
+        for site in sites {
+            assert_eq!(
+                (num(site, "live_bytes"), num(site, "live_allocs")),
+                (40_000, 40),
+                "{site:#}"
+            );
+        }
+        // They differ in the return address into `serve` only, all at one source line
+        let serve = names.iter().position(|n| n.ends_with("serve")).unwrap();
+        let frame = &row["frames"][serve];
+        assert!(
+            frame["file"].as_str().unwrap().ends_with("zig_relay.zig"),
+            "{frame}"
+        );
+        let mut addrs: Vec<&str> = sites
+            .iter()
+            .map(|s| s["addrs"][serve].as_str().unwrap())
+            .collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        assert_eq!(addrs.len(), 15, "15 distinct return addresses into serve");
+        // The record leaked from one call site is a row of its own
+        let records = rows_through(&report, "createSessionRecord");
+        assert_eq!(records.len(), 1, "{report:#}");
+        let record = records[0];
+        assert_eq!(
+            (num(record, "live_bytes"), num(record, "live_allocs")),
+            (20_000, 40)
+        );
+        assert_eq!(record["call_sites"].as_array().unwrap().len(), 1);
+        assert!(
+            done.stdout.contains("merged from 15 call sites"),
+            "{}",
+            done.stdout
+        );
+
+        // And --group-by address shows the 15 stacks apart
+        let raw = Tracer::start(&["--group-by", "address", "--", relay, "40", "1000"]).wait();
+        let raw = raw.report.unwrap();
+        assert_eq!(raw["group_by"], "address");
+        let rows = rows_through(&raw, "allocTlsState");
+        assert_eq!(rows.len(), 15, "{raw:#}");
+        for row in rows {
+            assert_eq!(num(row, "live_bytes"), 40_000);
+            assert_eq!(row["call_sites"].as_array().unwrap().len(), 1);
+        }
+    }
+
+    #[test]
+    fn exports_hold_every_row_and_every_cut_is_counted() {
+        require_root();
+        // 30 distinct paths (recursions 1 to 30 deep), more than the text report's 20
+        let mut target = Fixture::start(&fixture(Build::COmitFramePointer));
+        let tracer = Tracer::attach(target.pid, &[]);
+        for depth in 1..=30 {
+            target.cmd(&format!("recurse {depth} 64"));
+        }
+        let done = tracer.interrupt();
+        assert!(done.status.success(), "{}", done.stderr);
+        let report = done.report.unwrap();
+        let rows = report["stacks"].as_array().unwrap();
+        let recursions = rows_through(&report, "recurse");
+        assert_eq!(recursions.len(), 30, "every path is in the export");
+        assert!(recursions.iter().all(|r| num(r, "live_bytes") == 64));
+        assert_eq!(num(&report["omitted"], "rows"), 0);
+        let listed: u64 = rows.iter().map(|r| num(r, "live_bytes")).sum();
+        assert_eq!(listed, num(&report["totals"], "live_bytes"));
+        // The text report shows 20 and says what it left out
+        let more = rows.len() - 20;
+        assert!(
+            done.stdout
+                .contains(&format!("top 20 of {} stacks", rows.len())),
+            "{}",
+            done.stdout
+        );
+        assert!(
+            done.stdout
+                .contains(&format!("... {more} more stacks holding")),
+            "{}",
+            done.stdout
+        );
+
+        // With --top, the export is cut and says what the cut rows hold
+        let tracer = Tracer::attach(target.pid, &["--top", "5"]);
+        for depth in 1..=8 {
+            target.cmd(&format!("recurse {depth} 64"));
+        }
+        let done = tracer.interrupt();
+        let report = done.report.unwrap();
+        let rows = report["stacks"].as_array().unwrap();
+        assert_eq!(rows.len(), 5);
+        let omitted = &report["omitted"];
+        assert!(num(omitted, "rows") >= 3, "{omitted}");
+        let listed: u64 = rows.iter().map(|r| num(r, "live_bytes")).sum();
+        assert_eq!(
+            listed + num(omitted, "live_bytes"),
+            num(&report["totals"], "live_bytes")
+        );
+        assert!(done.stderr.contains("(json, 5 of "), "{}", done.stderr);
+    }
+}
+
+mod symbols {
+    use super::*;
+
+    /// The row of `leak 25 1000`: 25 blocks of 1000 bytes, found by its figures alone.
+    fn leak_row(report: &Value) -> &Value {
+        let rows: Vec<&Value> = report["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| num(s, "live_bytes") == 25_000 && num(s, "live_allocs") == 25)
+            .collect();
+        assert_eq!(rows.len(), 1, "{report:#}");
+        rows[0]
+    }
+
+    fn trace_leak(build: Build, extra: &[&str]) -> (Value, String) {
+        let mut target = Fixture::start(&fixture(build));
+        let tracer = Tracer::attach(target.pid, extra);
+        target.cmd("leak 25 1000");
+        let done = tracer.interrupt();
+        assert!(done.status.success(), "{}", done.stderr);
+        (done.report.unwrap(), done.stdout)
+    }
+
+    fn assert_named_with_lines(row: &Value) {
+        let names = functions(row);
+        assert!(
+            has_subsequence(
+                &names,
+                &["alloc_buffer", "parse_header", "leak_request", "main"]
+            ),
+            "{names:?}"
+        );
+        let leaf = &row["frames"][0];
+        assert!(
+            leaf["file"].as_str().unwrap().ends_with("leaky.c"),
+            "{leaf}"
+        );
+        assert!(leaf["line"].as_u64().is_some(), "{leaf}");
+    }
+
+    #[test]
+    fn a_stripped_binary_is_named_from_its_build_id_debug_file() {
+        require_root();
+        let binary = fixture(Build::CStrippedBuildId);
+        let id = build_id(&binary);
+
+        // Without its debug files: the frames keep module, build id and file offset
+        let (report, stdout) = trace_leak(Build::CStrippedBuildId, &[]);
+        let row = leak_row(&report);
+        for frame in row["frames"].as_array().unwrap().iter().take(3) {
+            assert!(frame["function"].is_null(), "{frame}");
+            assert!(frame["file"].is_null(), "{frame}");
+            assert_eq!(frame["module"], "leaky");
+            assert_eq!(frame["build_id"], id.as_str());
+            assert!(
+                frame["offset"].as_str().unwrap().starts_with("0x"),
+                "{frame}"
+            );
+        }
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("  leaky: ")
+                    && l.ends_with(&format!("frames, build id {id}"))),
+            "the text report names the build id to look for: {stdout}"
+        );
+        // Stacks through different unnamed addresses stay apart
+        assert_eq!(row["call_sites"].as_array().unwrap().len(), 1);
+
+        // With --debuginfo-dir: functions and file:line
+        let dir = debug_dir(Build::CStrippedBuildId);
+        let (report, _) = trace_leak(
+            Build::CStrippedBuildId,
+            &["--debuginfo-dir", dir.to_str().unwrap()],
+        );
+        assert_named_with_lines(leak_row(&report));
+    }
+
+    #[test]
+    fn a_debuglink_and_minidebuginfo_are_followed() {
+        require_root();
+        // The debug file beside the binary in .debug/, named by .gnu_debuglink: no flag needed
+        let (report, _) = trace_leak(Build::CStrippedDebugLink, &[]);
+        assert_named_with_lines(leak_row(&report));
+
+        // MiniDebugInfo: names from the compressed symbol table, no lines
+        let (report, _) = trace_leak(Build::CMiniDebugInfo, &[]);
+        let row = leak_row(&report);
+        let names = functions(row);
+        assert!(
+            has_subsequence(
+                &names,
+                &["alloc_buffer", "parse_header", "leak_request", "main"]
+            ),
+            "{names:?}"
+        );
+        assert!(row["frames"][0]["file"].is_null(), "{row:#}");
+    }
+
+    #[test]
+    fn a_missing_debuginfo_dir_is_refused() {
+        require_root();
+        let (status, _, stderr) =
+            run_leaktrace(&["--debuginfo-dir", "/nonexistent/debug", "-p", "1"]);
+        assert_eq!(status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("--debuginfo-dir"), "{stderr}");
+    }
+
+    #[test]
+    fn a_library_unloaded_and_another_loaded_in_its_place_keep_their_own_names() {
+        require_root();
+        let alpha = fixture(Build::Plugin);
+        let beta = fixture(Build::PluginBeta);
+        let mut target = Fixture::start(&fixture(Build::COmitFramePointer));
+        let tracer = Tracer::attach(target.pid, &[]);
+        let loaded_alpha = target.cmd(&format!("dlopen {}", alpha.display()));
+        tracer.wait_for_stderr("libplugin.so", Duration::from_secs(5));
+        target.cmd("plugin 3 64");
+        // leaktrace names a stack from the library mapped when it read the stack's first event
+        // (within ~10 ms of it): let it read these before the library goes.
+        tracer.wait_for_next_status();
+        target.cmd("dlclose");
+        let loaded_beta = target.cmd(&format!("dlopen {}", beta.display()));
+        tracer.wait_for_stderr("libplugin_beta.so", Duration::from_secs(5));
+        target.cmd("plugin 5 96");
+        assert_eq!(
+            loaded_alpha, loaded_beta,
+            "the second library must be loaded where the first was"
+        );
+        let report = tracer.interrupt().report.unwrap();
+
+        // The blocks the unloaded library left are named from it, the new ones from the new
+        let alpha_row = stack_from(&report, "plugin_make");
+        assert_eq!(
+            (num(alpha_row, "live_bytes"), num(alpha_row, "live_allocs")),
+            (192, 3)
+        );
+        assert_eq!(alpha_row["frames"][0]["module"], "libplugin.so");
+        let beta_row = stack_from(&report, "beta_make");
+        assert_eq!(
+            (num(beta_row, "live_bytes"), num(beta_row, "live_allocs")),
+            (480, 5)
+        );
+        assert_eq!(beta_row["frames"][0]["module"], "libplugin_beta.so");
+        for row in [alpha_row, beta_row] {
+            assert!(
+                has_subsequence(
+                    &functions(row),
+                    &["plugin_alloc", "call_plugin", "run", "main"]
+                ),
+                "{row:#}"
+            );
         }
     }
 }

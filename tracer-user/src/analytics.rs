@@ -204,6 +204,13 @@ impl AgeHistogram {
         }
     }
 
+    /// Adds `other`'s counts, bucket by bucket.
+    pub fn absorb(&mut self, other: &AgeHistogram) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets) {
+            *mine = mine.saturating_add(theirs);
+        }
+    }
+
     /// Blocks counted.
     pub fn total(&self) -> u64 {
         self.buckets.iter().fold(0, |a, &b| a.saturating_add(b))

@@ -3,7 +3,10 @@ use std::{ffi::OsString, path::PathBuf};
 
 use clap::Parser;
 
-use crate::{export::Format, probes::UnwindMode};
+use crate::{export::Format, grouping::GroupBy, probes::UnwindMode};
+
+/// Rows the text report on stdout shows without `--top`.
+pub const DEFAULT_TEXT_TOP: usize = 20;
 
 /// Attach to a running process (or start one) and report its outstanding heap by call stack.
 ///
@@ -19,6 +22,7 @@ use crate::{export::Format, probes::UnwindMode};
     sudo leaktrace -p 1234 --duration 60 --export heap.json\n  \
     sudo leaktrace --no-tui --export heap.folded -- ./my-service --port 8080\n  \
     sudo leaktrace -p 1234 --snapshot-every 15m --snapshot-dir snaps --keep 96\n  \
+    sudo leaktrace -p 1234 --debuginfo-dir ./debug --group-by address\n  \
     leaktrace diff snaps/leaktrace-1234-20261121T010000Z.json snaps/leaktrace-1234-20261121T020000Z.json")]
 pub struct Cli {
     /// Trace the running process with this pid.
@@ -33,13 +37,25 @@ pub struct Cli {
     #[arg(short, long, value_name = "SECS", default_value = "1", value_parser = positive_secs)]
     pub interval: f64,
 
-    /// Number of stacks in the final report.
-    #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
-    pub top: usize,
+    /// Rows in the export and snapshots (default: every row) and in the text report on stdout
+    /// (default: 20). Where rows are cut, the report says how many and what they hold.
+    #[arg(short = 'n', long, value_name = "N", value_parser = positive_count)]
+    pub top: Option<usize>,
 
-    /// Write the final report (all stacks with live bytes, not only the top N) to this file.
+    /// Write the final report (every row, unless --top is given) to this file.
     #[arg(short, long, value_name = "PATH")]
     pub export: Option<PathBuf>,
+
+    /// What a row is: source (stacks with the same functions and source lines are one row,
+    /// however many call instructions they went through; each keeps its call sites) or
+    /// address (every distinct stack of return addresses is a row).
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = GroupBy::Source)]
+    pub group_by: GroupBy,
+
+    /// Also look for separate debug files (by build id, DIR/.build-id/ab/cdef.debug, or by
+    /// .gnu_debuglink name) in DIR, before /usr/lib/debug. Repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub debuginfo_dir: Vec<PathBuf>,
 
     /// Format of the export file: json, folded (for inferno/flamegraph.pl), text or pprof
     /// (gzipped profile.proto for go tool pprof, Pyroscope, Parca).
@@ -134,6 +150,13 @@ fn non_negative_secs(text: &str) -> Result<f64, String> {
     }
 }
 
+fn positive_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("`{text}` must be a whole number of at least 1")),
+    }
+}
+
 fn ringbuf_mib(text: &str) -> Result<u32, String> {
     let value: u32 = text
         .parse()
@@ -199,6 +222,8 @@ mod tests {
             &["leaktrace", "-p", "1", "--interval", "0"],
             &["leaktrace", "-p", "1", "--format", "xml"],
             &["leaktrace", "-p", "1", "--ringbuf-mib", "3"],
+            &["leaktrace", "-p", "1", "--top", "0"],
+            &["leaktrace", "-p", "1", "--group-by", "line"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
         }

@@ -2,16 +2,18 @@
 //!
 //! [`load`] reads the contract fields of a JSON export ([`crate::report`]) and ignores the rest,
 //! so exports from newer or older leaktrace versions load as long as those fields are there.
-//! [`diff`] matches stacks between the two by their symbolized frames, not their addresses
-//! (ASLR moves code between runs): each frame is its function name and the file name of its
-//! module, or the module and `?` when the function is unknown ([`FrameKey`]). Stacks with the
-//! same key on one side (they differed only in addresses or lines) are added together, and a
-//! stack found on one side only counts as 0 on the other. [`write_text`] prints the result.
+//! [`diff`] matches rows between the two the way a trace makes rows ([`crate::grouping`]):
+//! by their symbolized frames, not their addresses (ASLR moves code between runs). Each frame
+//! is its function name, the file name of its module and its source file and line where known,
+//! or, when the function is unknown, its module and file offset ([`FrameKey`]). Rows with the
+//! same key on one side (exports written with `--group-by address`) are added together, and a
+//! row found on one side only counts as 0 on the other. [`write_text`] prints the result.
 //!
-//! Two caveats the text output repeats: an export lists only its top stacks, so a stack missing
-//! from one side may merely have been below that side's cut; and the time between the exports,
-//! hence a growth rate, is only known when both come from one trace of one process (same pid,
-//! `duration_s` counted from the same attach).
+//! Two caveats the text output gives: an export cut with `--top` leaves rows out (it says how
+//! many in `omitted`, and so does the diff), so a row missing from one side may merely have been
+//! below that side's cut; and the time between the exports, hence a growth rate, is only known
+//! when both come from one trace of one process (same pid, `duration_s` counted from the same
+//! attach).
 //!
 //! For pprof exports, `go tool pprof -top -base before.pb.gz after.pb.gz` gives the same
 //! comparison by function.
@@ -19,14 +21,18 @@
 
 use std::{
     collections::HashMap,
-    fmt, fs,
+    fs,
     io::{self, Write},
     path::{Path, PathBuf},
 };
 
 use serde::Deserialize;
 
-use crate::{export::human_bytes, report::Report};
+use crate::{
+    export::human_bytes,
+    grouping::FrameKey,
+    report::{Omitted, Report},
+};
 
 /// Frames shown per stack in [`write_text`].
 pub const SHOWN_FRAMES: usize = 4;
@@ -69,6 +75,29 @@ pub struct ReportFile {
     pub totals: FileTotals,
     /// The exported stacks.
     pub stacks: Vec<FileStack>,
+    /// Rows the export left out (`--top`); absent in exports older than the field.
+    #[serde(default)]
+    pub omitted: FileOmitted,
+}
+
+/// The rows an export left out.
+#[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileOmitted {
+    /// How many.
+    #[serde(default)]
+    pub rows: u64,
+    /// Bytes live in them.
+    #[serde(default)]
+    pub live_bytes: u64,
+}
+
+impl From<Omitted> for FileOmitted {
+    fn from(omitted: Omitted) -> Self {
+        Self {
+            rows: omitted.rows,
+            live_bytes: omitted.live_bytes,
+        }
+    }
 }
 
 /// Whole-process counters of a [`ReportFile`].
@@ -94,12 +123,43 @@ pub struct FileStack {
 }
 
 /// One frame of a [`FileStack`].
-#[derive(Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct FileFrame {
     /// Function name, if known.
     pub function: Option<String>,
     /// Module path, if known.
     pub module: Option<String>,
+    /// Source file, if known.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Source line, if known.
+    #[serde(default)]
+    pub line: Option<u32>,
+    /// Offset in the module's file, a `"0x…"` string (absent in older exports).
+    #[serde(default, deserialize_with = "hex_opt")]
+    pub offset: Option<u64>,
+}
+
+fn hex_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let text: Option<String> = Option::deserialize(d)?;
+    text.map(|t| {
+        u64::from_str_radix(t.trim_start_matches("0x"), 16)
+            .map_err(|_| serde::de::Error::custom(format!("offset {t:?} is not hex")))
+    })
+    .transpose()
+}
+
+impl FileFrame {
+    /// The frame's key ([`FrameKey`]).
+    pub fn key(&self) -> FrameKey {
+        FrameKey::new(
+            self.function.as_deref(),
+            self.module.as_deref(),
+            self.file.as_deref(),
+            self.line,
+            self.offset,
+        )
+    }
 }
 
 impl From<&Report> for ReportFile {
@@ -124,10 +184,14 @@ impl From<&Report> for ReportFile {
                         .map(|f| FileFrame {
                             function: f.function.clone(),
                             module: f.module.clone(),
+                            file: f.file.clone(),
+                            line: f.line,
+                            offset: f.offset,
                         })
                         .collect(),
                 })
                 .collect(),
+            omitted: report.omitted.into(),
         }
     }
 }
@@ -142,6 +206,7 @@ impl ReportFile {
             duration_s: self.duration_s,
             live_bytes: self.totals.live_bytes,
             live_allocs: self.totals.live_allocs,
+            omitted: self.omitted,
         }
     }
 }
@@ -161,6 +226,8 @@ pub struct Meta {
     pub live_bytes: u64,
     /// Process-wide live blocks.
     pub live_allocs: u64,
+    /// Rows the export left out.
+    pub omitted: FileOmitted,
 }
 
 /// Reads the JSON export at `path`.
@@ -174,39 +241,6 @@ pub fn load(path: impl AsRef<Path>) -> Result<ReportFile, DiffError> {
         path: path.to_owned(),
         source,
     })
-}
-
-/// A frame as stacks are matched by: function name and module file name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FrameKey {
-    /// Function name, if known.
-    pub function: Option<String>,
-    /// The module's file name (`libc.so.6`), if known.
-    pub module: Option<String>,
-}
-
-impl FrameKey {
-    fn new(frame: &FileFrame) -> Self {
-        let module = frame
-            .module
-            .as_deref()
-            .map(|m| m.rsplit('/').next().unwrap_or(m).to_owned());
-        Self {
-            function: frame.function.clone(),
-            module,
-        }
-    }
-}
-
-impl fmt::Display for FrameKey {
-    /// `function`, else `[module] ?`, else `?`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.function, &self.module) {
-            (Some(function), _) => f.write_str(&crate::export::one_line(function)),
-            (None, Some(module)) => write!(f, "[{}] ?", crate::export::one_line(module)),
-            (None, None) => f.write_str("?"),
-        }
-    }
 }
 
 /// How one stack changed between two exports.
@@ -277,7 +311,7 @@ pub fn diff(before: &ReportFile, after: &ReportFile) -> Vec<StackDelta> {
     let mut by_key: HashMap<Vec<FrameKey>, Sides> = HashMap::new();
     for (side, report) in [before, after].into_iter().enumerate() {
         for stack in &report.stacks {
-            let key = stack.frames.iter().map(FrameKey::new).collect();
+            let key = stack.frames.iter().map(FileFrame::key).collect();
             let entry = by_key.entry(key).or_default();
             if let (Some(bytes), Some(allocs)) =
                 (entry.bytes.get_mut(side), entry.allocs.get_mut(side))
@@ -411,10 +445,17 @@ pub fn write_text<W: Write>(
         after.live_bytes,
         signed_delta(before.live_allocs, after.live_allocs)
     )?;
-    writeln!(
-        out,
-        "(exports list their top stacks only: a stack missing on one side may be below its cut)"
-    )?;
+    for (label, meta) in [("before", before), ("after", after)] {
+        if meta.omitted.rows > 0 {
+            writeln!(
+                out,
+                "({label} left out {} rows holding {} (--top): a stack missing there may be \
+                 below its cut)",
+                meta.omitted.rows,
+                human_bytes(meta.omitted.live_bytes)
+            )?;
+        }
+    }
     out.flush()
 }
 
@@ -437,6 +478,8 @@ mod tests {
             file: None,
             line: None,
             addr,
+            offset: None,
+            build_id: None,
             inlined: false,
         }
     }
@@ -467,6 +510,8 @@ mod tests {
                 ..ReportTotals::default()
             },
             diagnostics: Diagnostics::default(),
+            group_by: "source".to_owned(),
+            omitted: crate::report::Omitted::default(),
             stacks,
         }
     }
@@ -585,6 +630,71 @@ mod tests {
         let (before, after) = before_after();
         assert_eq!(elapsed_s(&after, &before), None, "swapped: negative time");
         assert_eq!(elapsed_s(&before, &before), None, "zero time");
+    }
+
+    #[test]
+    fn rows_match_the_way_a_trace_groups_them() {
+        // Given one function allocating from two source lines, and an unnamed frame at two
+        // file offsets of one stripped module
+        let exe = "/usr/bin/server";
+        let at_line = |line: u32, addr: u64| Frame {
+            file: Some("server.c".to_owned()),
+            line: Some(line),
+            ..frame(Some("new_session"), exe, addr)
+        };
+        let unnamed = |offset: u64, addr: u64| Frame {
+            offset: Some(offset),
+            ..frame(None, exe, addr)
+        };
+        let side = |base: u64, bytes: u64| {
+            report(
+                1,
+                1.0,
+                vec![
+                    stack(bytes, 1, vec![at_line(10, base + 0x10)]),
+                    stack(bytes * 2, 1, vec![at_line(11, base + 0x20)]),
+                    stack(bytes * 3, 1, vec![unnamed(0x500, base + 0x500)]),
+                    stack(bytes * 4, 1, vec![unnamed(0x600, base + 0x600)]),
+                ],
+            )
+        };
+
+        // When diffing exports of two runs at other addresses
+        let deltas = diff(&(&side(0x1000, 100)).into(), &(&side(0x9000, 1000)).into());
+
+        // Then each line and each offset is its own row, matched across the runs
+        let rows: Vec<(String, i64)> = deltas
+            .iter()
+            .map(|d| (d.summary(1), d.delta_bytes))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("[server] +0x600".to_owned(), 3600),
+                ("[server] +0x500".to_owned(), 2700),
+                ("new_session".to_owned(), 1800),
+                ("new_session".to_owned(), 900),
+            ]
+        );
+    }
+
+    #[test]
+    fn exports_cut_with_top_say_so() {
+        // Given an export that left two rows out
+        let (before, mut after) = before_after();
+        after.omitted = FileOmitted {
+            rows: 2,
+            live_bytes: 4096,
+        };
+
+        // Then the diff says so, and only then
+        let text = render(&before, &after);
+        assert!(
+            text.contains("(after left out 2 rows holding 4.0 KiB (--top)"),
+            "{text}"
+        );
+        assert!(!text.contains("before left out"), "{text}");
+        assert!(!render(&before, &before).contains("left out"));
     }
 
     #[test]

@@ -137,6 +137,26 @@ pub struct StackStats {
     pub ages: AgeHistogram,
 }
 
+impl StackStats {
+    /// Adds `other`'s figures to these, as for one row made of both stacks: counts and bytes
+    /// add up, the oldest live block is the older of the two.
+    pub fn absorb(&mut self, other: &StackStats) {
+        self.live_bytes = self.live_bytes.saturating_add(other.live_bytes);
+        self.live_allocs = self.live_allocs.saturating_add(other.live_allocs);
+        self.total_allocs = self.total_allocs.saturating_add(other.total_allocs);
+        self.total_bytes = self.total_bytes.saturating_add(other.total_bytes);
+        self.oldest_live_ts_ns = match (self.oldest_live_ts_ns, other.oldest_live_ts_ns) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.oldest_live_age_ns = match (self.oldest_live_age_ns, other.oldest_live_age_ns) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.ages.absorb(&other.ages);
+    }
+}
+
 /// Whole-process counters, as returned by [`HeapModel::totals`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Totals {

@@ -7,12 +7,17 @@
 //! {"pid", "command", "duration_s", "unwind",
 //!  "totals": {"allocs", "frees", "live_bytes", "live_allocs", "unmatched_frees", "lost_events"},
 //!  "diagnostics": {"ringbuf_full", ..., "tracer_memory_bytes"},
+//!  "group_by", "omitted": {"rows", "live_bytes", "live_allocs", "total_allocs", "total_bytes"},
 //!  "stacks": [{"live_bytes", "live_allocs", "total_allocs", "total_bytes", "oldest_age_s",
-//!              "truncated", "frames": [{"function", "module", "file", "line", "addr",
-//!                                       "inlined"}]}]}
+//!              "truncated", ..., "frames": [{"function", "module", "file", "line", "addr",
+//!                                            "offset", "build_id", "inlined"}],
+//!              "call_sites": [{"live_bytes", "live_allocs", "total_allocs", "total_bytes",
+//!                              "addrs"}]}]}
 //! ```
 //!
-//! Missing values are `null`; `addr` is a hex string such as `"0x55d0c0de1234"`.
+//! Each entry of `stacks` is a row: the stacks that are the same at the source level (see
+//! [`crate::grouping`]), whose distinct return-address stacks are its `call_sites`. Missing
+//! values are `null`; addresses and offsets are hex strings such as `"0x55d0c0de1234"`.
 #![warn(missing_docs)]
 
 use std::cmp::Ordering;
@@ -29,7 +34,7 @@ use crate::{
 const NS_PER_S: f64 = 1e9;
 
 /// Everything one export contains.
-#[derive(Serialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
 pub struct Report {
     /// The traced process.
     pub pid: u32,
@@ -47,8 +52,50 @@ pub struct Report {
     pub totals: ReportTotals,
     /// Every loss and health counter.
     pub diagnostics: Diagnostics,
-    /// Stacks, sorted by [`sort_stacks`] and cut to the top N by the caller.
+    /// How stacks were made rows: `"source"` or `"address"` (see [`crate::grouping`]).
+    pub group_by: String,
+    /// The rows left out of `stacks` when it was cut to the top N ([`Report::keep_top`]).
+    pub omitted: Omitted,
+    /// Rows, sorted by [`sort_stacks`].
     pub stacks: Vec<StackReport>,
+}
+
+impl Report {
+    /// Keeps the first `n` rows, adding the rest to [`Report::omitted`].
+    pub fn keep_top(&mut self, n: usize) {
+        if n >= self.stacks.len() {
+            return;
+        }
+        for row in self.stacks.split_off(n) {
+            self.omitted.add(&row);
+        }
+    }
+}
+
+/// Rows a report leaves out, and what they hold.
+#[derive(Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Omitted {
+    /// Rows left out.
+    pub rows: u64,
+    /// Bytes live in them.
+    pub live_bytes: u64,
+    /// Blocks live in them.
+    pub live_allocs: u64,
+    /// Allocations they made since attach.
+    pub total_allocs: u64,
+    /// Bytes they requested since attach.
+    pub total_bytes: u64,
+}
+
+impl Omitted {
+    /// Counts `row` as left out.
+    pub fn add(&mut self, row: &StackReport) {
+        self.rows += 1;
+        self.live_bytes = self.live_bytes.saturating_add(row.live_bytes);
+        self.live_allocs = self.live_allocs.saturating_add(row.live_allocs);
+        self.total_allocs = self.total_allocs.saturating_add(row.total_allocs);
+        self.total_bytes = self.total_bytes.saturating_add(row.total_bytes);
+    }
 }
 
 /// Whole-process counters of a [`Report`].
@@ -202,12 +249,13 @@ impl Diagnostics {
     }
 }
 
-/// One allocating call stack. `Default` (nothing live, no frames, verdict unknown) is for tests
-/// and builders that set the fields they care about.
+/// One row: an allocating call path as a person reads it, made of one or more stacks of return
+/// addresses (its [`StackReport::call_sites`]). `Default` (nothing live, no frames, verdict
+/// unknown) is for tests and builders that set the fields they care about.
 #[derive(Serialize, Clone, Debug, Default, PartialEq)]
 pub struct StackReport {
-    /// The kernel's id for this stack within this run (not exported: ids are hashes of
-    /// addresses, which differ between runs).
+    /// The row's id within this run (not exported: ids are handed out in order of first sight,
+    /// which differs between runs).
     #[serde(skip)]
     pub id: u64,
     /// Bytes allocated here and still live.
@@ -234,8 +282,41 @@ pub struct StackReport {
     pub growth_r2: Option<f64>,
     /// Live blocks by age.
     pub ages: AgeHistogram,
-    /// Frames, innermost first: index 0 is the allocator's caller.
+    /// Frames, innermost first: index 0 is the allocator's caller. Addresses are those of the
+    /// first call site.
     pub frames: Vec<Frame>,
+    /// The distinct stacks of return addresses this row merged, most live bytes first.
+    pub call_sites: Vec<CallSite>,
+}
+
+/// One stack of return addresses within a row.
+#[derive(Serialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallSite {
+    /// The stack's id within this run (not exported).
+    #[serde(skip)]
+    pub stack_id: u64,
+    /// Bytes allocated here and still live.
+    pub live_bytes: u64,
+    /// Blocks allocated here and still live.
+    pub live_allocs: u64,
+    /// Allocations made here since attach.
+    pub total_allocs: u64,
+    /// Bytes requested here since attach.
+    pub total_bytes: u64,
+    /// The address of each of the row's frames in this stack (parallel to
+    /// [`StackReport::frames`]).
+    #[serde(serialize_with = "serialize_hex_list")]
+    pub addrs: Vec<u64>,
+}
+
+impl CallSite {
+    /// The first frame at which this call site's address differs from `other`'s, if any.
+    pub fn differs_at(&self, other: &CallSite) -> Option<usize> {
+        self.addrs
+            .iter()
+            .zip(&other.addrs)
+            .position(|(a, b)| a != b)
+    }
 }
 
 impl StackReport {
@@ -262,6 +343,7 @@ impl StackReport {
             growth_r2: None,
             ages: stats.ages,
             frames,
+            call_sites: Vec::new(),
         }
     }
 
@@ -286,6 +368,12 @@ pub struct Frame {
     /// Address in the traced process (serialized as a `"0x…"` string).
     #[serde(serialize_with = "serialize_hex")]
     pub addr: u64,
+    /// Offset of `addr` in the module's file (a `"0x…"` string), so the frame can be symbolized
+    /// later from the module and its build id.
+    #[serde(serialize_with = "serialize_hex_opt")]
+    pub offset: Option<u64>,
+    /// The module's GNU build id, in hex.
+    pub build_id: Option<String>,
     /// This function was inlined into the next (outer) frame.
     pub inlined: bool,
 }
@@ -299,6 +387,8 @@ impl Frame {
             file: None,
             line: None,
             addr,
+            offset: None,
+            build_id: None,
             inlined: false,
         }
     }
@@ -339,15 +429,19 @@ pub fn sort_stacks(stacks: &mut [StackReport]) {
     stacks.sort_by(compare_stacks);
 }
 
-/// Sorts stacks into report order and keeps the first `top_n`.
-pub fn top_stacks(mut stacks: Vec<StackReport>, top_n: usize) -> Vec<StackReport> {
-    sort_stacks(&mut stacks);
-    stacks.truncate(top_n);
-    stacks
-}
-
 fn serialize_hex<S: Serializer>(addr: &u64, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(&format_args!("{addr:#x}"))
+}
+
+fn serialize_hex_opt<S: Serializer>(addr: &Option<u64>, serializer: S) -> Result<S::Ok, S::Error> {
+    match addr {
+        Some(addr) => serialize_hex(addr, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+fn serialize_hex_list<S: Serializer>(addrs: &[u64], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(addrs.iter().map(|a| format!("{a:#x}")))
 }
 
 #[cfg(test)]
@@ -412,19 +506,33 @@ mod tests {
     }
 
     #[test]
-    fn top_stacks_sorts_then_truncates() {
-        // Given three stacks
-        let stacks = vec![
-            stack(1, 1, None, 1),
-            stack(3, 3, None, 3),
-            stack(2, 2, None, 2),
-        ];
+    fn keep_top_counts_what_it_cuts() {
+        // Given a report of three rows
+        let mut report = Report {
+            stacks: vec![
+                stack(3, 30, None, 3),
+                stack(2, 20, None, 2),
+                stack(1, 10, None, 1),
+            ],
+            ..Report::default()
+        };
 
-        // When keeping the top two
-        let top = top_stacks(stacks, 2);
+        // When keeping the top one, then cutting again
+        report.keep_top(1);
+        report.keep_top(5);
 
-        // Then the biggest two remain
-        assert_eq!(top.iter().map(|s| s.live_bytes).collect::<Vec<_>>(), [3, 2]);
+        // Then the other two are counted as omitted, with what they hold
+        assert_eq!(report.stacks.len(), 1);
+        assert_eq!(
+            report.omitted,
+            Omitted {
+                rows: 2,
+                live_bytes: 3,
+                live_allocs: 2,
+                total_allocs: 2,
+                total_bytes: 30,
+            }
+        );
     }
 
     #[test]
@@ -533,7 +641,7 @@ mod tests {
         // Then
         assert_eq!(
             json,
-            r#"{"function":null,"module":null,"file":null,"line":null,"addr":"0x55d0c0de1234","inlined":false}"#
+            r#"{"function":null,"module":null,"file":null,"line":null,"addr":"0x55d0c0de1234","offset":null,"build_id":null,"inlined":false}"#
         );
     }
 

@@ -26,18 +26,21 @@ use tokio::{
 use crate::{
     allocator::{self, Allocator},
     analytics::{self, Thresholds, VerdictInput},
-    cli::Cli,
+    cli::{Cli, DEFAULT_TEXT_TOP},
+    debuginfo::{DebugDirs, SymbolFile},
     error::{Failure, chain},
     events,
     export::{self, Format},
+    grouping::{self, Member},
     heap::{HeapConfig, HeapModel},
     history::{History, Series},
     launch::{self, Launched},
-    probes::{Counters, KernelStack, ProbeConfig, Probes, UnwindMode},
+    probes::{Counters, ProbeConfig, Probes, UnwindMode},
     process::{Mapping, Process},
-    report::{Diagnostics, Report, ReportTotals, StackReport, sort_stacks},
+    report::{Diagnostics, Omitted, Report, ReportTotals, sort_stacks},
     snapshot::Snapshot,
     soak::Soak,
+    stacks::Stacks,
     symbolize::{ModuleMap, StackSymbolizer},
     tui::{self, TuiOptions},
     unwind_tables::UnwindTables,
@@ -92,6 +95,14 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
         }
         _ => None,
     };
+    for dir in &cli.debuginfo_dir {
+        if !dir.is_dir() {
+            return Err(Failure::usage(
+                format!("--debuginfo-dir {} is not a directory", dir.display()),
+                "give a directory of debug files (e.g. one holding .build-id/)",
+            ));
+        }
+    }
     let export = match &cli.export {
         Some(path) => Some((path.clone(), cli.export_format(), check_export_path(path)?)),
         None => None,
@@ -217,6 +228,9 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
     }
     .map_err(|err| Failure::runtime(chain(&err), None))?;
     describe_attach(&process, &allocator, &probes);
+    if launched.is_none() {
+        describe_symbols(&process, &DebugDirs::new(&cli.debuginfo_dir));
+    }
 
     let mut session = Session::new(cli, process, probes, launched, tables);
     if let Some(mut launched) = session.launched.take() {
@@ -405,6 +419,32 @@ fn describe_attach(process: &Process, allocator: &Allocator, probes: &Probes) {
     eprintln!("leaktrace:   {}", probes.returns().describe());
 }
 
+/// Says where the target program's names come from, with a hint when static functions will
+/// stay unnamed (a stripped binary without debug files).
+fn describe_symbols(process: &Process, dirs: &DebugDirs) {
+    let Ok(exe) = std::fs::read_link(format!("/proc/{}/exe", process.pid)) else {
+        return;
+    };
+    let Ok(file) = File::open(format!("/proc/{}/exe", process.pid)) else {
+        return;
+    };
+    let path = exe.to_string_lossy();
+    let path = path.trim_end_matches(" (deleted)");
+    let symbols = SymbolFile::locate(std::sync::Arc::new(file), path, process.pid, dirs);
+    let build_id = symbols
+        .build_id_hex()
+        .map_or_else(String::new, |id| format!(", build id {id}"));
+    let hint = if symbols.origin.has_lines() {
+        ""
+    } else {
+        ": install its debug symbols (Debian: its -dbgsym package) or give --debuginfo-dir"
+    };
+    eprintln!(
+        "leaktrace:   symbols of {path}: {}{build_id}{hint}",
+        symbols.origin
+    );
+}
+
 /// Opens a pidfd for `pid`: readable once the process exits.
 fn pidfd(pid: u32) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
@@ -460,15 +500,14 @@ struct Session {
     heap: HeapModel,
     modules: ModuleMap,
     symbolizer: StackSymbolizer,
-    /// Stack ids seen in events, to notice new ones.
-    seen_stacks: HashSet<u64>,
-    /// Frames read from the kernel's stack map, by id.
-    stacks: HashMap<u64, KernelStack>,
+    /// Every stack seen in events: pinned, symbolized, given its row.
+    stacks: Stacks,
     maps_dirty: bool,
     started: Instant,
     duration: Option<Duration>,
     interval: Duration,
-    top: usize,
+    /// `--top`: rows in exports and snapshots (all when `None`).
+    top: Option<usize>,
     /// `--min-age`: live figures count only blocks at least this old.
     min_age_ns: u64,
     /// `--snapshot-every`: where and how often.
@@ -517,7 +556,8 @@ impl Session {
     ) -> Self {
         // A launched child still runs leaktrace's own image until it execs: learn its modules
         // after release, from the first stacks.
-        let mut modules = ModuleMap::new(process.pid);
+        let dirs = DebugDirs::new(&cli.debuginfo_dir);
+        let mut modules = ModuleMap::new(process.pid, dirs.clone());
         if launched.is_none()
             && let Ok(maps) = process.maps()
         {
@@ -534,9 +574,8 @@ impl Session {
                 sample_mean_bytes: cli.sample_bytes.map(|n| n as f64),
                 ..HeapConfig::default()
             }),
-            symbolizer: StackSymbolizer::new(),
-            seen_stacks: HashSet::new(),
-            stacks: HashMap::new(),
+            symbolizer: StackSymbolizer::new(&dirs),
+            stacks: Stacks::new(cli.group_by),
             maps_dirty: true,
             started: now,
             duration: cli.duration.map(Duration::from_secs_f64),
@@ -652,13 +691,13 @@ impl Session {
 
     /// Moves every available event from the ring buffer into the heap model.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
-        let mut new_stacks = Vec::new();
+        let mut new_stacks: HashSet<u64> = HashSet::new();
         while let Some(item) = ring.next() {
             match events::decode(&item) {
                 Some(event) if self.cutoff_ns.is_some_and(|cutoff| event.ts_ns > cutoff) => {}
                 Some(event) => {
-                    if event.stack != 0 && self.seen_stacks.insert(event.stack) {
-                        new_stacks.push(event.stack);
+                    if !self.stacks.contains(event.stack) {
+                        new_stacks.insert(event.stack);
                     }
                     self.heap.push(event);
                 }
@@ -666,17 +705,15 @@ impl Session {
             }
         }
         self.heap.advance_until(events::monotonic_now_ns());
-        // Read each new stack once, while the target is certainly alive, and learn any module
-        // its frames lie in (a library loaded since, or the program itself after exec).
+        // Read each new stack once, while the target is certainly alive, and pin it to the
+        // modules mapped now: the maps are read again first, so a library loaded since (or
+        // unloaded, with another in its place) is known before the stack is tied to it.
+        if !new_stacks.is_empty() || self.maps_dirty {
+            self.refresh_maps();
+        }
         for id in new_stacks {
             let frames = self.probes.stack(id).unwrap_or_default();
-            if !self.modules.covers(&frames.ips) {
-                self.maps_dirty = true;
-            }
-            self.stacks.insert(id, frames);
-        }
-        if self.maps_dirty {
-            self.refresh_maps();
+            self.stacks.insert(id, frames, &self.modules);
         }
         self.check_unwinds();
     }
@@ -765,11 +802,12 @@ impl Session {
     }
 
     fn status(&mut self) {
-        // One sample of every stack's live bytes per interval: growth and verdicts read these.
+        // One sample of every row's live bytes per interval: growth and verdicts read these.
         let t_s = self.started.elapsed().as_secs_f64();
         let now_ns = events::monotonic_now_ns();
-        self.history
-            .record(t_s, self.heap.live_bytes_by_stack(now_ns));
+        self.stacks.symbolize(&mut self.symbolizer, &self.modules);
+        let by_row = self.stacks.by_row(self.heap.live_bytes_by_stack(now_ns));
+        self.history.record(t_s, by_row);
         if self.unwind != UnwindMode::Fp && self.process.is_alive() {
             // Libraries loaded since (dlopen) get tables and mappings.
             self.refresh_maps();
@@ -809,7 +847,10 @@ impl Session {
 
     /// `--snapshot-every`: writes the current report into the snapshot directory.
     fn write_soak_snapshot(&mut self) {
-        let report = self.report(false, self.top);
+        let mut report = self.report(false);
+        if let Some(top) = self.top {
+            report.keep_top(top);
+        }
         let Some((soak, _)) = &self.soak else {
             return;
         };
@@ -823,9 +864,10 @@ impl Session {
         }
     }
 
-    /// A snapshot for the live view: the busiest stacks, their histories, rates and RSS.
+    /// A snapshot for the live view: the busiest rows, their histories, rates and RSS.
     fn snapshot(&mut self, ended: Option<String>) -> Snapshot {
-        let report = self.report(ended.is_some(), SNAPSHOT_STACKS);
+        let mut report = self.report(ended.is_some());
+        report.keep_top(SNAPSHOT_STACKS);
         let series = report
             .stacks
             .iter()
@@ -841,66 +883,60 @@ impl Session {
         }
     }
 
-    /// Builds the report of the `top` stacks with the most live bytes.
-    fn report(&mut self, final_report: bool, top: usize) -> Report {
+    /// Builds the report of every row, sorted (callers cut it with [`Report::keep_top`]).
+    fn report(&mut self, final_report: bool) -> Report {
         if final_report && self.process.is_alive() {
             self.refresh_maps();
         }
+        self.stacks.symbolize(&mut self.symbolizer, &self.modules);
         let now_ns = events::monotonic_now_ns();
-        let mut stats = self.heap.stack_stats_min_age(now_ns, self.min_age_ns);
+        let stats = self.heap.stack_stats_min_age(now_ns, self.min_age_ns);
         // Sampling: whole-process live figures are the sum of the stacks' estimates.
         let estimated_live = self.sample_bytes.map(|_| {
             stats.iter().fold((0u64, 0u64), |(bytes, allocs), (_, s)| {
                 (bytes + s.live_bytes, allocs + s.live_allocs)
             })
         });
-        stats.sort_by(|a, b| {
-            b.1.live_bytes
-                .cmp(&a.1.live_bytes)
-                .then(b.1.total_bytes.cmp(&a.1.total_bytes))
-        });
-        stats.truncate(top);
-        let mut stacks = Vec::with_capacity(stats.len());
+        let mut rows: HashMap<u64, Vec<Member<'_>>> = HashMap::new();
         for (id, stat) in stats {
-            let stack = if id == 0 {
-                KernelStack::default()
-            } else {
-                self.stacks
-                    .entry(id)
-                    .or_insert_with(|| self.probes.stack(id).unwrap_or_default())
-                    .clone()
+            // Every stack in the heap model came through `drain`, which recorded it.
+            let Some(entry) = self.stacks.get(id) else {
+                continue;
             };
-            let frames = self.symbolizer.frames(&self.modules, &stack.ips);
-            let empty = Series::default();
-            let series = self.history.get(id).unwrap_or(&empty);
-            let growth = analytics::growth(series, self.thresholds.window_s);
-            let verdict = analytics::verdict(
-                &VerdictInput {
-                    series,
-                    live_allocs: stat.live_allocs,
-                    total_allocs: stat.total_allocs,
-                    oldest_age_s: stat.oldest_live_age_ns.map(|ns| ns as f64 / 1e9),
-                    ages: Some(&stat.ages),
-                },
-                &self.thresholds,
-            );
-            stacks.push(StackReport {
-                id,
-                live_bytes: stat.live_bytes,
-                live_allocs: stat.live_allocs,
-                total_allocs: stat.total_allocs,
-                total_bytes: stat.total_bytes,
-                oldest_age_s: stat.oldest_live_age_ns.map(|age| age as f64 / 1e9),
-                truncated: stack.truncated,
-                incomplete: stack.incomplete,
-                verdict,
-                growth_bytes_per_s: growth.as_ref().map(|g| g.bytes_per_s),
-                growth_bytes_per_h: growth.as_ref().map(|g| g.bytes_per_h),
-                growth_r2: growth.as_ref().map(|g| g.r_squared),
-                ages: stat.ages,
-                frames,
+            let Some(row) = entry.row else {
+                continue;
+            };
+            rows.entry(row).or_default().push(Member {
+                stack_id: id,
+                stats: stat,
+                frames: &entry.frames,
+                truncated: entry.kernel.truncated,
+                incomplete: entry.kernel.incomplete,
             });
         }
+        let empty = Series::default();
+        let mut stacks: Vec<_> = rows
+            .into_iter()
+            .map(|(row, members)| {
+                let mut stack = grouping::merge(row, members);
+                let series = self.history.get(row).unwrap_or(&empty);
+                let growth = analytics::growth(series, self.thresholds.window_s);
+                stack.verdict = analytics::verdict(
+                    &VerdictInput {
+                        series,
+                        live_allocs: stack.live_allocs,
+                        total_allocs: stack.total_allocs,
+                        oldest_age_s: stack.oldest_age_s,
+                        ages: Some(&stack.ages),
+                    },
+                    &self.thresholds,
+                );
+                stack.growth_bytes_per_s = growth.as_ref().map(|g| g.bytes_per_s);
+                stack.growth_bytes_per_h = growth.as_ref().map(|g| g.bytes_per_h);
+                stack.growth_r2 = growth.as_ref().map(|g| g.r_squared);
+                stack
+            })
+            .collect();
         sort_stacks(&mut stacks);
         let totals = self.heap.totals();
         let counters = self.counters();
@@ -942,6 +978,8 @@ impl Session {
                 sample_map_full: counters.sample_map_full,
                 tracer_memory_bytes: own_rss_bytes(),
             },
+            group_by: self.stacks.group_by().name().to_owned(),
+            omitted: Omitted::default(),
             stacks,
         }
     }
@@ -953,7 +991,12 @@ impl Session {
         reason: StopReason,
         export: Option<(PathBuf, Format, File)>,
     ) -> Result<(), Failure> {
-        let report = self.report(true, self.top);
+        // The export holds every row unless --top asks for fewer; stdout keeps a short list.
+        let full = self.report(true);
+        let mut report = full.clone();
+        if let Some(top) = self.top {
+            report.keep_top(top);
+        }
         let mut messages = vec![format!(
             "leaktrace: stopped ({}) after {:.1}s; probes detached",
             reason.describe(),
@@ -968,7 +1011,12 @@ impl Session {
                 out.flush()
             };
             match write() {
-                Ok(()) => messages.push(format!("leaktrace: wrote {} ({format})", path.display())),
+                Ok(()) => messages.push(format!(
+                    "leaktrace: wrote {} ({format}, {} of {} rows)",
+                    path.display(),
+                    report.stacks.len(),
+                    report.stacks.len() as u64 + report.omitted.rows
+                )),
                 Err(err) => {
                     failure = Some(Failure::runtime(
                         format!("writing {}: {err}", path.display()),
@@ -1018,8 +1066,10 @@ impl Session {
                 Err(_) => messages.push("leaktrace: the live view failed".to_owned()),
             }
         }
+        let mut text = full;
+        text.keep_top(self.top.unwrap_or(DEFAULT_TEXT_TOP));
         let mut stdout = std::io::stdout().lock();
-        let _ = export::write_report(&report, Format::Text, &mut stdout);
+        let _ = export::write_report(&text, Format::Text, &mut stdout);
         let _ = stdout.flush();
         for message in messages {
             eprintln!("{message}");

@@ -174,6 +174,8 @@ mod tests {
             sample_bytes: None,
             totals: ReportTotals::default(),
             diagnostics: Diagnostics::default(),
+            group_by: "source".to_owned(),
+            omitted: crate::report::Omitted::default(),
             stacks: Vec::new(),
         }
     }

@@ -9,7 +9,9 @@
 //! Names are made safe for the format: `;` (the frame separator) becomes `:`, control characters
 //! (newlines) become spaces, and a name ending in a space and a number gets `_` for that space,
 //! because a trailing number would be read as a second count column. Stacks with no live bytes
-//! are left out; stacks that fold to the same line are merged, keeping the report's order.
+//! are left out; stacks that fold to the same line are merged, keeping the report's order. Rows
+//! the report left out (`--top`) are one last line, `[omitted];[37 more stacks] BYTES`, so the
+//! flame graph's total is still the process's.
 
 use std::{collections::HashMap, io::Write};
 
@@ -26,6 +28,9 @@ pub fn write<W: Write>(report: &Report, mut out: W) -> std::io::Result<()> {
     }
     out.flush()
 }
+
+/// The root frame of the line standing in for rows a report left out.
+pub const OMITTED_FRAME: &str = "[omitted]";
 
 /// The folded lines of `report` as `(stack, live bytes)` pairs, in report order.
 pub fn lines(report: &Report) -> Vec<(String, u64)> {
@@ -45,6 +50,15 @@ pub fn lines(report: &Report) -> Vec<(String, u64)> {
             }
         }
     }
+    if report.omitted.live_bytes > 0 {
+        lines.push((
+            format!(
+                "{OMITTED_FRAME};{}",
+                sanitize(&super::omitted_label(&report.omitted))
+            ),
+            report.omitted.live_bytes,
+        ));
+    }
     lines
 }
 
@@ -63,9 +77,11 @@ pub fn fold(stack: &StackReport) -> String {
 pub fn frame_name(frame: &Frame) -> String {
     let name = match (&frame.function, frame.module_name()) {
         (Some(function), _) if !one_line(function).trim().is_empty() => function.clone(),
-        (_, Some(module)) if !one_line(module).trim().is_empty() => {
-            format!("[{module}] {:#x}", frame.addr)
-        }
+        (_, Some(module)) if !one_line(module).trim().is_empty() => match frame.offset {
+            // The file offset is the same in every run, so flame graphs of two runs match.
+            Some(offset) => format!("[{module}] +{offset:#x}"),
+            None => format!("[{module}] {:#x}", frame.addr),
+        },
         _ => format!("[unknown] {:#x}", frame.addr),
     };
     sanitize(&name)
@@ -148,10 +164,11 @@ mod tests {
                 ),
                 (
                     "[unknown];[unknown] 0x7ffd00009abc;<alloc::vec::Vec<[u8: 8]>>::with_capacity;\
-                     [libfoo.so.1] 0x7f3a00001234"
+                     [libfoo.so.1] +0x1234"
                         .to_owned(),
                     4096
                 ),
+                ("[omitted];[2 more stacks]".to_owned(), 2048),
             ]
         );
     }
@@ -175,8 +192,9 @@ mod tests {
         // When folding
         let lines = lines(&report);
 
-        // Then the twin is merged into the first line, and the frameless one is marked
-        assert_eq!(lines.len(), 3);
+        // Then the twin is merged into the first line, the frameless one is marked, and the
+        // rows left out come last
+        assert_eq!(lines.len(), 4);
         assert_eq!(lines[0].1, 1_572_864 + 100);
         assert_eq!(lines[2], (format!("[unknown];{NO_STACK_FRAME}"), 1_572_864));
     }
@@ -188,7 +206,8 @@ mod tests {
         let mut folded = Vec::new();
         write(&report, &mut folded).expect("writing to a Vec succeeds");
         let folded = String::from_utf8(folded).expect("UTF-8");
-        let total: u64 = report.stacks.iter().map(|s| s.live_bytes).sum();
+        // Rows left out are drawn too: the root is the process's live bytes
+        let total = report.totals.live_bytes;
 
         // When inferno draws it, as `inferno-flamegraph --countname bytes` would
         let mut options = Options::default();
@@ -199,7 +218,7 @@ mod tests {
         let svg = String::from_utf8(svg).expect("UTF-8 SVG");
 
         // Then every leaf is drawn and the root spans the total live bytes
-        for leaf in ["grow_buffer", "[libfoo.so.1] 0x7f3a00001234"] {
+        for leaf in ["grow_buffer", "[libfoo.so.1] +0x1234", "[2 more stacks]"] {
             assert!(svg.contains(leaf), "SVG lacks {leaf}");
         }
         assert!(
@@ -207,8 +226,8 @@ mod tests {
             "SVG total is not {total}"
         );
         assert!(
-            svg.contains("all (1,576,960 bytes, 100%)"),
-            "SVG root is not 1,576,960 bytes"
+            svg.contains("all (1,579,008 bytes, 100%)"),
+            "SVG root is not 1,579,008 bytes"
         );
     }
 }

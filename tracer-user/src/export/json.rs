@@ -94,9 +94,27 @@ mod tests {
                 ("unwind", Str, false),
                 ("totals", Object, false),
                 ("diagnostics", Object, false),
+                ("group_by", Str, false),
+                ("omitted", Object, false),
                 ("stacks", Array, false),
             ],
         );
+        let omitted = assert_fields(
+            "omitted",
+            &top["omitted"],
+            &[
+                ("rows", U64, false),
+                ("live_bytes", U64, false),
+                ("live_allocs", U64, false),
+                ("total_allocs", U64, false),
+                ("total_bytes", U64, false),
+            ],
+        );
+        assert_eq!(
+            (omitted["rows"].as_u64(), omitted["live_bytes"].as_u64()),
+            (Some(2), Some(2048))
+        );
+        assert_eq!(top["group_by"], "source");
         let totals = assert_fields(
             "totals",
             &top["totals"],
@@ -161,9 +179,32 @@ mod tests {
                     ("growth_r2", F64, true),
                     ("ages", Object, false),
                     ("frames", Array, false),
+                    ("call_sites", Array, false),
                 ],
             );
             saw_null_age |= stack["oldest_age_s"].is_null();
+            let frames = stack["frames"].as_array().map_or(0, Vec::len);
+            for (j, site) in stack["call_sites"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let site = assert_fields(
+                    &format!("stacks[{i}].call_sites[{j}]"),
+                    site,
+                    &[
+                        ("live_bytes", U64, false),
+                        ("live_allocs", U64, false),
+                        ("total_allocs", U64, false),
+                        ("total_bytes", U64, false),
+                        ("addrs", Array, false),
+                    ],
+                );
+                let addrs = site["addrs"].as_array().expect("addrs is an array");
+                assert_eq!(addrs.len(), frames, "one address per frame");
+                assert!(addrs.iter().all(|a| is(Hex, a)), "{addrs:?}");
+            }
             for (j, frame) in stack["frames"].as_array().into_iter().flatten().enumerate() {
                 let frame = assert_fields(
                     &format!("stacks[{i}].frames[{j}]"),
@@ -174,6 +215,8 @@ mod tests {
                         ("file", Str, true),
                         ("line", U32, true),
                         ("addr", Hex, false),
+                        ("offset", Hex, true),
+                        ("build_id", Str, true),
                         ("inlined", Bool, false),
                     ],
                 );
@@ -191,5 +234,12 @@ mod tests {
         assert_eq!(stacks[0]["live_bytes"], 1_572_864);
         assert_eq!(stacks[0]["frames"][0]["addr"], "0x55d0c0de1234");
         assert_eq!(stacks[0]["frames"][0]["inlined"], true);
+        assert_eq!(stacks[0]["call_sites"].as_array().map(Vec::len), Some(2));
+        assert_eq!(stacks[0]["call_sites"][1]["addrs"][2], "0x55d0c0de2391");
+        assert_eq!(stacks[1]["frames"][0]["offset"], "0x1234");
+        assert_eq!(
+            stacks[1]["frames"][0]["build_id"],
+            "4c6561b1e2f0a9d87c3b5e1f"
+        );
     }
 }

@@ -18,7 +18,7 @@
 
 use std::{borrow::Cow, fmt, io::Write, str::FromStr};
 
-use crate::report::Report;
+use crate::report::{Omitted, Report};
 
 pub mod folded;
 pub mod json;
@@ -120,6 +120,29 @@ pub fn human_bytes(bytes: u64) -> String {
     format!("{bytes} B")
 }
 
+/// What the rows a report left out are called where they stand in for them (a folded frame, a
+/// pprof location): `[37 more stacks]`.
+pub fn omitted_label(omitted: &Omitted) -> String {
+    match omitted.rows {
+        1 => "[1 more stack]".to_owned(),
+        n => format!("[{n} more stacks]"),
+    }
+}
+
+/// `37 more stacks holding 1.2 MiB (1234567 bytes) in 56 allocations`, when rows were left out.
+pub fn omitted_summary(omitted: &Omitted) -> Option<String> {
+    (omitted.rows > 0).then(|| {
+        format!(
+            "{} more {} holding {} ({} bytes) in {} live allocations",
+            omitted.rows,
+            if omitted.rows == 1 { "stack" } else { "stacks" },
+            human_bytes(omitted.live_bytes),
+            omitted.live_bytes,
+            omitted.live_allocs
+        )
+    })
+}
+
 /// `s` with every control character (newlines, tabs, …) replaced by a space, so a name from
 /// debug info cannot break a line-oriented format.
 pub(crate) fn one_line(s: &str) -> Cow<'_, str> {
@@ -139,7 +162,7 @@ mod tests {
     use std::{fs, path::PathBuf};
 
     use super::*;
-    use crate::report::{Diagnostics, Frame, ReportTotals, StackReport, sort_stacks};
+    use crate::report::{CallSite, Diagnostics, Frame, ReportTotals, StackReport, sort_stacks};
 
     /// Set to `1` to rewrite the golden files from the current output.
     const BLESS_ENV: &str = "LEAKTRACE_BLESS";
@@ -151,12 +174,15 @@ mod tests {
             file: Some(file.to_owned()),
             line: Some(line),
             addr,
+            offset: None,
+            build_id: None,
             inlined,
         }
     }
 
     /// One report exercising every format feature: inlined frames, unknown frames, a name with
-    /// `;`, a truncated stack, a stack with no live bytes, lost events and non-zero diagnostics.
+    /// `;`, a truncated stack, a stack with no live bytes, a row of two call sites, rows left
+    /// out, lost events and non-zero diagnostics.
     pub(super) fn sample_report() -> Report {
         let diagnostics = Diagnostics {
             ringbuf_full: 5,
@@ -178,6 +204,8 @@ mod tests {
                         file: None,
                         line: None,
                         addr: 0x55d0_c0de_4000,
+                        offset: None,
+                        build_id: None,
                         inlined: false,
                     },
                     frame("main", "src/main.c", 18, 0x55d0_c0de_0100, false),
@@ -193,7 +221,9 @@ mod tests {
                 truncated: true,
                 frames: vec![
                     Frame {
-                        module: Some("/usr/lib/libfoo.so.1".to_owned()),
+                        module: Some("libfoo.so.1".to_owned()),
+                        offset: Some(0x1234),
+                        build_id: Some("4c6561b1e2f0a9d87c3b5e1f".to_owned()),
                         ..Frame::unknown(0x7f3a_0000_1234)
                     },
                     Frame {
@@ -202,6 +232,8 @@ mod tests {
                         file: Some("/rustc/library/alloc/src/vec/mod.rs".to_owned()),
                         line: Some(480),
                         addr: 0x7f3a_0000_5678,
+                        offset: None,
+                        build_id: None,
                         inlined: false,
                     },
                     Frame::unknown(0x7ffd_0000_9abc),
@@ -226,6 +258,34 @@ mod tests {
                     ),
                     frame("main", "src/main.c", 25, 0x55d0_c0de_0150, false),
                 ],
+                call_sites: vec![
+                    CallSite {
+                        stack_id: 1,
+                        live_bytes: 1_048_576,
+                        live_allocs: 2,
+                        total_allocs: 6,
+                        total_bytes: 1_572_864,
+                        addrs: vec![
+                            0x55d0_c0de_1234,
+                            0x55d0_c0de_1234,
+                            0x55d0_c0de_2345,
+                            0x55d0_c0de_0150,
+                        ],
+                    },
+                    CallSite {
+                        stack_id: 2,
+                        live_bytes: 524_288,
+                        live_allocs: 1,
+                        total_allocs: 4,
+                        total_bytes: 524_288,
+                        addrs: vec![
+                            0x55d0_c0de_1234,
+                            0x55d0_c0de_1234,
+                            0x55d0_c0de_2391,
+                            0x55d0_c0de_0150,
+                        ],
+                    },
+                ],
                 ..StackReport::default()
             },
         ];
@@ -237,14 +297,22 @@ mod tests {
             unwind: "fp".to_owned(),
             sample_bytes: None,
             totals: ReportTotals {
-                allocs: 511,
-                frees: 510,
-                live_bytes: 1_576_960,
-                live_allocs: 4,
+                allocs: 514,
+                frees: 511,
+                live_bytes: 1_576_960 + 2048,
+                live_allocs: 4 + 2,
                 unmatched_frees: 3,
                 lost_events: diagnostics.lost_events(),
             },
             diagnostics,
+            group_by: "source".to_owned(),
+            omitted: crate::report::Omitted {
+                rows: 2,
+                live_bytes: 2048,
+                live_allocs: 2,
+                total_allocs: 3,
+                total_bytes: 3000,
+            },
             stacks,
         }
     }
@@ -371,6 +439,8 @@ mod tests {
             sample_bytes: None,
             totals: ReportTotals::default(),
             diagnostics: Diagnostics::default(),
+            group_by: "source".to_owned(),
+            omitted: crate::report::Omitted::default(),
             stacks: Vec::new(),
         };
 

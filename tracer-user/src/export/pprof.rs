@@ -16,13 +16,20 @@
 //! - One location per return address: a run of `inlined` frames and the non-inlined frame after
 //!   it share an address and become one location whose lines run innermost first, as pprof
 //!   expects. Locations and functions are deduplicated.
-//! - Functions are named by the frame's function, else `[module] 0xaddr` (module's file name),
-//!   else `[unknown]`; their file name is the frame's source file.
-//! - One mapping per module path. Its address range is unknown (0..0) because the report keeps
-//!   no mapping bounds, and `has_functions` is set on every mapping: every location already
-//!   carries a function, real or placeholder, and pprof must not re-symbolize absolute addresses
-//!   against a file it would place at the wrong base. `has_filenames`, `has_line_numbers` and
-//!   `has_inline_frames` say whether any of the module's frames had them.
+//! - Functions are named by the frame's function, their file name is the frame's source file.
+//!   A frame without a function in a known module becomes a location without lines, which
+//!   pprof shows by address and symbolizes from the binary when it finds it (and a profiling
+//!   server from the build id); one in no known module is named `[unknown]`.
+//! - One mapping per loaded module: its file name, its GNU build id, and an address range
+//!   (from the lowest to the highest address the report has in it) with the file offset of its
+//!   start, from the frames' file offsets. So a profiling server, or `go tool pprof` with the
+//!   binary in `PPROF_BINARY_PATH`, can symbolize later what leaktrace could not.
+//!   `has_functions` is set where every location of the mapping was named; a mapping with
+//!   unnamed frames (a stripped binary without debug files) leaves it clear so a server
+//!   symbolizes it. `has_filenames`, `has_line_numbers` and `has_inline_frames` say whether any
+//!   of the module's frames had them.
+//! - Rows a report left out (`--top`) become one sample at a `[N more stacks]` location, with a
+//!   comment, so totals still add up.
 //! - `duration_nanos` is the trace duration; `time_nanos` is 0 (the report has no start time).
 //!   Comments carry the pid and command, the unwinder, and lost events when there were any.
 //!
@@ -291,8 +298,25 @@ pub fn profile(report: &Report) -> Profile {
             report.totals.lost_events
         ));
     }
+    if let Some(omitted) = super::omitted_summary(&report.omitted) {
+        comments.push(format!("not exported (--top): {omitted}"));
+    }
     let comment = comments.iter().map(|c| b.string(c)).collect();
-    let sample = report.stacks.iter().map(|s| b.sample(s)).collect();
+    let mut sample: Vec<Sample> = report.stacks.iter().map(|s| b.sample(s)).collect();
+    if report.omitted.rows > 0 {
+        let omitted = &report.omitted;
+        let location = b.placeholder_location(&super::omitted_label(omitted));
+        sample.push(Sample {
+            location_id: vec![location],
+            value: values([
+                omitted.live_bytes,
+                omitted.live_allocs,
+                omitted.total_bytes,
+                omitted.total_allocs,
+            ]),
+            label: Vec::new(),
+        });
+    }
     let duration_nanos = report.duration_s * 1e9;
     Profile {
         sample_type,
@@ -322,7 +346,8 @@ struct Builder {
     locations: Vec<Location>,
     location_ids: HashMap<(u64, u64, Vec<Line>), u64>,
     mappings: Vec<Mapping>,
-    mapping_ids: HashMap<String, u64>,
+    /// By module file name, build id and load bias (address minus file offset).
+    mapping_ids: HashMap<(String, Option<String>, Option<u64>), u64>,
 }
 
 impl Default for Builder {
@@ -366,14 +391,12 @@ impl Builder {
         if location_id.is_empty() {
             location_id.push(self.placeholder_location(NO_STACK));
         }
-        let value = [
+        let value = values([
             stack.live_bytes,
             stack.live_allocs,
             stack.total_bytes,
             stack.total_allocs,
-        ]
-        .map(|v| i64::try_from(v).unwrap_or(i64::MAX))
-        .to_vec();
+        ]);
         // The leak verdict as a label, so `go tool pprof -tagfocus verdict=leak` selects leaks.
         let label = vec![Label {
             key: self.string("verdict"),
@@ -394,19 +417,26 @@ impl Builder {
         let Some(outer) = group.last() else {
             return self.placeholder_location(NO_STACK);
         };
-        let mapping_id = outer.module.as_deref().map_or(0, |m| self.mapping(m));
-        let line: Vec<Line> = group
-            .iter()
-            .map(|frame| Line {
-                function_id: self.function(frame),
-                line: frame.line.map_or(0, i64::from),
-            })
-            .collect();
+        let mapping_id = outer.module_name().map_or(0, |m| self.mapping(m, outer));
+        // An unnamed frame in a known module gets no lines: that is how pprof and profiling
+        // servers know to symbolize it from the mapping's file and build id.
+        let line: Vec<Line> = if outer.function.is_none() && mapping_id != 0 {
+            Vec::new()
+        } else {
+            group
+                .iter()
+                .map(|frame| Line {
+                    function_id: self.function(frame),
+                    line: frame.line.map_or(0, i64::from),
+                })
+                .collect()
+        };
         if let Some(mapping) = mapping_id
             .checked_sub(1)
             .and_then(|i| usize::try_from(i).ok())
             .and_then(|i| self.mappings.get_mut(i))
         {
+            mapping.has_functions &= group.iter().all(|f| f.function.is_some());
             mapping.has_filenames |= group.iter().any(|f| f.file.is_some());
             mapping.has_line_numbers |= group.iter().any(|f| f.line.is_some());
             mapping.has_inline_frames |= group.len() > 1;
@@ -446,11 +476,7 @@ impl Builder {
     }
 
     fn function(&mut self, frame: &Frame) -> u64 {
-        let name = match (&frame.function, frame.module_name()) {
-            (Some(function), _) => self.string(function),
-            (None, Some(module)) => self.string(&format!("[{module}] {:#x}", frame.addr)),
-            (None, None) => self.string(UNKNOWN),
-        };
+        let name = self.string(frame.function.as_deref().unwrap_or(UNKNOWN));
         let filename = frame.file.as_deref().map_or(0, |f| self.string(f));
         self.intern_function(name, filename)
     }
@@ -472,21 +498,48 @@ impl Builder {
             })
     }
 
-    fn mapping(&mut self, module: &str) -> u64 {
-        if let Some(&id) = self.mapping_ids.get(module) {
-            return id;
+    /// The mapping of `frame`'s module (named `module`), grown to cover its address.
+    fn mapping(&mut self, module: &str, frame: &Frame) -> u64 {
+        let bias = frame.offset.map(|offset| frame.addr.wrapping_sub(offset));
+        let key = (module.to_owned(), frame.build_id.clone(), bias);
+        let id = match self.mapping_ids.get(&key) {
+            Some(&id) => id,
+            None => {
+                let id = next_id(self.mappings.len());
+                let filename = self.string(module);
+                let build_id = frame.build_id.as_deref().map_or(0, |b| self.string(b));
+                self.mappings.push(Mapping {
+                    id,
+                    filename,
+                    build_id,
+                    has_functions: true,
+                    ..Mapping::default()
+                });
+                self.mapping_ids.insert(key, id);
+                id
+            }
+        };
+        if let Some(bias) = bias
+            && let Some(mapping) = usize::try_from(id - 1)
+                .ok()
+                .and_then(|i| self.mappings.get_mut(i))
+        {
+            let start = if mapping.memory_limit == 0 {
+                frame.addr
+            } else {
+                mapping.memory_start.min(frame.addr)
+            };
+            mapping.memory_start = start;
+            mapping.memory_limit = mapping.memory_limit.max(frame.addr.saturating_add(1));
+            mapping.file_offset = start.wrapping_sub(bias);
         }
-        let id = next_id(self.mappings.len());
-        let filename = self.string(module);
-        self.mappings.push(Mapping {
-            id,
-            filename,
-            has_functions: true,
-            ..Mapping::default()
-        });
-        self.mapping_ids.insert(module.to_owned(), id);
         id
     }
+}
+
+/// Sample values in [`SAMPLE_TYPES`] order, saturated to `i64`.
+fn values(v: [u64; 4]) -> Vec<i64> {
+    v.map(|v| i64::try_from(v).unwrap_or(i64::MAX)).to_vec()
 }
 
 /// The id of the next table entry when the table holds `len`: ids start at 1.
@@ -584,6 +637,7 @@ pub(crate) mod tests {
     };
 
     use super::{super::tests::sample_report, *};
+    use crate::report::Omitted;
 
     fn encode(report: &Report) -> Vec<u8> {
         let mut out = Vec::new();
@@ -662,11 +716,14 @@ pub(crate) mod tests {
             [
                 "leaktrace: pid 4242 ./server --port 8080",
                 "unwind: fp",
-                "LOST EVENTS: 7; live figures may be wrong"
+                "LOST EVENTS: 7; live figures may be wrong",
+                "not exported (--top): 2 more stacks holding 2.0 KiB (2048 bytes) in 2 live \
+                 allocations"
             ]
         );
 
-        // And one sample per stack, in report order, with the four values
+        // And one sample per stack, in report order, with the four values, then one for the
+        // rows left out
         let values: Vec<&[i64]> = p.sample.iter().map(|s| s.value.as_slice()).collect();
         assert_eq!(
             values,
@@ -674,6 +731,7 @@ pub(crate) mod tests {
                 &[1_572_864, 3, 2_097_152, 10][..],
                 &[4096, 1, 4096, 1],
                 &[0, 0, 64_000, 500],
+                &[2048, 2, 3000, 3],
             ]
         );
 
@@ -687,7 +745,8 @@ pub(crate) mod tests {
                     vec!["main:25".to_owned()],
                 ],
                 vec![
-                    vec!["[libfoo.so.1] 0x7f3a00001234:0".to_owned()],
+                    // unnamed: no lines, left for a symbolizer with the binary
+                    vec![],
                     vec!["<alloc::vec::Vec<[u8; 8]>>::with_capacity:480".to_owned()],
                     vec!["[unknown]:0".to_owned()],
                 ],
@@ -695,6 +754,7 @@ pub(crate) mod tests {
                     vec!["parse_header:0".to_owned()],
                     vec!["main:18".to_owned()]
                 ],
+                vec![vec!["[2 more stacks]:0".to_owned()]],
             ]
         );
         let first = p
@@ -715,7 +775,8 @@ pub(crate) mod tests {
             .mapping
             .iter()
             .map(|m| {
-                assert!(m.has_functions);
+                // Only libfoo, with an unnamed frame, is left to symbolize
+                assert_eq!(m.has_functions, !s(&p, m.filename).contains("libfoo"));
                 (
                     s(&p, m.filename),
                     m.has_filenames,
@@ -728,10 +789,22 @@ pub(crate) mod tests {
         assert_eq!(
             mappings,
             [
-                ("/usr/bin/server", true, true, true),
-                ("/usr/lib/libbar.so", true, true, false),
-                ("/usr/lib/libfoo.so.1", false, false, false),
+                ("libbar.so", true, true, false),
+                ("libfoo.so.1", false, false, false),
+                ("server", true, true, true),
             ]
+        );
+        // And libfoo's mapping carries its build id and where its address lies in the file,
+        // so it can be symbolized later
+        let libfoo = p
+            .mapping
+            .iter()
+            .find(|m| s(&p, m.filename) == "libfoo.so.1")
+            .expect("libfoo mapping");
+        assert_eq!(s(&p, libfoo.build_id), "4c6561b1e2f0a9d87c3b5e1f");
+        assert_eq!(
+            (libfoo.memory_start, libfoo.memory_limit, libfoo.file_offset),
+            (0x7f3a_0000_1234, 0x7f3a_0000_1235, 0x1234)
         );
 
         // And `main` (same name, same file) is one function behind two locations
@@ -742,7 +815,8 @@ pub(crate) mod tests {
             .collect();
         assert_eq!(main.len(), 1);
         assert_eq!(s(&p, main[0].filename), "src/main.c");
-        assert_eq!(p.location.len(), 8);
+        // (eight for the frames, one standing in for the rows left out)
+        assert_eq!(p.location.len(), 9);
 
         // And the unknown frame without a module has no mapping
         let unknown = p
@@ -769,13 +843,14 @@ pub(crate) mod tests {
         // Then the samples share location ids
         let p = profile(&report);
         assert_eq!(p.sample[0].location_id, p.sample[3].location_id);
-        assert_eq!(p.location.len(), 8);
+        assert_eq!(p.location.len(), 9);
     }
 
     #[test]
     fn a_stack_without_frames_gets_a_placeholder_location() {
         // Given a stack with no frames and one ending in an inlined frame
         let mut report = sample_report();
+        report.omitted = Omitted::default();
         report.stacks.truncate(1);
         report.stacks[0].frames.clear();
         let mut inlined_last = report.stacks[0].clone();
@@ -802,6 +877,7 @@ pub(crate) mod tests {
     fn an_empty_report_is_a_valid_profile() {
         let mut report = sample_report();
         report.stacks.clear();
+        report.omitted = Omitted::default();
         let p = read(encode(&report).as_slice()).expect("decodes");
         check(&p).expect("valid profile");
         assert!(p.sample.is_empty() && p.location.is_empty());
@@ -870,11 +946,17 @@ pub(crate) mod tests {
             status.success(),
             "go tool pprof {args:?} failed ({status}):\n{stderr}\n{stdout}"
         );
-        // Every location carries its function: pprof must not try to symbolize anything again.
-        assert!(
-            !stderr.contains("symboliz"),
-            "go tool pprof {args:?} tried to symbolize:\n{stderr}"
-        );
+        // Only mappings with unnamed frames are left for pprof to symbolize (the sample's
+        // libfoo.so.1, which is not on this machine): every named one stays as written.
+        for line in stderr
+            .lines()
+            .filter(|l| l.contains("symbolization failed"))
+        {
+            assert!(
+                line.contains("libfoo.so.1"),
+                "go tool pprof {args:?} tried to symbolize a named mapping:\n{stderr}"
+            );
+        }
         stdout
     }
 
@@ -921,11 +1003,7 @@ pub(crate) mod tests {
             "{inuse}"
         );
         assert_eq!(flat("buffer_append").as_deref(), Some("0"), "{inuse}");
-        assert_eq!(
-            flat("[libfoo.so.1] 0x7f3a00001234").as_deref(),
-            Some("4096B"),
-            "{inuse}"
-        );
+        assert_eq!(flat("[libfoo.so.1]").as_deref(), Some("4096B"), "{inuse}");
         assert!(
             inuse.contains("LOST EVENTS: 7"),
             "comments are shown: {inuse}"

@@ -22,12 +22,25 @@ pub fn write<W: Write>(report: &Report, mut out: W) -> std::io::Result<()> {
         writeln!(out, "no stacks recorded")?;
     } else {
         let count = report.stacks.len();
-        let noun = if count == 1 { "stack" } else { "stacks" };
-        writeln!(out, "top {count} {noun} by live bytes")?;
+        let all = count as u64 + report.omitted.rows;
+        let noun = if all == 1 { "stack" } else { "stacks" };
+        if report.omitted.rows > 0 {
+            writeln!(out, "top {count} of {all} {noun} by live bytes")?;
+        } else {
+            writeln!(out, "{all} {noun} by live bytes")?;
+        }
         for (rank, stack) in report.stacks.iter().enumerate() {
             writeln!(out)?;
             write_stack(rank + 1, stack, &mut out)?;
         }
+    }
+    write_unnamed(report, &mut out)?;
+    if let Some(omitted) = super::omitted_summary(&report.omitted) {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "... {omitted} not shown (--top N shows more; an --export holds every row)"
+        )?;
     }
     out.flush()
 }
@@ -39,6 +52,11 @@ fn write_header<W: Write>(report: &Report, out: &mut W) -> std::io::Result<()> {
     writeln!(out, "  command:   {}", one_line(&report.command))?;
     writeln!(out, "  duration:  {}", human_seconds(report.duration_s))?;
     writeln!(out, "  unwinding: {}", one_line(&report.unwind))?;
+    let rows = match report.group_by.as_str() {
+        "address" => "one per stack of return addresses (--group-by address)",
+        _ => "one per source-level call path (--group-by source)",
+    };
+    writeln!(out, "  rows:      {rows}")?;
     writeln!(out)?;
     if totals.lost_events > 0 {
         let d = &report.diagnostics;
@@ -89,6 +107,43 @@ fn write_header<W: Write>(report: &Report, out: &mut W) -> std::io::Result<()> {
     writeln!(out)
 }
 
+/// Modules whose frames stayed unnamed, with their build ids and where names would come from.
+fn write_unnamed<W: Write>(report: &Report, out: &mut W) -> std::io::Result<()> {
+    let mut unnamed: Vec<(&str, Option<&str>, usize)> = Vec::new();
+    for frame in report.stacks.iter().flat_map(|s| &s.frames) {
+        let (None, Some(module)) = (&frame.function, frame.module_name()) else {
+            continue;
+        };
+        let build_id = frame.build_id.as_deref();
+        match unnamed
+            .iter_mut()
+            .find(|(m, b, _)| *m == module && *b == build_id)
+        {
+            Some((_, _, n)) => *n += 1,
+            None => unnamed.push((module, build_id, 1)),
+        }
+    }
+    if unnamed.is_empty() {
+        return Ok(());
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "frames without names (install the modules' debug symbols, e.g. Debian's -dbgsym \
+         packages, or give --debuginfo-dir DIR):"
+    )?;
+    for (module, build_id, n) in unnamed {
+        writeln!(
+            out,
+            "  {}: {}, build id {}",
+            one_line(module),
+            count(n as u64, "frame"),
+            one_line(build_id.unwrap_or("unknown"))
+        )?;
+    }
+    Ok(())
+}
+
 fn write_stack<W: Write>(rank: usize, stack: &StackReport, out: &mut W) -> std::io::Result<()> {
     let oldest = stack
         .oldest_age_s
@@ -122,6 +177,14 @@ fn write_stack<W: Write>(rank: usize, stack: &StackReport, out: &mut W) -> std::
         _ => String::new(),
     };
     writeln!(out, "    verdict: {}{growth}", stack.verdict)?;
+    if stack.call_sites.len() > 1 {
+        writeln!(
+            out,
+            "    merged from {} call sites: the same source path through different addresses \
+             (--group-by address shows each)",
+            stack.call_sites.len()
+        )?;
+    }
     if stack.frames.is_empty() {
         writeln!(out, "  (no stack recorded)")?;
     }
@@ -149,7 +212,10 @@ pub(crate) fn frame_line(frame: &Frame) -> String {
             }
             s
         }
-        (None, Some(module)) => format!("[{}] {:#x}", one_line(module), frame.addr),
+        (None, Some(module)) => match frame.offset {
+            Some(offset) => format!("[{}] {:#x} (+{offset:#x})", one_line(module), frame.addr),
+            None => format!("[{}] {:#x}", one_line(module), frame.addr),
+        },
         (None, None) => format!("[unknown] {:#x}", frame.addr),
     };
     match (&frame.file, frame.line) {
@@ -205,6 +271,8 @@ mod tests {
             file: Some("src/buffer.c".to_owned()),
             line: Some(42),
             addr: 0x10,
+            offset: None,
+            build_id: None,
             inlined: true,
         };
         assert_eq!(

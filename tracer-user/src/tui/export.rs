@@ -7,16 +7,19 @@ use super::rows::visible_stacks;
 use crate::{export::Format, report::Report};
 
 /// `report` with only the stacks that pass `filter` (see [`super::rows::stack_matches`]), in
-/// report order. The totals and diagnostics stay those of the whole process.
+/// report order. The totals, diagnostics and the rows the snapshot itself left out stay those
+/// of the whole process.
 pub(crate) fn filtered_report(report: &Report, filter: &str) -> Report {
     Report {
         pid: report.pid,
         command: report.command.clone(),
         duration_s: report.duration_s,
         unwind: report.unwind.clone(),
-        sample_bytes: None,
+        sample_bytes: report.sample_bytes,
         totals: report.totals,
         diagnostics: report.diagnostics,
+        group_by: report.group_by.clone(),
+        omitted: report.omitted,
         stacks: visible_stacks(report, filter)
             .into_iter()
             .filter_map(|i| report.stacks.get(i).cloned())

@@ -208,6 +208,8 @@ mod tests {
             file: file.map(str::to_owned),
             line,
             addr: 0x1000,
+            offset: None,
+            build_id: None,
             inlined: false,
         }
     }

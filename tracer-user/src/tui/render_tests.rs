@@ -316,3 +316,52 @@ fn verdicts_are_coloured_by_severity() {
         assert_eq!(cell.modifier.contains(Modifier::BOLD), bold, "row {y}");
     }
 }
+
+#[test]
+fn merged_call_sites_and_rows_not_sent_to_the_view() {
+    // Given the sample, its biggest row merged from three call sites that part at frame #2,
+    // and 3,596 rows the session did not send
+    let mut snapshot = sample_snapshot();
+    let top = stack_index(&snapshot, 1);
+    let row = &mut snapshot.report.stacks[top];
+    let addrs: Vec<u64> = row.frames.iter().map(|f| f.addr).collect();
+    row.call_sites = [0u64, 0x40, 0x80]
+        .iter()
+        .zip([786_432u64, 524_288, 262_144])
+        .map(|(&shift, live_bytes)| {
+            let mut addrs = addrs.clone();
+            addrs[2] += shift;
+            crate::report::CallSite {
+                live_bytes,
+                addrs,
+                ..crate::report::CallSite::default()
+            }
+        })
+        .collect();
+    snapshot.report.omitted = crate::report::Omitted {
+        rows: 3596,
+        live_bytes: 1_153_434,
+        ..crate::report::Omitted::default()
+    };
+    let clock = Clock::new();
+    let mut app = app(&clock, 120, 30);
+    update(&mut app, Action::Snapshot(Box::new(snapshot)));
+
+    // When opening the row's detail
+    update(&mut app, Action::ToggleDetail);
+
+    // Then the title counts the rows not sent, the row its call sites, and the detail says
+    // where they part
+    let screen = draw(&app);
+    let text = format!("{}", screen.backend());
+    assert!(
+        text.contains("3596 more stacks (1.1 MiB) not sent"),
+        "{text}"
+    );
+    assert!(text.contains("[3 sites] grow_buffer"), "{text}");
+    assert!(
+        text.contains("3 call sites (--group-by address shows each), apart at #2"),
+        "{text}"
+    );
+    assert_snapshot!(screen.backend());
+}

@@ -287,7 +287,11 @@ fn describe(report: &Report, row: &Row) -> String {
             .members
             .first()
             .and_then(|&i| report.stacks.get(i))
-            .map(stack_description)
+            .map(|stack| match stack.call_sites.len() {
+                0 | 1 => stack_description(stack),
+                // First, so a narrow column does not cut it off.
+                n => format!("[{n} sites] {}", stack_description(stack)),
+            })
             .unwrap_or_default(),
         RowKey::Function(label) => format!("{label}  [{stacks}]"),
         RowKey::Module(path) => {

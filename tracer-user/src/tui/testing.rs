@@ -22,6 +22,8 @@ fn frame(function: &str, module: &str, file: Option<&str>, line: Option<u32>, ad
         file: file.map(str::to_owned),
         line,
         addr,
+        offset: None,
+        build_id: None,
         inlined: false,
     }
 }
@@ -315,6 +317,8 @@ pub(crate) fn sample_snapshot() -> Snapshot {
                 lost_events: diagnostics.lost_events(),
             },
             diagnostics,
+            group_by: "source".to_owned(),
+            omitted: crate::report::Omitted::default(),
             stacks: reports,
         },
         series,

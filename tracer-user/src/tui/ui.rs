@@ -296,8 +296,18 @@ fn render_table(app: &App, frame: &mut Frame<'_>, area: Rect) {
     ])
     .style(Style::new().bold());
 
-    let title = if app.snapshot.is_some() {
-        format!(" {} ", app.grouping.count(app.rows.len()))
+    let title = if let Some(snapshot) = &app.snapshot {
+        // The session sends its busiest rows only: say how many others there are.
+        let omitted = &snapshot.report.omitted;
+        match omitted.rows {
+            0 => format!(" {} ", app.grouping.count(app.rows.len())),
+            n => format!(
+                " {} · {} more stacks ({}) not sent to the view ",
+                app.grouping.count(app.rows.len()),
+                n,
+                human_bytes(omitted.live_bytes)
+            ),
+        }
     } else {
         " stacks ".to_owned()
     };
@@ -417,6 +427,11 @@ pub(crate) fn detail_lines(app: &App) -> Vec<Line<'static>> {
         format::allocs(stack.total_allocs),
         human_bytes(stack.total_bytes),
     ))));
+    if let [first, rest @ ..] = stack.call_sites.as_slice()
+        && !rest.is_empty()
+    {
+        lines.push(Line::from(label(call_sites_line(stack, first, rest))));
+    }
     if stack.frames.is_empty() {
         lines.push(Line::from("(no stack recorded)"));
     }
@@ -440,6 +455,37 @@ pub(crate) fn detail_lines(app: &App) -> Vec<Line<'static>> {
         )));
     }
     lines
+}
+
+/// What a row merged: `15 call sites (--group-by address shows each), apart at #3 resolve:
+/// 0x55d0c0de1234 8.0 KiB, 0x55d0c0de1250 8.0 KiB, …`.
+fn call_sites_line(
+    stack: &crate::report::StackReport,
+    first: &crate::report::CallSite,
+    rest: &[crate::report::CallSite],
+) -> String {
+    let mut text = format!(
+        "{} call sites (--group-by address shows each)",
+        rest.len() + 1
+    );
+    let Some(at) = rest.iter().filter_map(|c| first.differs_at(c)).min() else {
+        return text;
+    };
+    let name = stack
+        .frames
+        .get(at)
+        .map_or_else(String::new, |f| format!(" {}", format::frame_label(f)));
+    text.push_str(&format!(", apart at #{at}{name}:"));
+    const SHOWN: usize = 4;
+    for site in std::iter::once(first).chain(rest).take(SHOWN) {
+        let addr = site.addrs.get(at).copied().unwrap_or_default();
+        text.push_str(&format!(" {addr:#x} {},", human_bytes(site.live_bytes)));
+    }
+    text.pop();
+    if rest.len() + 1 > SHOWN {
+        text.push_str(" …");
+    }
+    text
 }
 
 fn render_detail(app: &App, frame: &mut Frame<'_>, area: Rect) {
