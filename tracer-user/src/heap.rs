@@ -30,8 +30,8 @@
 #![warn(missing_docs)]
 
 use std::{
-    cmp::{Ordering, Reverse},
-    collections::{BinaryHeap, HashMap},
+    cmp::Ordering,
+    collections::{HashMap, VecDeque},
     hash::{BuildHasherDefault, Hasher},
     mem::size_of,
 };
@@ -202,8 +202,10 @@ impl Totals {
 #[derive(Debug)]
 pub struct HeapModel {
     config: HeapConfig,
-    /// Events waiting to be applied, smallest `(ts, seq)` on top.
-    pending: BinaryHeap<Reverse<Buffered>>,
+    /// Events waiting to be applied, sorted by `(ts, seq)`. Events arrive almost in order (the
+    /// ring buffer interleaves CPUs by microseconds), so an insertion lands at or near the back
+    /// and the oldest leave from the front: no heap sift per event.
+    pending: VecDeque<Buffered>,
     /// Arrival counter, the tie-break between equal timestamps.
     next_seq: u64,
     /// Newest timestamp pushed so far.
@@ -226,7 +228,7 @@ impl HeapModel {
     pub fn new(config: HeapConfig) -> Self {
         Self {
             config,
-            pending: BinaryHeap::new(),
+            pending: VecDeque::new(),
             next_seq: 0,
             newest_ts_ns: None,
             applied_ts_ns: None,
@@ -244,11 +246,18 @@ impl HeapModel {
         self.newest_ts_ns = Some(self.newest_ts_ns.map_or(ev.ts_ns, |n| n.max(ev.ts_ns)));
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
-        self.pending.push(Reverse(Buffered {
+        let buffered = Buffered {
             ts_ns: ev.ts_ns,
             seq,
             ev,
-        }));
+        };
+        // `seq` grows, so a new event sorts after every buffered one with its timestamp.
+        if self.pending.back().is_none_or(|last| *last <= buffered) {
+            self.pending.push_back(buffered);
+        } else {
+            let at = self.pending.partition_point(|b| *b <= buffered);
+            self.pending.insert(at, buffered);
+        }
     }
 
     /// Applies, in timestamp order (ties in arrival order), every buffered event whose timestamp
@@ -265,12 +274,8 @@ impl HeapModel {
         let Some(horizon) = newest.checked_sub(self.config.reorder_window_ns) else {
             return;
         };
-        while self
-            .pending
-            .peek()
-            .is_some_and(|Reverse(b)| b.ts_ns <= horizon)
-        {
-            if let Some(Reverse(b)) = self.pending.pop() {
+        while self.pending.front().is_some_and(|b| b.ts_ns <= horizon) {
+            if let Some(b) = self.pending.pop_front() {
                 self.apply(&b.ev);
             }
         }
@@ -278,7 +283,7 @@ impl HeapModel {
 
     /// Applies every buffered event, in timestamp order.
     pub fn flush(&mut self) {
-        while let Some(Reverse(b)) = self.pending.pop() {
+        while let Some(b) = self.pending.pop_front() {
             self.apply(&b.ev);
         }
     }
@@ -409,7 +414,7 @@ impl HeapModel {
             .saturating_add(
                 self.pending
                     .capacity()
-                    .saturating_mul(size_of::<Reverse<Buffered>>()),
+                    .saturating_mul(size_of::<Buffered>()),
             )
     }
 
@@ -599,12 +604,12 @@ impl Ord for Buffered {
 /// Hash state for the model's tables: keys are addresses and stack ids, hashed millions of times
 /// per second, and come from the traced process and kernel rather than from an attacker who could
 /// aim for collisions, so a fast integer mixer replaces SipHash.
-type FastHash = BuildHasherDefault<MixHasher>;
+pub(crate) type FastHash = BuildHasherDefault<MixHasher>;
 
 /// Hashes `u64`s with the splitmix64 finalizer, which spreads every input bit over the whole
 /// output (the table uses both the low bits and the top 7 bits, and addresses are 16-aligned).
 #[derive(Clone, Copy, Debug, Default)]
-struct MixHasher(u64);
+pub(crate) struct MixHasher(u64);
 
 impl Hasher for MixHasher {
     fn finish(&self) -> u64 {

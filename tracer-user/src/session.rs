@@ -692,12 +692,18 @@ impl Session {
     /// Moves every available event from the ring buffer into the heap model.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         let mut new_stacks: HashSet<u64> = HashSet::new();
+        // Consecutive events mostly share a stack: look a known one up once.
+        let mut last_known = None;
         while let Some(item) = ring.next() {
             match events::decode(&item) {
                 Some(event) if self.cutoff_ns.is_some_and(|cutoff| event.ts_ns > cutoff) => {}
                 Some(event) => {
-                    if !self.stacks.contains(event.stack) {
-                        new_stacks.insert(event.stack);
+                    if last_known != Some(event.stack) {
+                        if self.stacks.contains(event.stack) {
+                            last_known = Some(event.stack);
+                        } else {
+                            new_stacks.insert(event.stack);
+                        }
                     }
                     self.heap.push(event);
                 }

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use crate::{
     grouping::{GroupBy, RowIds, RowKey},
+    heap::FastHash,
     probes::KernelStack,
     report::Frame,
     symbolize::{ModuleMap, Pin, StackSymbolizer},
@@ -31,7 +32,8 @@ pub struct Entry {
 #[derive(Debug)]
 pub struct Stacks {
     group_by: GroupBy,
-    entries: HashMap<u64, Entry>,
+    /// Looked up for every event: hashed with the heap model's integer mixer, not SipHash.
+    entries: HashMap<u64, Entry, FastHash>,
     rows: RowIds,
     /// Stacks pinned but not yet symbolized.
     pending: Vec<u64>,
@@ -42,7 +44,7 @@ impl Stacks {
     pub fn new(group_by: GroupBy) -> Self {
         Self {
             group_by,
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             rows: RowIds::default(),
             pending: Vec::new(),
         }

@@ -19,7 +19,7 @@ use blazesym::symbolize::{
 };
 
 use crate::{
-    debuginfo::{DebugDirs, Origin, SymbolFile},
+    debuginfo::{DebugDirs, SymbolFile},
     process::{Mapping, host_path},
     report::Frame,
 };
@@ -151,11 +151,6 @@ impl ModuleMap {
         }
     }
 
-    /// Whether every address in `ips` lies in a mapped module.
-    pub fn covers(&self, ips: &[u64]) -> bool {
-        ips.iter().all(|ip| self.current(*ip).is_some())
-    }
-
     fn current(&self, addr: u64) -> Option<&Module> {
         self.modules.iter().find(|m| m.contains(addr))
     }
@@ -183,16 +178,6 @@ impl ModuleMap {
                 },
             })
             .collect()
-    }
-
-    /// Where the symbols of the module mapped from `path` come from, with its build id in hex
-    /// (`None` if no module of that path is mapped).
-    pub fn symbol_origin(&self, path: &str) -> Option<(Origin, Option<String>)> {
-        self.modules
-            .iter()
-            .find(|m| m.path == path)
-            .and_then(|m| m.symbols.as_ref())
-            .map(|s| (s.origin.clone(), s.build_id_hex()))
     }
 }
 
