@@ -18,12 +18,12 @@
 //!   expects. Locations and functions are deduplicated.
 //! - Functions are named by the frame's function, their file name is the frame's source file.
 //!   A frame without a function in a known module becomes a location without lines, which
-//!   pprof shows by address and symbolizes from the binary when it finds it (and a profiling
-//!   server from the build id); one in no known module is named `[unknown]`.
+//!   pprof shows under its mapping's name (`[memcached]`) and a profiling server can symbolize
+//!   from the build id; one in no known module is named `[unknown]`.
 //! - One mapping per loaded module: its file name, its GNU build id, and an address range
 //!   (from the lowest to the highest address the report has in it) with the file offset of its
-//!   start, from the frames' file offsets. So a profiling server, or `go tool pprof` with the
-//!   binary in `PPROF_BINARY_PATH`, can symbolize later what leaktrace could not.
+//!   start, from the frames' file offsets, so a profiling server can symbolize later what
+//!   leaktrace could not.
 //!   `has_functions` is set where every location of the mapping was named; a mapping with
 //!   unnamed frames (a stripped binary without debug files) leaves it clear so a server
 //!   symbolizes it. `has_filenames`, `has_line_numbers` and `has_inline_frames` say whether any
