@@ -233,51 +233,111 @@ fn copy_stack(rsp: u64) -> (u64, u64) {
     }
 }
 
+/// A binary search in progress: the half-open range `[lo, hi)` of indexes still possible.
+#[repr(C)]
+struct Search {
+    lo: u32,
+    hi: u32,
+    /// What is looked for: a pc in the mappings, or an ELF pc among one binary's rows.
+    pc: u64,
+}
+
+/// One step of the search for the mapping holding `pc`: 1 when it is found (`lo` is its index)
+/// or cannot be (`lo >= hi`).
+///
+/// Each binary search runs under `bpf_loop`, like the walk's steps: the verifier checks a step
+/// once and lets `lo` and `hi` range freely, where a plain loop would be followed iteration by
+/// iteration, each of its branches a state of its own, for every frame of the walk.
+#[inline(never)]
+unsafe extern "C" fn mapping_search_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Search` on `find_mapping`'s stack, passed through `bpf_loop`.
+    let search = unsafe { &mut *ctx.cast::<Search>() };
+    if search.lo >= search.hi {
+        return 1;
+    }
+    let mid = search.lo + (search.hi - search.lo) / 2;
+    let Some(mapping) = MAPPINGS.get(mid) else {
+        search.hi = search.lo;
+        return 1;
+    };
+    if search.pc < mapping.start {
+        search.hi = mid;
+    } else if search.pc >= mapping.end {
+        search.lo = mid + 1;
+    } else {
+        search.lo = mid;
+        return 1;
+    }
+    0
+}
+
 #[inline(always)]
 fn find_mapping(pc: u64) -> Option<ExecMapping> {
     let header = *MAPPING_COUNT.get(0)?;
-    // Computed, not chosen by a branch: as a constant, the bank's base would make the
-    // verifier follow the binary search with exact bounds, a distinct state for every path.
     let base = ((header >> 16) & 1) * MAX_MAPPINGS;
-    let (mut lo, mut hi) = (base, base + (header & 0xffff).min(MAX_MAPPINGS));
-    for _ in 0..MAPPING_SEARCH_STEPS {
-        if lo >= hi {
-            break;
-        }
-        let mid = (lo + hi) / 2;
-        let mapping = *MAPPINGS.get(mid)?;
-        if pc < mapping.start {
-            hi = mid;
-        } else if pc >= mapping.end {
-            lo = mid + 1;
-        } else {
-            return Some(mapping);
-        }
+    let mut search = Search {
+        lo: base,
+        hi: base + (header & 0xffff).min(MAX_MAPPINGS),
+        pc,
+    };
+    // SAFETY: `mapping_search_step` is a BPF subprogram with the callback signature bpf_loop
+    // expects, and `search` outlives the call.
+    unsafe {
+        bpf_loop(
+            MAPPING_SEARCH_STEPS + 1,
+            mapping_search_step as *mut c_void,
+            (&raw mut search).cast(),
+            0,
+        );
     }
-    None
+    let mapping = *MAPPINGS.get(search.lo)?;
+    (search.lo < search.hi && pc >= mapping.start && pc < mapping.end).then_some(mapping)
+}
+
+/// One step of the search for the last row at or before `pc`: 1 once `lo >= hi`, when `lo` is
+/// one past that row.
+#[inline(never)]
+unsafe extern "C" fn row_search_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Search` on `find_row`'s stack, passed through `bpf_loop`.
+    let search = unsafe { &mut *ctx.cast::<Search>() };
+    if search.lo >= search.hi {
+        return 1;
+    }
+    let mid = search.lo + (search.hi - search.lo) / 2;
+    let Some(row) = UNWIND_ROWS.get(mid) else {
+        search.hi = search.lo;
+        return 1;
+    };
+    if u64::from(row.pc) <= search.pc {
+        search.lo = mid + 1;
+    } else {
+        search.hi = mid;
+    }
+    0
 }
 
 /// The last row of `mapping`'s binary at or before `elf_pc`.
 #[inline(always)]
 fn find_row(mapping: &ExecMapping, elf_pc: u64) -> Option<UnwindRow> {
-    let (mut lo, mut hi) = (mapping.rows_start, mapping.rows_start + mapping.rows_len);
-    let first = lo;
-    for _ in 0..ROW_SEARCH_STEPS {
-        if lo >= hi {
-            break;
-        }
-        let mid = lo + (hi - lo) / 2;
-        let row = UNWIND_ROWS.get(mid)?;
-        if u64::from(row.pc) <= elf_pc {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
+    let first = mapping.rows_start;
+    let mut search = Search {
+        lo: first,
+        hi: first.saturating_add(mapping.rows_len),
+        pc: elf_pc,
+    };
+    // SAFETY: as in `find_mapping`.
+    unsafe {
+        bpf_loop(
+            ROW_SEARCH_STEPS + 1,
+            row_search_step as *mut c_void,
+            (&raw mut search).cast(),
+            0,
+        );
     }
-    if lo == first {
+    if search.lo == first || search.lo < search.hi {
         return None;
     }
-    UNWIND_ROWS.get(lo - 1).copied()
+    UNWIND_ROWS.get(search.lo - 1).copied()
 }
 
 /// Replaces a return address the kernel swapped for its uretprobe trampoline: pending traced
