@@ -218,6 +218,46 @@ pub enum Counter {
 impl Counter {
     /// Number of counters, the size of the per-CPU array.
     pub const COUNT: u32 = 15;
+
+    /// Every counter, in index order.
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Self::RingbufFull,
+        Self::StackFailed,
+        Self::StackMapFull,
+        Self::StackTruncated,
+        Self::PendingFull,
+        Self::PendingClobbered,
+        Self::PendingMissing,
+        Self::Nested,
+        Self::Sent,
+        Self::UnwindNoMapping,
+        Self::UnwindUnsupported,
+        Self::UnwindReadFailed,
+        Self::UnwindNoProgress,
+        Self::SampleMapFull,
+        Self::Unsampled,
+    ];
+
+    /// Its name in reports and exports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::RingbufFull => "ringbuf_full",
+            Self::StackFailed => "stack_failed",
+            Self::StackMapFull => "stack_map_full",
+            Self::StackTruncated => "stacks_truncated",
+            Self::PendingFull => "pending_full",
+            Self::PendingClobbered => "pending_clobbered",
+            Self::PendingMissing => "pending_missing",
+            Self::Nested => "nested_calls",
+            Self::Sent => "events_sent",
+            Self::UnwindNoMapping => "unwind_no_mapping",
+            Self::UnwindUnsupported => "unwind_unsupported",
+            Self::UnwindReadFailed => "unwind_read_failed",
+            Self::UnwindNoProgress => "unwind_no_progress",
+            Self::SampleMapFull => "sample_map_full",
+            Self::Unsampled => "unsampled",
+        }
+    }
 }
 
 /// Arguments saved at a call's entry until it returns.
@@ -439,5 +479,17 @@ mod tests {
         }
         assert_eq!(AllocKind::from_raw(0), None);
         assert_eq!(AllocKind::from_raw(11), None);
+    }
+
+    #[test]
+    fn every_counter_is_listed_at_its_index_with_a_name_of_its_own() {
+        for (index, counter) in Counter::ALL.into_iter().enumerate() {
+            assert_eq!(counter as usize, index);
+            let same_name = Counter::ALL
+                .iter()
+                .filter(|c| c.name() == counter.name())
+                .count();
+            assert_eq!(same_name, 1, "{}", counter.name());
+        }
     }
 }

@@ -41,7 +41,7 @@ use tracer_common::{
     },
 };
 
-use crate::count;
+use crate::state::count;
 
 /// Every binary's rows, each binary in one sorted run; sized by user space at load.
 #[map(name = "UNWIND_ROWS")]
@@ -74,7 +74,7 @@ const MIN_COPY_BYTES: u64 = 32;
 
 /// A thread's copy of the top of its stack.
 #[repr(C)]
-pub struct StackCopy {
+pub(crate) struct StackCopy {
     /// The address of `words`, stored as a number: read back, it is a plain scalar to the
     /// verifier (see `read_pair`).
     address: u64,
@@ -87,7 +87,7 @@ pub struct StackCopy {
 /// A task-local storage map definition in the BTF layout the loader reads (aya-ebpf 0.2 has no
 /// task storage type). The fields are never read: their types carry the map's parameters.
 #[repr(C)]
-pub struct TaskStorage {
+pub(crate) struct TaskStorage {
     r#type: *const [i32; bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE as usize],
     key: *const i32,
     value: *const StackCopy,

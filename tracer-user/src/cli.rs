@@ -1,9 +1,9 @@
 //! Command-line interface.
 use std::{ffi::OsString, path::PathBuf};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
-use crate::{export::Format, grouping::GroupBy, probes::UnwindMode};
+use crate::{export::Format, probe::UnwindMode, report::grouping::GroupBy};
 
 /// Rows the text report on stdout shows without `--top`.
 pub const DEFAULT_TEXT_TOP: usize = 20;
@@ -17,6 +17,7 @@ pub const DEFAULT_TEXT_TOP: usize = 20;
 /// Needs root (or CAP_BPF and CAP_PERFMON).
 #[derive(Debug, Parser)]
 #[command(name = "leaktrace", version, about, long_about = None)]
+#[command(args_conflicts_with_subcommands = true)]
 #[command(after_help = "Examples:\n  \
     sudo leaktrace -p 1234\n  \
     sudo leaktrace -p 1234 --duration 60 --export heap.json\n  \
@@ -25,6 +26,10 @@ pub const DEFAULT_TEXT_TOP: usize = 20;
     sudo leaktrace -p 1234 --debuginfo-dir ./debug --group-by address\n  \
     leaktrace diff snaps/leaktrace-1234-20261121T010000Z.json snaps/leaktrace-1234-20261121T020000Z.json")]
 pub struct Cli {
+    /// Something other than tracing.
+    #[command(subcommand)]
+    pub action: Option<Action>,
+
     /// Trace the running process with this pid.
     #[arg(short, long, value_name = "PID", conflicts_with = "command")]
     pub pid: Option<u32>,
@@ -75,7 +80,7 @@ pub struct Cli {
 
     /// Write a timestamped export every DURATION (e.g. 30s, 15m, 1h) while tracing goes on,
     /// into --snapshot-dir, in the export format.
-    #[arg(long, value_name = "DURATION", value_parser = crate::soak::parse_duration, requires = "snapshot_dir")]
+    #[arg(long, value_name = "DURATION", value_parser = crate::export::soak::parse_duration, requires = "snapshot_dir")]
     pub snapshot_every: Option<std::time::Duration>,
 
     /// Directory for --snapshot-every (created if missing).
@@ -124,6 +129,20 @@ pub struct Cli {
     /// Command to start with the probes attached before it runs (instead of -p).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+/// What leaktrace does besides tracing.
+#[derive(Debug, Subcommand)]
+pub enum Action {
+    /// What grew between two JSON exports (e.g. two snapshots), row by row: bytes and blocks,
+    /// with the growth rate when both come from one trace. For pprof exports, use
+    /// `go tool pprof -top -base BEFORE AFTER`.
+    Diff {
+        /// The earlier export.
+        before: PathBuf,
+        /// The later export.
+        after: PathBuf,
+    },
 }
 
 fn positive_secs(text: &str) -> Result<f64, String> {
@@ -212,6 +231,21 @@ mod tests {
             vec![OsString::from("./app"), OsString::from("-x")]
         );
         assert!(Cli::try_parse_from(["leaktrace", "-p", "1", "--", "ls"]).is_err());
+    }
+
+    #[test]
+    fn diff_is_a_subcommand_and_tracing_a_program_named_diff_still_works() {
+        let cli = Cli::try_parse_from(["leaktrace", "diff", "a.json", "b.json"]).expect("diff");
+        assert!(matches!(
+            cli.action,
+            Some(Action::Diff { ref before, ref after })
+                if before == &PathBuf::from("a.json") && after == &PathBuf::from("b.json")
+        ));
+        assert!(Cli::try_parse_from(["leaktrace", "diff", "a.json"]).is_err());
+        assert!(Cli::try_parse_from(["leaktrace", "-p", "1", "diff", "a", "b"]).is_err());
+        let cli = Cli::try_parse_from(["leaktrace", "--", "diff", "a", "b"]).expect("cmd");
+        assert!(cli.action.is_none());
+        assert_eq!(cli.command.len(), 3);
     }
 
     #[test]

@@ -85,7 +85,7 @@ mod tests {
     #[test]
     fn chains_sources_without_repeating_them() {
         let inner = std::io::Error::other("disk on fire");
-        let outer = crate::launch::LaunchError::Os {
+        let outer = crate::target::launch::LaunchError::Os {
             what: "exec",
             source: inner,
         };

@@ -1,25 +1,24 @@
 //! The `leaktrace` command.
-use std::process::ExitCode;
+use std::{path::Path, process::ExitCode};
 
 use clap::Parser as _;
 use leaktrace::{
-    cli::Cli,
-    error::{EXIT_USAGE, Failure},
+    cli::{Action, Cli},
+    error::{EXIT_USAGE, Failure, chain},
+    export::diff,
     session,
 };
 
 fn main() -> ExitCode {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == "diff") {
-        return diff(&args[2..]);
-    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
             use clap::error::ErrorKind;
             if matches!(
                 err.kind(),
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
             ) {
                 let _ = err.print();
                 return ExitCode::SUCCESS;
@@ -35,7 +34,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    match session::run(&cli) {
+    let result = match &cli.action {
+        Some(Action::Diff { before, after }) => run_diff(before, after),
+        None => session::run(&cli),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("{failure}");
@@ -44,56 +47,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// `leaktrace diff BEFORE AFTER`: growth by stack between two JSON exports.
-fn diff(args: &[std::ffi::OsString]) -> ExitCode {
-    let usage = || {
-        eprintln!(
-            "{}",
+/// `leaktrace diff BEFORE AFTER`: growth by row between two JSON exports, on stdout.
+fn run_diff(before_path: &Path, after_path: &Path) -> Result<(), Failure> {
+    let load = |path: &Path| {
+        diff::load(path).map_err(|err| {
             Failure::usage(
-                "diff takes two JSON exports",
-                "leaktrace diff BEFORE.json AFTER.json (for pprof exports: go tool pprof -base)"
+                chain(&err),
+                "give two files written by --export (json); for pprof exports use go tool pprof -base",
             )
-        );
-        ExitCode::from(EXIT_USAGE)
-    };
-    let [before_path, after_path] = args else {
-        return usage();
-    };
-    if before_path == "--help" || before_path == "-h" {
-        return usage();
-    }
-    let load = |path: &std::ffi::OsString| {
-        leaktrace::diff::load(path).map_err(|err| {
-            eprintln!(
-                "{}",
-                Failure::usage(
-                    leaktrace::error::chain(&err),
-                    "give two files written by --export (json)"
-                )
-            );
-            ExitCode::from(EXIT_USAGE)
         })
     };
-    let (before, after) = match (load(before_path), load(after_path)) {
-        (Ok(before), Ok(after)) => (before, after),
-        (Err(code), _) | (_, Err(code)) => return code,
-    };
-    let deltas = leaktrace::diff::diff(&before, &after);
-    let stdout = std::io::stdout().lock();
-    let written = leaktrace::diff::write_text(
+    let (before, after) = (load(before_path)?, load(after_path)?);
+    let deltas = diff::diff(&before, &after);
+    diff::write_text(
         &deltas,
         &before.meta(before_path.to_string_lossy()),
         &after.meta(after_path.to_string_lossy()),
-        stdout,
-    );
-    match written {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!(
-                "{}",
-                Failure::runtime(format!("writing the diff: {err}"), None)
-            );
-            ExitCode::from(leaktrace::error::EXIT_FAILURE)
-        }
-    }
+        std::io::stdout().lock(),
+    )
+    .map_err(|err| Failure::runtime(format!("writing the diff: {err}"), None))
 }

@@ -207,15 +207,20 @@ mod tests {
             .parent()
             .map(std::path::Path::to_path_buf)
             .unwrap_or_default();
-        let mut sources = String::new();
-        for file in [
+        let mut files: Vec<std::path::PathBuf> = [
             "tests/src/lib.rs",
-            "tests/tests/e2e.rs",
             "xtask/src/bench.rs",
             "tracer-user/src/export/pprof.rs",
             "tracer-user/src/unwind/tests/real.rs",
-        ] {
-            sources.push_str(&std::fs::read_to_string(root.join(file)).unwrap_or_default());
+        ]
+        .iter()
+        .map(|f| root.join(f))
+        .collect();
+        let e2e = std::fs::read_dir(root.join("tests/tests/e2e")).expect("the e2e tests");
+        files.extend(e2e.filter_map(|entry| entry.ok().map(|e| e.path())));
+        let mut sources = String::new();
+        for file in files {
+            sources.push_str(&std::fs::read_to_string(file).unwrap_or_default());
         }
         let mut rest = sources.as_str();
         let mut started = Vec::new();

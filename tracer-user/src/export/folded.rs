@@ -75,16 +75,7 @@ pub fn fold(stack: &StackReport) -> String {
 
 /// A frame's name as it appears in a folded line.
 pub fn frame_name(frame: &Frame) -> String {
-    let name = match (&frame.function, frame.module_name()) {
-        (Some(function), _) if !one_line(function).trim().is_empty() => function.clone(),
-        (_, Some(module)) if !one_line(module).trim().is_empty() => match frame.offset {
-            // The file offset is the same in every run, so flame graphs of two runs match.
-            Some(offset) => format!("[{module}] +{offset:#x}"),
-            None => format!("[{module}] {:#x}", frame.addr),
-        },
-        _ => format!("[unknown] {:#x}", frame.addr),
-    };
-    sanitize(&name)
+    sanitize(&frame.label())
 }
 
 /// Makes `name` safe as one frame of a folded line (see the module docs).

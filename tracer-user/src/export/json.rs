@@ -145,12 +145,14 @@ mod tests {
             "unwind_unsupported",
             "unwind_read_failed",
             "unwind_no_progress",
+            "sample_map_full",
+            "unsampled",
+            "undecodable_events",
             "unwind_table_bytes",
             "unwind_verified",
             "unwind_mismatched",
-            "unsampled",
-            "sample_map_full",
             "tracer_memory_bytes",
+            "events_sent",
         ]
         .into_iter()
         .map(|name| (name, U64, false))
@@ -166,6 +168,7 @@ mod tests {
                 &format!("stacks[{i}]"),
                 stack,
                 &[
+                    ("allocator", Str, false),
                     ("live_bytes", U64, false),
                     ("live_allocs", U64, false),
                     ("total_allocs", U64, false),

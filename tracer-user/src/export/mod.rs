@@ -20,9 +20,13 @@ use std::{borrow::Cow, fmt, io::Write, str::FromStr};
 
 use crate::report::{Omitted, Report};
 
+pub mod diff;
 pub mod folded;
+#[cfg(test)]
+pub(crate) mod golden;
 pub mod json;
 pub mod pprof;
+pub mod soak;
 pub mod text;
 
 /// An export format.
@@ -120,6 +124,17 @@ pub fn human_bytes(bytes: u64) -> String {
     format!("{bytes} B")
 }
 
+/// A byte difference with its sign: `+1.5 KiB`, `-512 B`, `0 B`.
+pub fn signed_bytes(delta: impl Into<i128>) -> String {
+    let delta = delta.into();
+    let magnitude = human_bytes(u64::try_from(delta.unsigned_abs()).unwrap_or(u64::MAX));
+    match delta.signum() {
+        1 => format!("+{magnitude}"),
+        -1 => format!("-{magnitude}"),
+        _ => magnitude,
+    }
+}
+
 /// What the rows a report left out are called where they stand in for them (a folded frame, a
 /// pprof location): `[37 more stacks]`.
 pub fn omitted_label(omitted: &Omitted) -> String {
@@ -159,13 +174,9 @@ pub(crate) fn one_line(s: &str) -> Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
-    use std::{fs, path::PathBuf};
 
     use super::*;
     use crate::report::{CallSite, Diagnostics, Frame, ReportTotals, StackReport, sort_stacks};
-
-    /// Set to `1` to rewrite the golden files from the current output.
-    const BLESS_ENV: &str = "LEAKTRACE_BLESS";
 
     fn frame(function: &str, file: &str, line: u32, addr: u64, inlined: bool) -> Frame {
         Frame {
@@ -184,17 +195,17 @@ mod tests {
     /// `;`, a truncated stack, a stack with no live bytes, a row of two call sites, rows left
     /// out, lost events and non-zero diagnostics.
     pub(super) fn sample_report() -> Report {
-        let diagnostics = Diagnostics {
-            ringbuf_full: 5,
-            stacks_truncated: 1,
-            pending_full: 2,
-            pending_missing: 3,
-            replaced_live: 1,
-            tracer_memory_bytes: 1_234_567,
-            ..Diagnostics::default()
-        };
+        let diagnostics = crate::source::ebpf::diagnostics_with(&[
+            ("ringbuf_full", 5),
+            ("stacks_truncated", 1),
+            ("pending_full", 2),
+            ("pending_missing", 3),
+            ("replaced_live", 1),
+            ("tracer_memory_bytes", 1_234_567),
+        ]);
         let mut stacks = vec![
             StackReport {
+                allocator: "glibc".to_owned(),
                 total_allocs: 500,
                 total_bytes: 64_000,
                 frames: vec![
@@ -213,6 +224,7 @@ mod tests {
                 ..StackReport::default()
             },
             StackReport {
+                allocator: "glibc".to_owned(),
                 live_bytes: 4096,
                 live_allocs: 1,
                 total_allocs: 1,
@@ -241,6 +253,7 @@ mod tests {
                 ..StackReport::default()
             },
             StackReport {
+                allocator: "glibc".to_owned(),
                 live_bytes: 1_572_864,
                 live_allocs: 3,
                 total_allocs: 10,
@@ -324,40 +337,7 @@ mod tests {
     }
 
     fn check_golden(format: Format, file: &str) {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/golden")
-            .join(file);
-        let actual = render(&sample_report(), format);
-        if std::env::var_os(BLESS_ENV).is_some_and(|v| v == "1") {
-            fs::write(&path, &actual).expect("writing the golden file");
-            return;
-        }
-        let expected = fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "reading {}: {e}; run with {BLESS_ENV}=1 to create it",
-                path.display()
-            )
-        });
-        if let Some((n, (want, got))) = expected
-            .split_inclusive('\n')
-            .zip(actual.split_inclusive('\n'))
-            .enumerate()
-            .find(|(_, (want, got))| want != got)
-        {
-            panic!(
-                "{}:{}: output differs\n want: {want:?}\n  got: {got:?}\n\
-                 run with {BLESS_ENV}=1 to accept the new output",
-                path.display(),
-                n + 1
-            );
-        }
-        assert!(
-            expected == actual,
-            "{}: output has {} bytes, golden file {} (run with {BLESS_ENV}=1 to accept)",
-            path.display(),
-            actual.len(),
-            expected.len()
-        );
+        golden::check(file, &render(&sample_report(), format));
     }
 
     #[test]
@@ -420,6 +400,14 @@ mod tests {
         for (bytes, want) in cases {
             assert_eq!(human_bytes(bytes), want, "{bytes} bytes");
         }
+    }
+
+    #[test]
+    fn signed_bytes_show_their_sign() {
+        assert_eq!(signed_bytes(1536), "+1.5 KiB");
+        assert_eq!(signed_bytes(-512), "-512 B");
+        assert_eq!(signed_bytes(0), "0 B");
+        assert_eq!(signed_bytes(i128::MIN), "-16.0 EiB");
     }
 
     #[test]

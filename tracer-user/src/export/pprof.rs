@@ -397,13 +397,22 @@ impl Builder {
             stack.total_bytes,
             stack.total_allocs,
         ]);
-        // The leak verdict as a label, so `go tool pprof -tagfocus verdict=leak` selects leaks.
-        let label = vec![Label {
+        // The leak verdict as a label, so `go tool pprof -tagfocus verdict=leak` selects leaks,
+        // and the allocator, so `-tagfocus allocator=jemalloc` selects one of several.
+        let mut label = vec![Label {
             key: self.string("verdict"),
             str: self.string(stack.verdict.as_str()),
             num: 0,
             num_unit: 0,
         }];
+        if !stack.allocator.is_empty() {
+            label.push(Label {
+                key: self.string("allocator"),
+                str: self.string(&stack.allocator),
+                num: 0,
+                num_unit: 0,
+            });
+        }
         Sample {
             location_id,
             value,

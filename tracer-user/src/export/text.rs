@@ -59,12 +59,16 @@ fn write_header<W: Write>(report: &Report, out: &mut W) -> std::io::Result<()> {
     writeln!(out, "  rows:      {rows}")?;
     writeln!(out)?;
     if totals.lost_events > 0 {
-        let d = &report.diagnostics;
+        let causes: Vec<String> = report
+            .diagnostics
+            .losses()
+            .map(|h| format!("{}: {}", h.name, h.value))
+            .collect();
         writeln!(
             out,
-            "WARNING: LOST EVENTS: {} (ring buffer full: {}, pending map full: {}); live figures \
-             may be wrong",
-            totals.lost_events, d.ringbuf_full, d.pending_full
+            "WARNING: LOST EVENTS: {} ({}); live figures may be wrong",
+            totals.lost_events,
+            causes.join(", ")
         )?;
         writeln!(out)?;
     }
@@ -82,9 +86,9 @@ fn write_header<W: Write>(report: &Report, out: &mut W) -> std::io::Result<()> {
     writeln!(out, "  lost events:     {}", totals.lost_events)?;
     let diagnostics: Vec<(&str, u64)> = report
         .diagnostics
-        .fields()
-        .into_iter()
-        .filter(|(_, value)| *value > 0)
+        .iter()
+        .filter(|h| h.value > 0)
+        .map(|h| (h.name, h.value))
         .collect();
     if !diagnostics.is_empty() {
         writeln!(out)?;
@@ -201,23 +205,13 @@ fn write_stack<W: Write>(rank: usize, stack: &StackReport, out: &mut W) -> std::
     Ok(())
 }
 
-/// One frame: `function (module) file:line [inlined]`, or `[module] 0xaddr` without a name.
+/// One frame: `function (module) file:line [inlined]`, or its [`Frame::label`] without a name.
 /// The live view's detail pane shows the same lines.
 pub(crate) fn frame_line(frame: &Frame) -> String {
-    let mut line = match (frame.function.as_deref(), frame.module_name()) {
-        (Some(function), module) => {
-            let mut s = one_line(function).into_owned();
-            if let Some(module) = module {
-                s.push_str(&format!(" ({})", one_line(module)));
-            }
-            s
-        }
-        (None, Some(module)) => match frame.offset {
-            Some(offset) => format!("[{}] {:#x} (+{offset:#x})", one_line(module), frame.addr),
-            None => format!("[{}] {:#x}", one_line(module), frame.addr),
-        },
-        (None, None) => format!("[unknown] {:#x}", frame.addr),
-    };
+    let mut line = frame.label();
+    if let (Some(_), Some(module)) = (&frame.function, frame.module_name()) {
+        line.push_str(&format!(" ({})", one_line(module)));
+    }
     match (&frame.file, frame.line) {
         (Some(file), Some(n)) => line.push_str(&format!(" {}:{n}", one_line(file))),
         (Some(file), None) => line.push_str(&format!(" {}", one_line(file))),
@@ -311,8 +305,11 @@ mod tests {
 
         // When nothing was lost
         report.totals.lost_events = 0;
-        report.diagnostics.ringbuf_full = 0;
-        report.diagnostics.pending_full = 0;
+        for health in &mut report.diagnostics.0 {
+            if health.kind == crate::source::HealthKind::Lost {
+                health.value = 0;
+            }
+        }
         let text = render(&report, Format::Text);
 
         // Then there is no warning, and zero diagnostics are not listed

@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Instant};
 
 use ratatui::layout::Size;
 
-use crate::snapshot::Snapshot;
+use crate::tui::snapshot::Snapshot;
 
 /// Something that happened, for [`super::update::update`] to apply.
 #[derive(Clone, Debug)]

@@ -1,15 +1,15 @@
-//! The live view's state. [`super::update::update`] is its only mutator; [`super::ui`] reads it to
-//! draw.
+//! The live view's state. [`super::update::update`] is its only mutator; [`super::ui`] reads it
+//! to draw.
 
 use std::time::Instant;
 
 use ratatui::layout::Size;
 
 use super::{
+    layout,
     rows::{Baseline, Grouping, Row, RowKey, SortKey},
-    ui,
 };
-use crate::snapshot::Snapshot;
+use crate::tui::snapshot::Snapshot;
 
 /// What keys do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -116,12 +116,6 @@ impl App {
 
     /// How many rows the table shows at the current size.
     pub(crate) fn page_rows(&self) -> usize {
-        ui::table_body_rows(self.size, self.detail_open)
-    }
-
-    /// The largest useful detail scroll: the last line at the bottom of the pane.
-    pub(crate) fn max_detail_scroll(&self) -> usize {
-        let lines = ui::detail_lines(self).len();
-        lines.saturating_sub(ui::detail_body_rows(self.size))
+        layout::table_body_rows(self.size, self.detail_open)
     }
 }

@@ -17,7 +17,7 @@ pub(crate) fn filtered_report(report: &Report, filter: &str) -> Report {
         unwind: report.unwind.clone(),
         sample_bytes: report.sample_bytes,
         totals: report.totals,
-        diagnostics: report.diagnostics,
+        diagnostics: report.diagnostics.clone(),
         group_by: report.group_by.clone(),
         omitted: report.omitted,
         stacks: visible_stacks(report, filter)

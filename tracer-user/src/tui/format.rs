@@ -4,8 +4,8 @@
 use std::borrow::Cow;
 
 use crate::{
-    analytics::{AgeHistogram, LABELS, Verdict},
     export::{human_bytes, one_line},
+    report::analytics::{AgeHistogram, LABELS, Verdict},
     report::{Frame, StackReport},
 };
 
@@ -33,16 +33,6 @@ pub(crate) fn age(seconds: f64) -> String {
         format!("{hours}h{minutes:02}m")
     } else {
         format!("{minutes}m{secs:02}s")
-    }
-}
-
-/// A byte difference with its sign: `+1.5 KiB`, `-512 B`, `0 B`.
-pub(crate) fn signed_bytes(delta: i128) -> String {
-    let magnitude = u64::try_from(delta.unsigned_abs()).unwrap_or(u64::MAX);
-    match delta.signum() {
-        1 => format!("+{}", human_bytes(magnitude)),
-        -1 => format!("-{}", human_bytes(magnitude)),
-        _ => human_bytes(0),
     }
 }
 
@@ -151,15 +141,6 @@ pub(crate) fn ellipsize(text: &str, width: usize) -> Cow<'_, str> {
     Cow::Owned(cut)
 }
 
-/// A frame's name: its function, else `[module] 0xaddr`, else `[unknown] 0xaddr`.
-pub(crate) fn frame_label(frame: &Frame) -> String {
-    match (frame.function.as_deref(), frame.module_name()) {
-        (Some(function), _) => one_line(function).into_owned(),
-        (None, Some(module)) => format!("[{}] {:#x}", one_line(module), frame.addr),
-        (None, None) => format!("[unknown] {:#x}", frame.addr),
-    }
-}
-
 /// `file:line` with only the file's last path component (`leaky.c:52`), `None` without a file.
 pub(crate) fn short_location(frame: &Frame) -> Option<String> {
     let file = frame.file.as_deref()?;
@@ -186,10 +167,10 @@ pub(crate) fn stack_description(stack: &StackReport) -> String {
         return "(no stack recorded)".to_owned();
     };
     let second = frames.next();
-    let mut text = frame_label(first);
+    let mut text = first.label();
     if let Some(second) = second {
         text.push_str(" ← ");
-        text.push_str(&frame_label(second));
+        text.push_str(&second.label());
     }
     if let Some(location) = short_location(first).or_else(|| second.and_then(short_location)) {
         text.push_str(&format!(" ({location})"));
@@ -236,10 +217,6 @@ mod tests {
 
     #[test]
     fn signed_values_show_their_sign() {
-        assert_eq!(signed_bytes(1536), "+1.5 KiB");
-        assert_eq!(signed_bytes(-512), "-512 B");
-        assert_eq!(signed_bytes(0), "0 B");
-        assert_eq!(signed_bytes(i128::MIN), "-16.0 EiB");
         assert_eq!(signed_count(3), "+3");
         assert_eq!(signed_count(-2), "-2");
         assert_eq!(signed_count(0), "0");
@@ -303,20 +280,6 @@ mod tests {
         assert_eq!(ellipsize("a ← b", 4), "a ←…");
         assert_eq!(ellipsize("abc", 1), "…");
         assert_eq!(ellipsize("abc", 0), "");
-    }
-
-    #[test]
-    fn frame_labels_fall_back_to_module_and_address() {
-        let known = named("grow_buffer", "/usr/bin/server", None, None);
-        let in_module = Frame {
-            module: Some("/usr/lib/libfoo.so.1".to_owned()),
-            ..Frame::unknown(0x7f3a_0000_1234)
-        };
-        assert_eq!(frame_label(&known), "grow_buffer");
-        assert_eq!(frame_label(&in_module), "[libfoo.so.1] 0x7f3a00001234");
-        assert_eq!(frame_label(&Frame::unknown(0xabc)), "[unknown] 0xabc");
-        let with_newline = named("bad\nname", "m", None, None);
-        assert_eq!(frame_label(&with_newline), "bad name");
     }
 
     #[test]

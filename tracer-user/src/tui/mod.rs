@@ -5,7 +5,8 @@
 //!
 //! Inside, state and drawing are kept apart (private modules): `app::App` holds the state, keys
 //! and snapshots become `action::Action`s (`input`), `update::update` is the only function that
-//! changes the state, and `ui::render` draws it without I/O. Side effects (quitting, writing an
+//! changes the state, and `ui::render` draws it without I/O (where each part goes is `layout`'s,
+//! the detail pane's text `detail`'s). Side effects (quitting, writing an
 //! export) come back from `update` as `update::Effect`s, which this module's loop carries out.
 //!
 //! Keys: arrows or `j`/`k` move, PgUp/PgDn/Home/End jump, Enter opens the detail pane (Shift+arrows
@@ -35,15 +36,19 @@ use self::{
 use crate::{
     export::{Format, write_report},
     report::Report,
-    snapshot::Snapshot,
+    tui::snapshot::Snapshot,
 };
 
 mod action;
 mod app;
+mod detail;
 mod export;
 mod format;
 mod input;
+mod layout;
 mod rows;
+pub mod snapshot;
+mod style;
 mod terminal;
 mod ui;
 mod update;

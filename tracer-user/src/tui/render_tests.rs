@@ -8,6 +8,7 @@ use ratatui::{Terminal, backend::TestBackend};
 use super::{
     action::Action,
     app::App,
+    detail,
     testing::{Clock, app, empty_snapshot, sample_snapshot, stack_index},
     ui,
     update::update,
@@ -148,15 +149,15 @@ fn grouped_by_function_sorted_by_verdict_with_a_baseline() {
 fn detail_of_an_unknown_stack_has_no_fit() {
     // Stack 7: one sample, so no fit; one block aged 1.0 s
     let app = sample(80, 24, [Action::Last, Action::Up, Action::ToggleDetail]);
-    let text: Vec<String> = ui::detail_lines(&app)
+    let text: Vec<String> = detail::detail_lines(&app)
         .iter()
         .map(ToString::to_string)
         .collect();
-    assert_eq!(text[0], "unknown  ages <10s:1");
+    assert_eq!(text[0], "unknown  ages <10s:1  via glibc");
     // Stack 3: nothing live, so no ages
     let app = sample(80, 24, [Action::Last, Action::ToggleDetail]);
-    let text = ui::detail_lines(&app)[0].to_string();
-    assert_eq!(text, "churn  -341 B/s, R² 0.55");
+    let text = detail::detail_lines(&app)[0].to_string();
+    assert_eq!(text, "churn  -341 B/s, R² 0.55  via glibc");
 }
 
 #[test]
@@ -272,14 +273,14 @@ fn detail_of_an_incomplete_stack_says_so() {
             Action::ToggleDetail,
         ],
     );
-    let text: Vec<String> = ui::detail_lines(&app)
+    let text: Vec<String> = detail::detail_lines(&app)
         .iter()
         .map(ToString::to_string)
         .collect();
     assert_eq!(
         text,
         [
-            "churn  +100 B/s, R² 0.41  ages <1s:5 <10s:3",
+            "churn  +100 B/s, R² 0.41  ages <1s:5 <10s:3  via glibc",
             "2.0 KiB live in 8 allocs, oldest 6.0s; 17 allocs (4.1 KiB) since attach",
             "#0 g_malloc (libglib-2.0.so.0)",
             "#1 g_strdup (libglib-2.0.so.0) [inlined]",

@@ -4,16 +4,12 @@
 
 use std::{cmp::Ordering, collections::HashMap};
 
-use super::format::{frame_label, stack_description};
+use super::format::stack_description;
 use crate::{
-    analytics::Verdict,
-    history::Series,
-    report::{Report, StackReport},
-    snapshot::Snapshot,
+    heap::history::Series,
+    report::{Frame, Report, StackReport, analytics::Verdict},
+    tui::snapshot::Snapshot,
 };
-
-/// The window of [`Series::growth_per_s`] behind the growth column, in seconds.
-pub(crate) const GROWTH_WINDOW_S: f64 = 60.0;
 
 /// Newest samples kept per row for its sparkline: more than any column is wide.
 pub(crate) const SPARK_SAMPLES: usize = 256;
@@ -60,7 +56,7 @@ pub(crate) enum SortKey {
     /// Live bytes, or their change since the baseline when one is set.
     #[default]
     LiveBytes,
-    /// Growth over the last [`GROWTH_WINDOW_S`] (unknown last).
+    /// Growth fitted over `--window` (unknown last).
     Growth,
     /// Live allocations, or their change since the baseline when one is set.
     Count,
@@ -137,7 +133,7 @@ impl Baseline {
 pub(crate) enum RowKey {
     /// A stack, by id.
     Stack(u64),
-    /// An allocating function, by its label ([`frame_label`]).
+    /// An allocating function, by its label ([`Frame::label`]).
     Function(String),
     /// A module, by its path (`[unknown]` when the frame has none).
     Module(String),
@@ -211,7 +207,7 @@ pub(crate) fn group_key(stack: &StackReport, grouping: Grouping) -> RowKey {
     match grouping {
         Grouping::Stack => RowKey::Stack(stack.id),
         Grouping::Function => {
-            RowKey::Function(first.map_or_else(|| "[no stack]".to_owned(), frame_label))
+            RowKey::Function(first.map_or_else(|| "[no stack]".to_owned(), Frame::label))
         }
         Grouping::Module => RowKey::Module(
             first
@@ -254,7 +250,8 @@ pub(crate) fn build_rows(snapshot: &Snapshot, view: View<'_>) -> Vec<Row> {
         let stack_series = series(i);
         row.live_bytes = row.live_bytes.saturating_add(stack.live_bytes);
         row.live_allocs = row.live_allocs.saturating_add(stack.live_allocs);
-        row.growth_per_s = sum_known(row.growth_per_s, stack_series.growth_per_s(GROWTH_WINDOW_S));
+        // The growth the report fitted over --window, as in the detail pane and every export.
+        row.growth_per_s = sum_known(row.growth_per_s, stack.growth_bytes_per_s);
         row.oldest_age_s = max_known(row.oldest_age_s, stack.oldest_age_s);
         row.verdict = most_severe(row.verdict, stack.verdict);
         add_aligned(&mut row.spark, &stack_series.last(SPARK_SAMPLES));
@@ -427,7 +424,7 @@ mod tests {
 
     #[test]
     fn verdicts_rank_by_severity() {
-        use crate::analytics::Verdict::*;
+        use crate::report::analytics::Verdict::*;
         let order = [Leak, Growing, Steady, Churn, Unknown];
         for (i, &a) in order.iter().enumerate() {
             for (j, &b) in order.iter().enumerate() {
@@ -450,7 +447,7 @@ mod tests {
 
     #[test]
     fn groups_take_their_most_severe_members_verdict() {
-        use crate::analytics::Verdict;
+        use crate::report::analytics::Verdict;
         let snapshot = sample_snapshot();
         let verdict_of = |grouping, key: RowKey| {
             build_rows(&snapshot, view(grouping, SortKey::LiveBytes))
@@ -675,10 +672,14 @@ mod tests {
         let mut snapshot = sample_snapshot();
         snapshot.series.clear();
         let rows = build_rows(&snapshot, view(Grouping::Function, SortKey::Growth));
-        assert!(
+        assert!(rows.iter().all(|r| r.spark.is_empty()));
+        // The growth column is the report's fit, so it stays without a series
+        let fitted = |name: &str| {
             rows.iter()
-                .all(|r| r.spark.is_empty() && r.growth_per_s.is_none())
-        );
+                .find(|r| r.key == RowKey::Function(name.to_owned()))
+                .and_then(|r| r.growth_per_s)
+        };
+        assert_eq!(fitted("grow_buffer"), Some(131_072.0));
         snapshot.report.stacks.clear();
         assert!(build_rows(&snapshot, view(Grouping::Stack, SortKey::Age)).is_empty());
     }

@@ -6,10 +6,10 @@ use ratatui::layout::Size;
 
 use super::app::App;
 use crate::{
-    analytics::Verdict,
-    history::Series,
+    heap::history::Series,
+    report::analytics::Verdict,
     report::{Diagnostics, Frame, Report, ReportTotals, StackReport, sort_stacks},
-    snapshot::Snapshot,
+    tui::snapshot::Snapshot,
 };
 
 /// The pid of every test snapshot.
@@ -37,6 +37,7 @@ fn stack(
 ) -> StackReport {
     StackReport {
         id,
+        allocator: "glibc".to_owned(),
         live_bytes,
         live_allocs,
         total_allocs: live_allocs * 2 + 1,
@@ -293,12 +294,11 @@ pub(crate) fn sample_snapshot() -> Snapshot {
             by_id.swap_remove(at).1
         })
         .collect();
-    let diagnostics = Diagnostics {
-        ringbuf_full: 5,
-        pending_full: 2,
-        tracer_memory_bytes: 3_407_872,
-        ..Diagnostics::default()
-    };
+    let diagnostics = crate::source::ebpf::diagnostics_with(&[
+        ("ringbuf_full", 5),
+        ("pending_full", 2),
+        ("tracer_memory_bytes", 3_407_872),
+    ]);
     let live_bytes = reports.iter().map(|s| s.live_bytes).sum();
     let live_allocs = reports.iter().map(|s| s.live_allocs).sum();
     Snapshot {

@@ -1,5 +1,5 @@
-//! Drawing: [`render`] turns an [`App`] into a frame. Pure (no I/O, no clock); the layout
-//! functions are shared with [`App`] so paging and scrolling match what is on screen.
+//! Drawing: [`render`] turns an [`App`] into a frame. Pure (no I/O, no clock); where each part
+//! goes is [`super::layout`]'s, shared with the paging and scrolling keys.
 //!
 //! ```text
 //! leaktrace  pid 4242  ./server --port 8080                         attached 12.8s   header
@@ -16,11 +16,9 @@
 //! q quit ? help ⏎ close / filter s sort g group p pause b baseline e export        keys
 //! ```
 
-use std::borrow::Cow;
-
 use ratatui::{
     Frame,
-    layout::{Alignment, Constraint, Layout, Position, Rect, Size},
+    layout::{Alignment, Constraint, Layout, Position, Rect},
     style::Style,
     text::{Line, Span},
     widgets::{Block, Borders, Cell, Clear, HighlightSpacing, Paragraph, Row, Table, TableState},
@@ -28,72 +26,17 @@ use ratatui::{
 
 use super::{
     app::{App, Mode},
+    detail::detail_lines,
     format,
-    rows::{self, SortKey},
+    layout::{TABLE_CHROME, areas},
+    rows::SortKey,
+    style::{label, value, verdict_style},
 };
-use crate::{analytics::Verdict, export::human_bytes};
-
-/// Lines of the header.
-const HEADER_ROWS: u16 = 3;
-
-/// Lines of the table that are not rows: its top rule and the column names.
-const TABLE_CHROME: u16 = 2;
+use crate::export::human_bytes;
 
 /// Terminals at least this wide get the wide columns (growth per second and per hour, a longer
 /// sparkline).
 const WIDE: u16 = 110;
-
-/// Where each part of the screen goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Areas {
-    /// Process, totals and health.
-    pub(crate) header: Rect,
-    /// The stacks table, with its rule and column names.
-    pub(crate) table: Rect,
-    /// The detail pane, with its rule (empty when closed).
-    pub(crate) detail: Rect,
-    /// End of tracing, PAUSED, the filter and transient messages.
-    pub(crate) status: Rect,
-    /// Key hints.
-    pub(crate) keys: Rect,
-}
-
-/// The screen's layout in `area`.
-pub(crate) fn areas(area: Rect, detail_open: bool) -> Areas {
-    let [header, main, status, keys] = Layout::vertical([
-        Constraint::Length(HEADER_ROWS),
-        Constraint::Fill(1),
-        Constraint::Length(1),
-        Constraint::Length(1),
-    ])
-    .areas(area);
-    let (table, detail) = if detail_open {
-        let [table, detail] =
-            Layout::vertical([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(main);
-        (table, detail)
-    } else {
-        (main, Rect::new(main.x, main.bottom(), main.width, 0))
-    };
-    Areas {
-        header,
-        table,
-        detail,
-        status,
-        keys,
-    }
-}
-
-/// Rows of stacks the table shows in a terminal of `size`.
-pub(crate) fn table_body_rows(size: Size, detail_open: bool) -> usize {
-    let table = areas(Rect::from((Position::ORIGIN, size)), detail_open).table;
-    usize::from(table.height.saturating_sub(TABLE_CHROME))
-}
-
-/// Lines of text the (open) detail pane shows in a terminal of `size`.
-pub(crate) fn detail_body_rows(size: Size) -> usize {
-    let detail = areas(Rect::from((Position::ORIGIN, size)), true).detail;
-    usize::from(detail.height.saturating_sub(1))
-}
 
 /// Draws the whole screen.
 pub(crate) fn render(app: &App, frame: &mut Frame<'_>) {
@@ -109,14 +52,6 @@ pub(crate) fn render(app: &App, frame: &mut Frame<'_>) {
     if app.mode == Mode::Help {
         render_help(frame, area);
     }
-}
-
-fn label<'a>(text: impl Into<Cow<'a, str>>) -> Span<'a> {
-    Span::styled(text, Style::new().dark_gray())
-}
-
-fn value(text: String) -> Span<'static> {
-    Span::styled(text, Style::new().bold())
 }
 
 fn render_header(app: &App, frame: &mut Frame<'_>, area: Rect) {
@@ -184,9 +119,9 @@ fn render_header(app: &App, frame: &mut Frame<'_>, area: Rect) {
         label("   unwind "),
         value(crate::export::one_line(&report.unwind).into_owned()),
         label(" (tables "),
-        value(human_bytes(report.diagnostics.unwind_table_bytes)),
+        value(human_bytes(report.diagnostics.get("unwind_table_bytes"))),
         label(")   tracer "),
-        value(human_bytes(report.diagnostics.tracer_memory_bytes)),
+        value(human_bytes(report.diagnostics.get("tracer_memory_bytes"))),
     ]);
     let health = match report.sample_bytes {
         Some(mean) => {
@@ -264,16 +199,6 @@ fn right(text: String) -> Cell<'static> {
     Cell::from(Line::from(text).alignment(Alignment::Right))
 }
 
-/// How a verdict is drawn: a leak stands out, what is not a concern fades.
-fn verdict_style(verdict: Verdict) -> Style {
-    match verdict {
-        Verdict::Leak => Style::new().red().bold(),
-        Verdict::Growing => Style::new().yellow(),
-        Verdict::Steady => Style::new(),
-        Verdict::Churn | Verdict::Unknown => Style::new().dark_gray(),
-    }
-}
-
 fn render_table(app: &App, frame: &mut Frame<'_>, area: Rect) {
     let columns = Columns::for_width(area.width, app.baseline.is_some());
     let marked = |text: &str, key: SortKey| {
@@ -320,7 +245,10 @@ fn render_table(app: &App, frame: &mut Frame<'_>, area: Rect) {
     let visible = app.rows.iter().skip(app.offset).take(page);
     let table_rows = visible.map(|row| {
         let (live, count) = match row.delta {
-            Some((bytes, count)) => (format::signed_bytes(bytes), format::signed_count(count)),
+            Some((bytes, count)) => (
+                crate::export::signed_bytes(bytes),
+                format::signed_count(count),
+            ),
             None => (human_bytes(row.live_bytes), row.live_allocs.to_string()),
         };
         Row::new([
@@ -371,121 +299,6 @@ fn render_table(app: &App, frame: &mut Frame<'_>, area: Rect) {
             body,
         );
     }
-}
-
-/// The detail pane's text for the selected row: a summary, then the full stack of the row's
-/// biggest stack, one frame per line, innermost first.
-pub(crate) fn detail_lines(app: &App) -> Vec<Line<'static>> {
-    let (Some(snapshot), Some(row)) = (&app.snapshot, app.selected_row()) else {
-        return vec![Line::from(label("no row selected"))];
-    };
-    let Some(stack) = row
-        .members
-        .first()
-        .and_then(|&i| snapshot.report.stacks.get(i))
-    else {
-        return vec![Line::from(label("no row selected"))];
-    };
-    let mut lines = Vec::with_capacity(stack.frames.len() + 4);
-    if !matches!(row.key, rows::RowKey::Stack(_)) {
-        lines.push(Line::from(vec![
-            Span::styled(
-                format!("group of {} stacks, ", row.members.len()),
-                Style::new().bold(),
-            ),
-            Span::styled(row.verdict.as_str(), verdict_style(row.verdict).bold()),
-            Span::styled(
-                format!(
-                    ": {} live in {}; its biggest stack:",
-                    human_bytes(row.live_bytes),
-                    format::allocs(row.live_allocs)
-                ),
-                Style::new().bold(),
-            ),
-        ]));
-    }
-    let mut verdict = vec![Span::styled(
-        stack.verdict.as_str(),
-        verdict_style(stack.verdict).bold(),
-    )];
-    let details = [
-        format::fitted_growth(stack.growth_bytes_per_s, stack.growth_r2),
-        format::age_buckets(&stack.ages),
-    ];
-    for detail in details.into_iter().flatten() {
-        verdict.push(label("  "));
-        verdict.push(label(detail));
-    }
-    lines.push(Line::from(verdict));
-    let oldest = stack
-        .oldest_age_s
-        .map_or_else(|| "–".to_owned(), format::age);
-    lines.push(Line::from(label(format!(
-        "{} live in {}, oldest {oldest}; {} ({}) since attach",
-        human_bytes(stack.live_bytes),
-        format::allocs(stack.live_allocs),
-        format::allocs(stack.total_allocs),
-        human_bytes(stack.total_bytes),
-    ))));
-    if let [first, rest @ ..] = stack.call_sites.as_slice()
-        && !rest.is_empty()
-    {
-        lines.push(Line::from(label(call_sites_line(stack, first, rest))));
-    }
-    if stack.frames.is_empty() {
-        lines.push(Line::from("(no stack recorded)"));
-    }
-    for (i, frame) in stack.frames.iter().enumerate() {
-        let text = format::frame_line(i, frame);
-        lines.push(if frame.inlined {
-            Line::styled(text, Style::new().italic())
-        } else {
-            Line::from(text)
-        });
-    }
-    if stack.truncated {
-        lines.push(Line::from(label(format!(
-            "… truncated after {} frames",
-            stack.frames.len()
-        ))));
-    }
-    if stack.incomplete {
-        lines.push(Line::from(label(
-            "… unwinding stopped early (see diagnostics)",
-        )));
-    }
-    lines
-}
-
-/// What a row merged: `15 call sites (--group-by address shows each), apart at #3 resolve:
-/// 0x55d0c0de1234 8.0 KiB, 0x55d0c0de1250 8.0 KiB, …`.
-fn call_sites_line(
-    stack: &crate::report::StackReport,
-    first: &crate::report::CallSite,
-    rest: &[crate::report::CallSite],
-) -> String {
-    let mut text = format!(
-        "{} call sites (--group-by address shows each)",
-        rest.len() + 1
-    );
-    let Some(at) = rest.iter().filter_map(|c| first.differs_at(c)).min() else {
-        return text;
-    };
-    let name = stack
-        .frames
-        .get(at)
-        .map_or_else(String::new, |f| format!(" {}", format::frame_label(f)));
-    text.push_str(&format!(", apart at #{at}{name}:"));
-    const SHOWN: usize = 4;
-    for site in std::iter::once(first).chain(rest).take(SHOWN) {
-        let addr = site.addrs.get(at).copied().unwrap_or_default();
-        text.push_str(&format!(" {addr:#x} {},", human_bytes(site.live_bytes)));
-    }
-    text.pop();
-    if rest.len() + 1 > SHOWN {
-        text.push_str(" …");
-    }
-    text
 }
 
 fn render_detail(app: &App, frame: &mut Frame<'_>, area: Rect) {

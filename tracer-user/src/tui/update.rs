@@ -5,11 +5,12 @@ use std::time::Duration;
 use super::{
     action::{Action, Exported},
     app::{App, Message, Mode},
+    detail::detail_lines,
     export::filtered_report,
-    format,
+    format, layout,
     rows::{Baseline, View, build_rows},
 };
-use crate::{report::Report, snapshot::Snapshot};
+use crate::{report::Report, tui::snapshot::Snapshot};
 
 /// How long a footer message stays.
 pub(crate) const MESSAGE_TTL: Duration = Duration::from_secs(5);
@@ -58,7 +59,7 @@ pub(crate) fn update(app: &mut App, action: Action) -> Option<Effect> {
             app.detail_scroll = app
                 .detail_scroll
                 .saturating_add(1)
-                .min(app.max_detail_scroll());
+                .min(max_detail_scroll(app));
         }
         Action::Back => {
             if app.detail_open {
@@ -231,7 +232,14 @@ fn keep_in_view(app: &mut App) {
         app.offset = app.selected + 1 - page;
     }
     app.offset = app.offset.min(app.rows.len().saturating_sub(page));
-    app.detail_scroll = app.detail_scroll.min(app.max_detail_scroll());
+    app.detail_scroll = app.detail_scroll.min(max_detail_scroll(app));
+}
+
+/// The largest useful detail scroll: the last line at the bottom of the pane.
+fn max_detail_scroll(app: &App) -> usize {
+    detail_lines(app)
+        .len()
+        .saturating_sub(layout::detail_body_rows(app.size))
 }
 
 #[cfg(test)]
@@ -473,7 +481,7 @@ mod tests {
         update(&mut app, Action::Snapshot(Box::new(sample_snapshot())));
         update(&mut app, Action::ToggleDetail);
         assert!(app.detail_open);
-        let max = app.max_detail_scroll();
+        let max = max_detail_scroll(&app);
         assert!(max > 0, "stack 1 has more lines than the pane");
 
         update(&mut app, Action::DetailUp);

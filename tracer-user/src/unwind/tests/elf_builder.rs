@@ -7,7 +7,7 @@ use object::{
 };
 
 /// One section of a test ELF.
-pub struct TestSection {
+pub(super) struct TestSection {
     pub name: &'static str,
     /// Address (allocated sections) or ignored (0 for non-allocated ones).
     pub addr: u64,
@@ -18,7 +18,7 @@ pub struct TestSection {
 
 impl TestSection {
     /// Executable code filled with `int3`.
-    pub fn code(name: &'static str, addr: u64, size: usize) -> Self {
+    pub(super) fn code(name: &'static str, addr: u64, size: usize) -> Self {
         Self {
             name,
             addr,
@@ -28,7 +28,7 @@ impl TestSection {
     }
 
     /// Read-only allocated data (`.eh_frame`).
-    pub fn rodata(name: &'static str, addr: u64, data: Vec<u8>) -> Self {
+    pub(super) fn rodata(name: &'static str, addr: u64, data: Vec<u8>) -> Self {
         Self {
             name,
             addr,
@@ -38,7 +38,7 @@ impl TestSection {
     }
 
     /// Non-allocated data (`.debug_frame`).
-    pub fn debug(name: &'static str, data: Vec<u8>) -> Self {
+    pub(super) fn debug(name: &'static str, data: Vec<u8>) -> Self {
         Self {
             name,
             addr: 0,
@@ -54,7 +54,7 @@ impl TestSection {
 
 /// An `ET_DYN` file for `machine` whose segment starts at `base` (allocated sections must be at
 /// or above `base + 0x1000`, in increasing address order).
-pub fn build_elf(base: u64, machine: u16, sections: &[TestSection]) -> Vec<u8> {
+pub(super) fn build_elf(base: u64, machine: u16, sections: &[TestSection]) -> Vec<u8> {
     let mut buffer = Vec::new();
     let mut writer = Writer::new(Endianness::Little, true, &mut buffer);
     writer.reserve_file_header();

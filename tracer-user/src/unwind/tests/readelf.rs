@@ -16,7 +16,7 @@ use crate::unwind::{
 /// One row of readelf's table: the LOC and the CFA, rbp and ra columns (`None` when the column
 /// is absent, i.e. no rule).
 #[derive(Clone, Debug)]
-pub struct ReadelfRow {
+pub(super) struct ReadelfRow {
     pub pc: u64,
     pub cfa: String,
     pub rbp: Option<String>,
@@ -26,7 +26,7 @@ pub struct ReadelfRow {
 /// One FDE as readelf interprets it. When readelf printed no table for it (the FDE adds nothing
 /// to its CIE's initial rules), `rows` holds the CIE's initial row at the FDE's start.
 #[derive(Clone, Debug)]
-pub struct ReadelfFde {
+pub(super) struct ReadelfFde {
     pub start: u64,
     pub end: u64,
     pub signal: bool,
@@ -35,7 +35,7 @@ pub struct ReadelfFde {
 
 /// Runs `readelf --debug-dump=frames-interp` on `path` (`.eh_frame` only: the fixtures have no
 /// `.debug_frame`).
-pub fn readelf_fdes(path: &Path) -> Vec<ReadelfFde> {
+pub(super) fn readelf_fdes(path: &Path) -> Vec<ReadelfFde> {
     let output = Command::new("readelf")
         .arg("--debug-dump=frames-interp")
         .arg(path)
@@ -236,7 +236,7 @@ fn expected(fde: &ReadelfFde, row: &ReadelfRow) -> Vec<Expect> {
 /// Checks every readelf row of every non-empty FDE against `table`: the row applying at its LOC,
 /// and every table row up to the next LOC, must carry an acceptable rule. Returns the number of
 /// readelf rows checked; panics with the first mismatches.
-pub fn check_table(table: &UnwindTable, fdes: &[ReadelfFde]) -> usize {
+pub(super) fn check_table(table: &UnwindTable, fdes: &[ReadelfFde]) -> usize {
     let mut checked = 0;
     let mut mismatches = Vec::new();
     let starts: HashSet<u64> = fdes

@@ -21,7 +21,7 @@ use blazesym::{
 };
 
 use crate::{
-    process::parse_maps,
+    target::parse_maps,
     unwind::{
         MAX_FRAMES, Mapping, Registers, StopReason, UnwindTable, Unwound, compile, load_bias,
         unwind,

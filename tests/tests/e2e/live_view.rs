@@ -1,0 +1,212 @@
+//! The live view, driven in tmux as a person would.
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use super::*;
+
+/// A leaktrace running in a detached tmux session, read with capture-pane.
+struct Tmux {
+    name: String,
+}
+
+impl Tmux {
+    fn start(name: &str, command: &str) -> Self {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", name])
+            .output();
+        let status = Command::new("tmux")
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                name,
+                "-x",
+                "120",
+                "-y",
+                "36",
+                command,
+            ])
+            .status()
+            .expect("tmux is installed by `cargo xtask test`");
+        assert!(status.success());
+        Self {
+            name: name.to_owned(),
+        }
+    }
+
+    /// leaktrace's live view on `pid`, exporting to `dir/final.json` and leaving its exit
+    /// code in `dir/exit`; returns once the header is on screen.
+    fn leaktrace(name: &str, pid: u32, dir: &Path) -> Self {
+        let command = format!(
+            "{} -p {pid} --export {}/final.json; echo $? > {}/exit",
+            leaktrace_tests::leaktrace_bin().display(),
+            dir.display(),
+            dir.display()
+        );
+        let tmux = Self::start(&format!("{name}-{pid}"), &command);
+        tmux.wait_for("the header", |s| s.contains(&format!("pid {pid}")));
+        tmux
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        for key in keys {
+            assert!(
+                Command::new("tmux")
+                    .args(["send-keys", "-t", &self.name, key])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+
+    /// Waits until the screen satisfies `ok`; panics with the screen after 15 s.
+    fn wait_for(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.screen();
+            if ok(&screen) {
+                return screen;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "screen never showed {what}:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.name])
+            .output();
+    }
+}
+
+fn wait_for_file(path: &Path) -> String {
+    let start = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && !text.is_empty()
+        {
+            return text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn keys_sort_filter_baseline_export_and_quit() {
+    require_root();
+    let mut target = Fixture::start(&fixture(Build::CFramePointers));
+    let dir = tempfile::tempdir().unwrap();
+    let tmux = Tmux::leaktrace("lt", target.pid, dir.path());
+    target.cmd("leak 40 1000");
+    target.cmd("cache 5 100");
+    target.cmd("churn 2000");
+    let screen = tmux.wait_for("the leak", |s| {
+        s.contains("alloc_buffer") && s.contains("39.1 KiB")
+    });
+    assert!(screen.contains("make_node"), "{screen}");
+    assert!(
+        screen.contains("live ▼"),
+        "default sort is live bytes:\n{screen}"
+    );
+
+    tmux.keys(&["s"]);
+    tmux.wait_for("growth sort", |s| {
+        s.contains("growth") && s.contains('▼') && !s.contains("live ▼")
+    });
+    tmux.keys(&["s", "s", "s"]);
+    tmux.wait_for("verdict sort", |s| s.contains("verdict ▼"));
+    tmux.keys(&["s"]);
+    tmux.wait_for("live sort again", |s| s.contains("live ▼"));
+
+    tmux.keys(&["/", "c", "a", "c", "h", "e", "Enter"]);
+    let filtered = tmux.wait_for("the filter", |s| {
+        s.contains("/cache") && !s.contains("alloc_buffer")
+    });
+    assert!(filtered.contains("make_node"), "{filtered}");
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("the filter cleared", |s| s.contains("alloc_buffer"));
+
+    tmux.keys(&["b"]);
+    tmux.wait_for("the baseline", |s| s.contains("baseline"));
+    target.cmd("leak 3 1000");
+    tmux.wait_for("a delta since the baseline", |s| {
+        s.contains("+2.9 KiB") || s.contains("+3000")
+    });
+    tmux.keys(&["b"]);
+
+    tmux.keys(&["e"]);
+    let exported = tmux.wait_for("the export message", |s| s.contains("exported"));
+    let path = exported
+        .split_whitespace()
+        .find(|w| w.contains("leaktrace-") && w.ends_with(".json"))
+        .unwrap_or_else(|| panic!("no export path on screen:\n{exported}"))
+        .to_owned();
+    let export: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(
+        num(stack_from(&export, "alloc_buffer"), "live_bytes"),
+        43_000
+    );
+
+    tmux.keys(&["?"]);
+    tmux.wait_for("the help", |s| {
+        s.contains("baseline") && s.contains("filter") && s.contains("quit")
+    });
+    tmux.keys(&["Escape", "q"]);
+    assert_eq!(wait_for_file(&dir.path().join("exit")).trim(), "0");
+    let report: Value =
+        serde_json::from_str(&wait_for_file(&dir.path().join("final.json"))).unwrap();
+    assert_eq!(
+        num(stack_from(&report, "alloc_buffer"), "live_bytes"),
+        43_000
+    );
+    assert_no_programs_left("after quitting the live view");
+    target.cmd("churn 10");
+    assert!(target.is_running());
+}
+
+#[test]
+fn ingestion_keeps_up_while_the_view_runs() {
+    require_root();
+    let mut target = Fixture::start(&fixture(Build::CFramePointers));
+    let dir = tempfile::tempdir().unwrap();
+    let tmux = Tmux::leaktrace("lt-rate", target.pid, dir.path());
+    let reply = target.cmd("threads 8 100000 100");
+    let elapsed_ns: u64 = reply.trim_start_matches("ok ").parse().unwrap();
+    let events = 8 * 1000 + 2 * 8 * 99_000;
+    let rate = events as f64 / (elapsed_ns as f64 / 1e9);
+    tmux.wait_for("the threads' stacks", |s| s.contains("thread_leak"));
+    tmux.keys(&["q"]);
+    assert_eq!(wait_for_file(&dir.path().join("exit")).trim(), "0");
+    let report: Value =
+        serde_json::from_str(&wait_for_file(&dir.path().join("final.json"))).unwrap();
+    eprintln!(
+        "with the live view: {events} events at {rate:.0} events/s, lost {}",
+        report["totals"]["lost_events"]
+    );
+    assert!(rate >= 200_000.0, "only {rate:.0} events/s");
+    assert_eq!(num(&report["totals"], "lost_events"), 0);
+    assert_eq!(num(stack_from(&report, "thread_leak"), "live_allocs"), 8000);
+}

@@ -1,0 +1,52 @@
+//! `free_enter` (uprobe): one free event per released block the trace follows.
+use aya_ebpf::{macros::uprobe, programs::ProbeContext};
+use tracer_common::{AllocKind, Counter, Event, EventOp};
+
+use crate::{
+    sampling::{SAMPLED, sample_bytes},
+    state::{count, current_tid, inside_outer_call, now_ns, submit, thread_state},
+};
+
+#[uprobe]
+pub(crate) fn free_enter(ctx: ProbeContext) -> u32 {
+    // SAFETY: `ctx.regs` is the kernel-provided `pt_regs` for this probe hit.
+    let regs = unsafe { &*ctx.regs };
+    let addr = regs.rdi;
+    if addr == 0 {
+        return 0;
+    }
+    let sampling = sample_bytes() != 0;
+    if sampling && SAMPLED.get_ptr(addr).is_none() {
+        // Not a sampled block: nothing to report. Checked first, with a lookup (no lock), as
+        // this is what most frees meet when sampling.
+        return 0;
+    }
+    let tid = current_tid();
+    let inside = match thread_state(tid, false) {
+        // SAFETY: as in `enter`; only read here.
+        Some(state) => inside_outer_call(unsafe { &*state }, regs.rsp),
+        None => false,
+    };
+    if inside {
+        // A free made by the allocator itself (realloc(p, 0) calls free): the outer call's
+        // return accounts for it.
+        count(Counter::Nested);
+        return 0;
+    }
+    if sampling && SAMPLED.remove(addr).is_err() {
+        // Another thread freed it first (a double free in the target).
+        return 0;
+    }
+    submit(Event {
+        ts_ns: now_ns(),
+        addr,
+        old_addr: 0,
+        size: 0,
+        stack_id: 0,
+        tid,
+        kind: AllocKind::Free as u8,
+        op: EventOp::Free as u8,
+        flags: 0,
+    });
+    0
+}

@@ -1,0 +1,127 @@
+//! What every program shares: the event ring buffer, the stack map, per-thread state, the
+//! loss counters, and the globals user space sets before load.
+use aya_ebpf::{
+    bindings::{
+        BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+    },
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{Counter, Event, StackTrace, ThreadState};
+
+/// Ring buffer size in bytes; user space overrides it at load (`set_max_entries`).
+const DEFAULT_RINGBUF_BYTES: u32 = 16 << 20;
+/// A pending outer call older than this is taken as stale (its return was never seen).
+const OUTER_STALE_NS: u64 = 1_000_000_000;
+
+/// Bytes of unread data above which a submit wakes the reader; below it the reader is not woken
+/// per event and drains the buffer on its own timer. Set by user space before load.
+#[unsafe(no_mangle)]
+pub(crate) static WAKEUP_BYTES: u64 = 4 << 20;
+
+/// How stacks are captured: 0 = the kernel's frame-pointer walk, 1 = `.eh_frame` tables with
+/// frame pointers where a binary has no tables (auto), 2 = tables only. Set before load.
+#[unsafe(no_mangle)]
+pub(crate) static UNWIND_MODE: u32 = 0;
+
+#[inline(always)]
+pub(crate) fn unwind_mode() -> u32 {
+    // SAFETY: reading a global that user space sets before load; volatile so the compiler does
+    // not fold the default value in.
+    unsafe { core::ptr::read_volatile(&raw const UNWIND_MODE) }
+}
+
+#[map(name = "EVENTS")]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RINGBUF_BYTES, 0);
+
+/// Deduplicated stacks, keyed by a 64-bit hash of their frames. Not preallocated: memory grows
+/// with the number of distinct stacks, up to the entry limit.
+#[map(name = "STACKS")]
+pub(crate) static STACKS: HashMap<u64, StackTrace> =
+    HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+
+/// Per-thread state: pending calls by kind, the outermost call in progress, and scratch space
+/// for stack capture. Keyed by thread, not CPU: a uprobe program can be preempted on a
+/// preemptible kernel, and another thread on the same CPU would then overwrite a per-CPU buffer
+/// halfway through. LRU, so entries of threads that have exited make room for new ones.
+#[map(name = "THREADS")]
+pub(crate) static THREADS: LruHashMap<u32, ThreadState> = LruHashMap::with_max_entries(8192, 0);
+
+/// An all-zero state used to create a thread's entry (too large for the BPF stack).
+#[map(name = "ZERO_STATE")]
+pub(crate) static ZERO_STATE: PerCpuArray<ThreadState> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "COUNTERS")]
+pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+#[inline(always)]
+pub(crate) fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: the pointer comes from a successful per-CPU array lookup, so it points at this
+        // CPU's u64 slot; uprobe programs run with migration disabled, so no other CPU touches it.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+pub(crate) fn current_tid() -> u32 {
+    // The low 32 bits are the thread id.
+    bpf_get_current_pid_tgid() as u32
+}
+
+#[inline(always)]
+pub(crate) fn now_ns() -> u64 {
+    // SAFETY: a helper with no arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// This thread's state, created (zeroed) on first use.
+#[inline(always)]
+pub(crate) fn thread_state(tid: u32, create: bool) -> Option<*mut ThreadState> {
+    if let Some(state) = THREADS.get_ptr_mut(tid) {
+        return Some(state);
+    }
+    if !create {
+        return None;
+    }
+    let zero = ZERO_STATE.get_ptr(0)?;
+    // SAFETY: pointer from a successful array lookup; the insert copies the value.
+    let zero = unsafe { &*zero };
+    if THREADS.insert(tid, zero, u64::from(BPF_NOEXIST)).is_err() {
+        // Another program of this thread cannot run concurrently, so this is a full map.
+        return None;
+    }
+    THREADS.get_ptr_mut(tid)
+}
+
+/// Whether a call at stack pointer `sp` runs inside the thread's outer traced call.
+#[inline(always)]
+pub(crate) fn inside_outer_call(state: &ThreadState, sp: u64) -> bool {
+    // The stack grows down: a call made from inside the outer call has a smaller sp. `<=`: a
+    // tail call into another traced function (glibc's reallocarray jumps to realloc) runs at
+    // the outer call's own stack pointer.
+    state.outer_sp != 0
+        && sp <= state.outer_sp
+        // The clock is read last: most calls have no outer call in progress.
+        && now_ns().wrapping_sub(state.outer_started_ns) < OUTER_STALE_NS
+}
+
+#[inline(always)]
+pub(crate) fn submit(event: Event) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(Counter::RingbufFull);
+        return;
+    };
+    entry.write(event);
+    // SAFETY: reading a global that user space sets before load; volatile so the compiler does
+    // not fold the default value in.
+    let wakeup_bytes = unsafe { core::ptr::read_volatile(&raw const WAKEUP_BYTES) };
+    let wake = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= wakeup_bytes {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(u64::from(wake));
+    count(Counter::Sent);
+}

@@ -1,0 +1,111 @@
+//! Decoding the kernel's event records at the edge, into the heap model's events.
+use tracer_common::{AllocKind, Event, EventOp};
+
+use crate::source::{HeapEvent, Op};
+
+/// Decodes one ring-buffer record; `None` for a record of the wrong size or with unknown codes.
+pub fn decode(bytes: &[u8]) -> Option<HeapEvent> {
+    if bytes.len() != size_of::<Event>() {
+        return None;
+    }
+    // SAFETY: the length matches `Event`, a `#[repr(C)]` plain-integer type for which every byte
+    // pattern is valid; `read_unaligned` makes no alignment assumption.
+    let event: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    from_event(&event)
+}
+
+/// Converts a kernel event into a heap-model event.
+pub fn from_event(event: &Event) -> Option<HeapEvent> {
+    let op = match event.op {
+        op if op == EventOp::Alloc as u8 => Op::Alloc,
+        op if op == EventOp::Free as u8 => Op::Free,
+        op if op == EventOp::Exec as u8 => Op::Exec,
+        _ => return None,
+    };
+    Some(HeapEvent {
+        ts_ns: event.ts_ns,
+        op,
+        addr: event.addr,
+        old_addr: event.old_addr,
+        size: event.size,
+        stack: event.stack_id,
+        tid: event.tid,
+        kind: AllocKind::from_raw(u16::from(event.kind))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::monotonic_now_ns;
+
+    fn bytes_of(event: &Event) -> Vec<u8> {
+        // SAFETY: `Event` is plain integers with no padding; viewing it as bytes is sound.
+        unsafe {
+            std::slice::from_raw_parts((event as *const Event).cast::<u8>(), size_of::<Event>())
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_allocations_and_frees() {
+        let event = Event {
+            ts_ns: 5,
+            addr: 0x1000,
+            old_addr: 0x2000,
+            size: 64,
+            stack_id: 9,
+            tid: 3,
+            kind: AllocKind::Realloc as u8,
+            op: EventOp::Alloc as u8,
+            flags: 0,
+        };
+        let decoded = decode(&bytes_of(&event)).expect("decodes");
+        assert_eq!(
+            (
+                decoded.ts_ns,
+                decoded.addr,
+                decoded.old_addr,
+                decoded.size,
+                decoded.stack,
+                decoded.tid
+            ),
+            (5, 0x1000, 0x2000, 64, 9, 3)
+        );
+        assert!(matches!(decoded.op, Op::Alloc));
+        assert_eq!(decoded.kind, AllocKind::Realloc);
+        let free = Event {
+            op: EventOp::Free as u8,
+            kind: AllocKind::Free as u8,
+            ..event
+        };
+        assert!(matches!(
+            decode(&bytes_of(&free)).expect("free").op,
+            Op::Free
+        ));
+    }
+
+    #[test]
+    fn rejects_malformed_records() {
+        let event = Event {
+            op: 9,
+            kind: 1,
+            ..Event::default()
+        };
+        assert!(decode(&bytes_of(&event)).is_none());
+        let event = Event {
+            op: 1,
+            kind: 77,
+            ..Event::default()
+        };
+        assert!(decode(&bytes_of(&event)).is_none());
+        assert!(decode(&[0u8; 12]).is_none());
+    }
+
+    #[test]
+    fn monotonic_clock_advances() {
+        let a = monotonic_now_ns();
+        let b = monotonic_now_ns();
+        assert!(b >= a && a > 0);
+    }
+}

@@ -1,0 +1,644 @@
+//! Loading leaktrace's eBPF programs and attaching them to the target's allocator.
+//!
+//! Attach order: `free`, then the allocation return probes, then the allocation entry probes;
+//! detach order: the reverse. When sampling on a kernel with uprobe sessions, one session link
+//! (see [`crate::probe::uprobe_session`]) replaces the allocation entry and return probes, so unsampled
+//! calls skip the return trap; it is attached after `free` and detached before it. So every allocation recorded has its return caught and its free
+//! seen, and no block looks leaked only because a probe was missing. Dropping [`Probes`] detaches
+//! everything (also while unwinding from a panic); the kernel removes the breakpoints from the
+//! target.
+
+pub mod btf;
+pub mod events;
+pub mod site;
+pub mod uprobe_session;
+
+use std::num::NonZeroU32;
+
+use std::os::fd::{AsFd as _, BorrowedFd};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
+    programs::{
+        RawTracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
+    },
+};
+use tracer_common::{
+    Counter, StackTrace, names,
+    unwind::{ExecMapping, MAX_MAPPINGS},
+};
+
+use crate::{
+    probe::uprobe_session::{SessionLink, SessionProgram},
+    target::allocator::Allocator,
+};
+
+/// The eBPF object built by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// Why the probes could not be loaded or attached.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// This binary was built without its eBPF object.
+    #[error("this leaktrace was built without its eBPF programs (LEAKTRACE_SKIP_EBPF)")]
+    NoObject,
+    /// The kernel refused to load the object.
+    #[error("loading the eBPF programs: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// A program or map is missing from the object.
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+    /// A program could not be loaded or attached.
+    #[error("{what}: {source}")]
+    Program {
+        /// What was being done.
+        what: String,
+        /// What went wrong.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A map could not be opened.
+    #[error("opening map {name}: {source}")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// What went wrong.
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// How the kernel side captures user stacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnwindMode {
+    /// `.eh_frame` tables where a binary has them, frame pointers elsewhere.
+    Auto,
+    /// `.eh_frame` tables only: a frame without tables ends the stack (flagged).
+    Dwarf,
+    /// The kernel's frame-pointer walk only.
+    Fp,
+}
+
+impl UnwindMode {
+    /// The value of the eBPF global `UNWIND_MODE`.
+    fn kernel_value(self) -> u32 {
+        match self {
+            Self::Fp => 0,
+            Self::Auto => 1,
+            Self::Dwarf => 2,
+        }
+    }
+
+    /// The name shown to users and in exports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Dwarf => "dwarf",
+            Self::Fp => "fp",
+        }
+    }
+}
+
+/// Sizes and thresholds of the kernel side.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeConfig {
+    /// Ring buffer size in bytes (a power of two, at least a page).
+    pub ringbuf_bytes: u32,
+    /// How stacks are captured.
+    pub unwind: UnwindMode,
+    /// Capacity of the unwind rows array (ignored in frame-pointer mode).
+    pub unwind_rows: u32,
+    /// Check 1 in this many unwound stacks against a user-space unwind (0: never).
+    pub verify_every: u32,
+    /// Mean bytes between sampled allocations (0: trace every allocation).
+    pub sample_bytes: u64,
+    /// The traced process, for the exec tracepoint (which sees every process).
+    pub target_pid: u32,
+    /// When sampling, use a uprobe session where the kernel has them (unsampled calls then
+    /// skip the return trap). `false` forces separate entry and return probes.
+    pub uprobe_session: bool,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            ringbuf_bytes: 32 << 20,
+            unwind: UnwindMode::Auto,
+            unwind_rows: 1 << 20,
+            verify_every: 0,
+            sample_bytes: 0,
+            target_pid: 0,
+            uprobe_session: true,
+        }
+    }
+}
+
+/// The kernel side's loss and health counters, summed over CPUs, indexed by [`Counter`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters([u64; Counter::COUNT as usize]);
+
+impl KernelCounters {
+    /// The value of `counter`.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0.get(counter as usize).copied().unwrap_or(0)
+    }
+
+    /// Every counter with its value, in index order.
+    pub fn iter(&self) -> impl Iterator<Item = (Counter, u64)> + '_ {
+        Counter::ALL.into_iter().map(|c| (c, self.get(c)))
+    }
+}
+
+/// A stack as the kernel stored it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelStack {
+    /// Return addresses, innermost first (the allocator's caller first).
+    pub ips: Vec<u64>,
+    /// Cut at the frame limit.
+    pub truncated: bool,
+    /// The unwinder stopped before the outermost frame.
+    pub incomplete: bool,
+}
+
+/// How the returns of allocating calls are caught.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReturnProbes {
+    /// A return probe on every call.
+    Uretprobes,
+    /// A uprobe session: the return is caught only for calls whose entry asks for it.
+    Session,
+    /// Separate return probes because a session could not be set up (the reason).
+    Fallback(String),
+}
+
+impl ReturnProbes {
+    /// One line for the attach summary.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Uretprobes => "returns: a return probe on every call".into(),
+            Self::Session => {
+                "returns: uprobe session (unsampled calls skip the return trap)".into()
+            }
+            Self::Fallback(why) => {
+                format!("returns: a return probe on every call (no uprobe session: {why})")
+            }
+        }
+    }
+}
+
+/// The loaded programs, their links and the maps user space reads.
+pub struct Probes {
+    ebpf: Ebpf,
+    /// The session program, when sampling and the kernel accepted it.
+    session_program: Option<SessionProgram>,
+    /// How returns are caught (decided at load, revised if the session link fails).
+    returns: ReturnProbes,
+    session_links: Vec<SessionLink>,
+    entry_links: Vec<UProbeLink>,
+    return_links: Vec<UProbeLink>,
+    free_links: Vec<UProbeLink>,
+    exec_link: Option<aya::programs::raw_trace_point::RawTracePointLink>,
+    stacks: HashMap<MapData, u64, StackTrace>,
+    counters: PerCpuArray<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+    verify: Option<RingBuf<MapData>>,
+    unwind_rows: MapData,
+    unwind_rows_capacity: u32,
+    mappings: Array<MapData, ExecMapping>,
+    mapping_count: Array<MapData, u32>,
+    /// The `MAPPINGS` bank the unwinder reads (0 or 1).
+    mapping_bank: u32,
+}
+
+impl std::fmt::Debug for Probes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probes")
+            .field("entry_links", &self.entry_links.len())
+            .field("return_links", &self.return_links.len())
+            .finish()
+    }
+}
+
+/// Program `name` of the loaded object, as the program type `T`.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, ProbeError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf.program_mut(name).ok_or(ProbeError::Missing(name))?;
+    program.try_into().map_err(|source| ProbeError::Program {
+        what: format!("program {name}"),
+        source,
+    })
+}
+
+/// Takes map `name` out of the loaded object as the typed map `T`.
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ProbeError::Missing(name))?;
+    T::try_from(map).map_err(|source| ProbeError::Map { name, source })
+}
+
+impl Probes {
+    /// Loads the programs and maps into the kernel (nothing is attached yet).
+    pub fn load(config: ProbeConfig) -> Result<Self, ProbeError> {
+        if OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
+        let wakeup_bytes = u64::from(config.ringbuf_bytes / 4);
+        let unwind_mode = config.unwind.kernel_value();
+        // Kernel structure offsets for translating foreign uretprobe trampolines (0: unknown).
+        let ri_offsets: [u32; 5] =
+            crate::probe::btf::return_instance_offsets().map_or([0; 5], |o| {
+                [
+                    o.task_utask,
+                    o.utask_return_instances,
+                    o.ri_stack,
+                    o.ri_orig_ret_vaddr,
+                    o.ri_next,
+                ]
+            });
+        let unwind_rows_capacity = if config.unwind == UnwindMode::Fp {
+            1
+        } else {
+            config.unwind_rows.max(1)
+        };
+        let mut ebpf = EbpfLoader::new()
+            // The unwinder's per-thread stack copy is task-local storage, which aya creates
+            // but has no typed handle for (user space never touches it).
+            .allow_unsupported_maps()
+            .map_max_entries(names::EVENTS, config.ringbuf_bytes)
+            .map_max_entries(names::UNWIND_ROWS, unwind_rows_capacity)
+            .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
+            .override_global("UNWIND_MODE", &unwind_mode, true)
+            .override_global("VERIFY_EVERY", &config.verify_every, true)
+            .override_global("SAMPLE_BYTES", &config.sample_bytes, true)
+            .override_global("RI_OFFSETS", &ri_offsets, true)
+            .override_global("TARGET_TGID", &config.target_pid, true)
+            .map_max_entries(
+                names::VERIFY,
+                if config.verify_every == 0 {
+                    4096
+                } else {
+                    16 << 20
+                },
+            )
+            .load(OBJECT)?;
+        for name in [names::FREE_ENTER, names::FLOOR_ENTER] {
+            load_program(&mut ebpf, name)?;
+        }
+        program::<RawTracePoint>(&mut ebpf, names::EXEC)?
+            .load()
+            .map_err(|source| ProbeError::Program {
+                what: "loading on_exec".into(),
+                source,
+            })?;
+        // Before any map is taken out of `ebpf`: the session program shares them all. The
+        // separate entry and return programs are verified only when needed (each takes the
+        // verifier a while: it holds the unwinder).
+        let (session_program, returns) = if config.sample_bytes == 0 || !config.uprobe_session {
+            (None, ReturnProbes::Uretprobes)
+        } else {
+            match load_session(&mut ebpf) {
+                Ok(program) => (Some(program), ReturnProbes::Session),
+                Err(why) => (None, ReturnProbes::Fallback(why)),
+            }
+        };
+        if session_program.is_none() {
+            load_pair(&mut ebpf)?;
+        }
+        let stacks = take_map(&mut ebpf, names::STACKS)?;
+        let counters = take_map(&mut ebpf, names::COUNTERS)?;
+        let events = take_map(&mut ebpf, names::EVENTS)?;
+        // Sampling intervals: -ln(u) at 256 evenly spread points of (0, 1), scaled by 2^16.
+        let mut exp_table: Array<_, u32> = Array::try_from(
+            ebpf.map_mut(names::EXP_TABLE)
+                .ok_or(ProbeError::Missing(names::EXP_TABLE))?,
+        )
+        .map_err(|source| ProbeError::Map {
+            name: names::EXP_TABLE,
+            source,
+        })?;
+        for i in 0..256u32 {
+            let u = (f64::from(i) + 0.5) / 256.0;
+            let value = (-u.ln() * 65536.0).round() as u32;
+            exp_table
+                .set(i, value, 0)
+                .map_err(|source| ProbeError::Map {
+                    name: names::EXP_TABLE,
+                    source,
+                })?;
+        }
+        let verify = take_map(&mut ebpf, names::VERIFY)?;
+        let Some(Map::Array(unwind_rows)) = ebpf.take_map(names::UNWIND_ROWS) else {
+            return Err(ProbeError::Missing(names::UNWIND_ROWS));
+        };
+        let mappings = take_map(&mut ebpf, names::MAPPINGS)?;
+        let mapping_count = take_map(&mut ebpf, names::MAPPING_COUNT)?;
+        Ok(Self {
+            ebpf,
+            session_program,
+            returns,
+            session_links: Vec::new(),
+            entry_links: Vec::new(),
+            return_links: Vec::new(),
+            free_links: Vec::new(),
+            exec_link: None,
+            stacks,
+            counters,
+            events: Some(events),
+            verify: Some(verify),
+            unwind_rows,
+            unwind_rows_capacity,
+            mappings,
+            mapping_count,
+            mapping_bank: 0,
+        })
+    }
+
+    /// Attaches to every probe point of `allocator`, firing only for process `pid`.
+    /// On error, whatever was attached is detached again.
+    pub fn attach(&mut self, allocator: &Allocator, pid: NonZeroU32) -> Result<(), ProbeError> {
+        let result = self.attach_all(allocator, pid);
+        if result.is_err() {
+            self.detach();
+        }
+        result
+    }
+
+    fn attach_all(&mut self, allocator: &Allocator, pid: NonZeroU32) -> Result<(), ProbeError> {
+        // Exec first: an exec during attach must not leave the old image's blocks live.
+        let exec: &mut RawTracePoint = program(&mut self.ebpf, names::EXEC)?;
+        let id = exec
+            .attach("sched_process_exec")
+            .map_err(|source| ProbeError::Program {
+                what: "attaching to sched_process_exec".into(),
+                source,
+            })?;
+        self.exec_link = Some(exec.take_link(id).map_err(|source| ProbeError::Program {
+            what: "attaching to sched_process_exec".into(),
+            source,
+        })?);
+        let scope = UProbeScope::OneProcess(pid);
+        let path = &allocator.attach_path;
+        let point = |offset: u64, cookie: u64| UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(offset),
+            cookie: Some(cookie),
+        };
+        let attach_err = |what: String| move |source| ProbeError::Program { what, source };
+        // Frees first, then returns, then entries: see the module docs.
+        for stage in [names::FREE_ENTER, names::ALLOC_EXIT, names::ALLOC_ENTER] {
+            if stage == names::ALLOC_EXIT && self.attach_session(allocator, pid)? {
+                break;
+            }
+            let prog: &mut UProbe = program(&mut self.ebpf, stage)?;
+            for probe in &allocator.points {
+                let is_free = probe.kind == tracer_common::AllocKind::Free;
+                if is_free != (stage == names::FREE_ENTER) {
+                    continue;
+                }
+                let what = format!(
+                    "attaching {stage} to {} in {}",
+                    probe.kind.symbol(),
+                    path.display()
+                );
+                let id = prog
+                    .attach(point(probe.file_offset, probe.kind as u64), path, scope)
+                    .map_err(attach_err(what.clone()))?;
+                let link = prog.take_link(id).map_err(attach_err(what))?;
+                match stage {
+                    names::ALLOC_EXIT => self.return_links.push(link),
+                    names::FREE_ENTER => self.free_links.push(link),
+                    _ => self.entry_links.push(link),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches the session program to every allocating function, if it was loaded. Returns
+    /// whether it did; on failure the reason is kept and the separate entry and return
+    /// programs are loaded to be attached instead.
+    fn attach_session(
+        &mut self,
+        allocator: &Allocator,
+        pid: NonZeroU32,
+    ) -> Result<bool, ProbeError> {
+        let Some(program) = &self.session_program else {
+            return Ok(false);
+        };
+        let (offsets, cookies): (Vec<u64>, Vec<u64>) = allocator
+            .points
+            .iter()
+            .filter(|p| p.kind != tracer_common::AllocKind::Free)
+            .map(|p| (p.file_offset, p.kind as u64))
+            .unzip();
+        match SessionLink::attach(
+            program,
+            &allocator.attach_path,
+            &offsets,
+            &cookies,
+            pid.get(),
+        ) {
+            Ok(link) => {
+                self.session_links.push(link);
+                Ok(true)
+            }
+            Err(err) => {
+                self.returns = ReturnProbes::Fallback(err.to_string());
+                self.session_program = None;
+                load_pair(&mut self.ebpf)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// How the returns of allocating calls are caught.
+    pub fn returns(&self) -> &ReturnProbes {
+        &self.returns
+    }
+
+    /// Attaches only the empty program to malloc's and free's probe sites (`--probe-floor`): the
+    /// cost of the two traps a tracer of every allocation cannot avoid, for benchmarks.
+    pub fn attach_floor(
+        &mut self,
+        allocator: &Allocator,
+        pid: NonZeroU32,
+    ) -> Result<(), ProbeError> {
+        let scope = UProbeScope::OneProcess(pid);
+        let path = &allocator.attach_path;
+        let prog: &mut UProbe = program(&mut self.ebpf, names::FLOOR_ENTER)?;
+        for probe in allocator.points.iter().filter(|p| {
+            matches!(
+                p.kind,
+                tracer_common::AllocKind::Malloc | tracer_common::AllocKind::Free
+            )
+        }) {
+            let what = format!("attaching the floor probe to {}", probe.kind.symbol());
+            let id = prog
+                .attach(
+                    UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
+                    path,
+                    scope,
+                )
+                .map_err(|source| ProbeError::Program {
+                    what: what.clone(),
+                    source,
+                })?;
+            let link = prog
+                .take_link(id)
+                .map_err(|source| ProbeError::Program { what, source })?;
+            self.entry_links.push(link);
+        }
+        Ok(())
+    }
+
+    /// Detaches every probe: allocation entries, then returns, then frees, each group in
+    /// parallel (the kernel waits for in-flight probe handlers on every removal). The target
+    /// runs on unprobed.
+    pub fn detach(&mut self) {
+        // A session link holds entries and returns: it goes first, with the entries.
+        drop(std::mem::take(&mut self.session_links));
+        for links in [
+            &mut self.entry_links,
+            &mut self.return_links,
+            &mut self.free_links,
+        ] {
+            let links = std::mem::take(links);
+            std::thread::scope(|scope| {
+                for link in links {
+                    scope.spawn(move || drop(link));
+                }
+            });
+        }
+    }
+
+    /// Number of attached probes.
+    pub fn attached(&self) -> usize {
+        self.entry_links.len()
+            + self.return_links.len()
+            + self.free_links.len()
+            + self
+                .session_links
+                .iter()
+                .map(SessionLink::probes)
+                .sum::<usize>()
+    }
+
+    /// Takes the `--verify-unwind` ring buffer (once).
+    pub fn take_verify(&mut self) -> Option<RingBuf<MapData>> {
+        self.verify.take()
+    }
+
+    /// Takes the event ring buffer (once) for the consumer.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// The frames of stack `id`, innermost first, and its flags.
+    pub fn stack(&self, id: u64) -> Option<KernelStack> {
+        let trace = self.stacks.get(&id, 0).ok()?;
+        let len = (trace.len as usize).min(trace.ips.len());
+        let has = |flag: u16| trace.flags & u32::from(flag) != 0;
+        Some(KernelStack {
+            ips: trace.ips[..len].to_vec(),
+            truncated: has(tracer_common::flags::STACK_TRUNCATED),
+            incomplete: has(tracer_common::flags::STACK_INCOMPLETE),
+        })
+    }
+
+    /// The unwind rows array's descriptor and capacity, for loading tables.
+    pub fn unwind_rows(&self) -> (BorrowedFd<'_>, u32) {
+        (self.unwind_rows.fd().as_fd(), self.unwind_rows_capacity)
+    }
+
+    /// Publishes the target's executable mappings to the unwinder (sorted by start): writes the
+    /// bank not in use, then switches to it, so the unwinder never reads a half-written list.
+    pub fn set_mappings(&mut self, mappings: &[ExecMapping]) -> Result<(), ProbeError> {
+        let n = mappings.len().min(MAX_MAPPINGS as usize);
+        let bank = 1 - self.mapping_bank;
+        let base = bank * MAX_MAPPINGS;
+        for (i, mapping) in mappings.iter().take(n).enumerate() {
+            self.mappings
+                .set(base + i as u32, mapping, 0)
+                .map_err(|source| ProbeError::Map {
+                    name: names::MAPPINGS,
+                    source,
+                })?;
+        }
+        self.mapping_count
+            .set(0, (bank << 16) | n as u32, 0)
+            .map_err(|source| ProbeError::Map {
+                name: names::MAPPING_COUNT,
+                source,
+            })?;
+        self.mapping_bank = bank;
+        Ok(())
+    }
+
+    /// Tells the unwinder where the kernel's uretprobe trampoline sits in the target.
+    pub fn set_trampoline(&mut self, address: u64) -> Result<(), ProbeError> {
+        let mut trampoline: Array<_, u64> = Array::try_from(
+            self.ebpf
+                .map_mut(names::TRAMPOLINE)
+                .ok_or(ProbeError::Missing(names::TRAMPOLINE))?,
+        )
+        .map_err(|source| ProbeError::Map {
+            name: names::TRAMPOLINE,
+            source,
+        })?;
+        trampoline
+            .set(0, address, 0)
+            .map_err(|source| ProbeError::Map {
+                name: names::TRAMPOLINE,
+                source,
+            })
+    }
+
+    /// Current counter values, summed over CPUs.
+    pub fn counters(&self) -> KernelCounters {
+        KernelCounters(Counter::ALL.map(|counter| {
+            self.counters
+                .get(&(counter as u32), 0)
+                .map(|values| values.iter().copied().sum())
+                .unwrap_or(0)
+        }))
+    }
+}
+
+/// Loads (verifies) program `name` of the object.
+fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), ProbeError> {
+    program::<UProbe>(ebpf, name)?
+        .load()
+        .map_err(|source| ProbeError::Program {
+            what: format!("loading {name}"),
+            source,
+        })
+}
+
+/// Loads the separate entry and return programs of allocating calls.
+fn load_pair(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    load_program(ebpf, names::ALLOC_ENTER)?;
+    load_program(ebpf, names::ALLOC_EXIT)
+}
+
+/// Loads the session program, sharing the maps and BTF of the object aya loaded (any loaded
+/// program of the object reports that BTF). The error is the reason, for the attach summary.
+fn load_session(ebpf: &mut Ebpf) -> Result<SessionProgram, String> {
+    let btf_id = program::<UProbe>(ebpf, names::FREE_ENTER)
+        .map_err(|err| err.to_string())?
+        .info()
+        .map_err(|err| err.to_string())?
+        .btf_id()
+        .ok_or("the loaded object has no BTF")?;
+    SessionProgram::load(OBJECT, ebpf, names::ALLOC_SESSION, btf_id).map_err(|err| err.to_string())
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}

@@ -1,0 +1,499 @@
+//! One tracing session: wires the target, its sources, the pipeline and the outputs together.
+//!
+//! [`run`] checks the command line ([`start`]), opens the target, loads and attaches the eBPF
+//! source, then runs one loop that polls every source (when its descriptor is readable, and
+//! on a short timer), feeds what they yield to the [`pipeline::Pipeline`], samples the history
+//! and shows status every interval, writes snapshots, and stops on the first of: duration over,
+//! target exited, Ctrl-C, SIGTERM, or the live view quit. Then every source stops at one
+//! cutoff, the rest is drained, and [`finish`] writes the report.
+use std::{
+    future::poll_fn,
+    num::NonZeroU32,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    task::Poll,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    cli::Cli,
+    error::{Failure, chain},
+    export::{human_bytes, soak::Soak},
+    heap::SourceId,
+    report::{Report, analytics::Thresholds, build::Header},
+    source::{
+        Batch, Health, HealthKind, Source,
+        ebpf::{EbpfConfig, EbpfSource},
+        monotonic_now_ns,
+    },
+    symbolize::debuginfo::DebugDirs,
+    target::{Process, launch::Launched},
+};
+
+mod finish;
+mod live;
+pub mod pipeline;
+mod start;
+
+use live::LiveView;
+use pipeline::{Pipeline, PipelineConfig};
+
+/// How often sources are polled when no descriptor woke the loop.
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
+
+/// Why the session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StopReason {
+    Duration,
+    TargetExited,
+    Interrupted,
+    Terminated,
+    /// The user quit the live view.
+    Quit,
+}
+
+impl StopReason {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Duration => "duration reached",
+            Self::TargetExited => "target exited",
+            Self::Interrupted => "interrupted",
+            Self::Terminated => "terminated",
+            Self::Quit => "quit from the live view",
+        }
+    }
+}
+
+/// Runs leaktrace as the command line asks; `Ok` means exit code 0.
+pub fn run(cli: &Cli) -> Result<(), Failure> {
+    let checked = start::check(cli)?;
+    let target = start::Target::open(cli)?;
+    let Some(pid) = NonZeroU32::new(target.process.pid) else {
+        return Err(Failure::usage(
+            "pid 0 cannot be traced",
+            "give a user process",
+        ));
+    };
+    let live_view = start::live_view_wanted(cli);
+    let initial_maps = if cli.unwind == crate::probe::UnwindMode::Fp {
+        Vec::new()
+    } else {
+        target.initial_maps()
+    };
+    let mut ebpf = EbpfSource::load(
+        pid,
+        target.allocator.clone(),
+        &initial_maps,
+        target.launched.is_none(),
+        EbpfConfig {
+            unwind: cli.unwind,
+            verify_every: cli.verify_unwind,
+            sample_bytes: cli.sample_bytes,
+            uprobe_session: !cli.no_uprobe_session,
+            ringbuf_bytes: cli.ringbuf_mib << 20,
+            floor: cli.probe_floor,
+            verbose: !live_view,
+        },
+    )?;
+    // Ctrl-C and SIGTERM are caught from before the first probe is attached: one that arrives
+    // while start-up finishes still ends the trace with a report and export.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Failure::runtime(format!("starting the runtime: {err}"), None))?;
+    let signals = {
+        let _context = runtime.enter();
+        StopSignals::install()?
+    };
+    ebpf.attach()?;
+    eprintln!(
+        "leaktrace: tracing pid {} ({}) through {}",
+        target.process.pid,
+        target.process.command,
+        ebpf.name()
+    );
+    for line in ebpf.describe() {
+        eprintln!("leaktrace:   {line}");
+    }
+    let dirs = DebugDirs::new(&cli.debuginfo_dir);
+    if let Some(line) = target.describe_symbols(&dirs) {
+        eprintln!("leaktrace:   {line}");
+    }
+    let allocator_inode = target.allocator_inode();
+    let mut session = Session::new(cli, target.process, target.launched, &dirs);
+    session.add_source(Box::new(ebpf));
+    session.release_launched(allocator_inode)?;
+    if let Some((dir, every)) = checked.soak {
+        let soak = Soak::new(&dir, cli.keep, cli.export_format(), session.process.pid)
+            .map_err(|err| Failure::runtime(format!("snapshot directory: {err}"), None))?;
+        session.soak = Some((soak, every));
+    }
+    session.live_view = live_view.then(|| LiveView::start(session.process.pid, cli));
+    let reason = runtime.block_on(session.trace(signals))?;
+    finish::finish(&mut session, reason, checked.export)
+}
+
+/// The signals that stop a trace (Ctrl-C and SIGTERM), caught from installation on: one that
+/// arrives before the main loop polls is kept for it.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers; must run inside the tokio runtime's context.
+    fn install() -> Result<Self, Failure> {
+        let signal_failure = |err: std::io::Error| {
+            Failure::runtime(format!("installing signal handlers: {err}"), None)
+        };
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).map_err(signal_failure)?,
+            terminate: signal(SignalKind::terminate()).map_err(signal_failure)?,
+        })
+    }
+}
+
+/// A descriptor a source owns, registered with the runtime to learn when it is readable.
+struct Readiness(RawFd);
+
+impl std::os::fd::AsRawFd for Readiness {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Opens a pidfd for `pid`: readable once the process exits.
+fn pidfd(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: the syscall returned a fresh descriptor that nothing else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// leaktrace's own resident memory in bytes.
+fn own_rss_bytes() -> u64 {
+    Process {
+        pid: std::process::id(),
+        command: String::new(),
+    }
+    .rss_bytes()
+    .unwrap_or(0)
+}
+
+/// The state of one run.
+struct Session {
+    process: Process,
+    launched: Option<Launched>,
+    sources: Vec<(SourceId, Box<dyn Source>)>,
+    pipeline: Pipeline,
+    /// Reused for every poll.
+    batch: Batch,
+    started: Instant,
+    duration: Option<Duration>,
+    interval: Duration,
+    /// `--top`: rows in exports and snapshots (all when `None`).
+    top: Option<usize>,
+    /// `--snapshot-every`: where and how often.
+    soak: Option<(Soak, Duration)>,
+    live_view: Option<LiveView>,
+    /// How stacks are unwound and sampled, for report headers.
+    unwind: &'static str,
+    sample_bytes: Option<u64>,
+    /// Allocation and free counts at the last status, for rates.
+    last_status: (Instant, u64, u64),
+    /// Allocations and frees per second at the last status.
+    rates: (f64, f64),
+}
+
+impl Session {
+    fn new(cli: &Cli, process: Process, launched: Option<Launched>, dirs: &DebugDirs) -> Self {
+        let mut pipeline = Pipeline::new(
+            process.pid,
+            dirs,
+            PipelineConfig {
+                group_by: cli.group_by,
+                thresholds: Thresholds::for_window(cli.window),
+                min_age_ns: cli.min_age.map_or(0, |s| (s * 1e9) as u64),
+            },
+        );
+        // A launched child still runs leaktrace's own image until it execs: its modules are
+        // learnt once it is released.
+        if launched.is_none()
+            && let Ok(maps) = process.maps()
+        {
+            pipeline.mappings_changed(&maps);
+        }
+        let now = Instant::now();
+        Self {
+            process,
+            launched,
+            sources: Vec::new(),
+            pipeline,
+            batch: Batch::default(),
+            started: now,
+            duration: cli.duration.map(Duration::from_secs_f64),
+            interval: Duration::from_secs_f64(cli.interval),
+            top: cli.top,
+            soak: None,
+            live_view: None,
+            unwind: cli.unwind.name(),
+            sample_bytes: cli.sample_bytes,
+            last_status: (now, 0, 0),
+            rates: (0.0, 0.0),
+        }
+    }
+
+    fn add_source(&mut self, source: Box<dyn Source>) {
+        let id = self.pipeline.add_source(source.yields());
+        self.sources.push((id, source));
+    }
+
+    /// Launch mode: holds the program at its system calls until its allocator's library is
+    /// mapped, then publishes its mappings before it can allocate.
+    fn release_launched(&mut self, allocator_inode: Option<u64>) -> Result<(), Failure> {
+        let Some(mut launched) = self.launched.take() else {
+            return Ok(());
+        };
+        let released = launched.release(|| {
+            let mapped = self.process.maps().is_ok_and(|maps| {
+                maps.iter()
+                    .any(|m| m.is_exec() && Some(m.inode) == allocator_inode)
+            });
+            if mapped {
+                self.refresh_maps();
+            }
+            mapped || allocator_inode.is_none()
+        });
+        self.launched = Some(launched);
+        released.map_err(|err| Failure::usage(chain(&err), "check the command and its path"))
+    }
+
+    /// Re-reads the target's mappings (new libraries, exec) while it is alive, for the
+    /// symbolizer and every source.
+    fn refresh_maps(&mut self) {
+        if let Ok(maps) = self.process.maps() {
+            self.pipeline.mappings_changed(&maps);
+            for (_, source) in &mut self.sources {
+                source.mappings_changed(&maps);
+            }
+        }
+    }
+
+    /// The main loop; returns why it stopped.
+    async fn trace(&mut self, signals: StopSignals) -> Result<StopReason, Failure> {
+        let StopSignals {
+            mut interrupt,
+            mut terminate,
+        } = signals;
+        let ready: Vec<(usize, AsyncFd<Readiness>)> = self
+            .sources
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, source))| {
+                let fd = Readiness(source.ready_fd()?.as_raw_fd());
+                // SAFETY: the source owns the descriptor and keeps it open, unchanged, for as
+                // long as the session holds the source, which outlives this registration.
+                let registered = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) };
+                registered.ok().map(|fd| (i, fd))
+            })
+            .collect();
+        let readable = || {
+            poll_fn(|cx| {
+                for (i, fd) in &ready {
+                    if let Poll::Ready(Ok(mut guard)) = fd.poll_read_ready(cx) {
+                        guard.clear_ready();
+                        return Poll::Ready(*i);
+                    }
+                }
+                Poll::Pending
+            })
+        };
+        let exited = pidfd(self.process.pid)
+            // SAFETY: the `AsyncFd` owns the pidfd, which stays open until it is dropped.
+            .and_then(|fd| unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok());
+        let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+        drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let soak_every = self
+            .soak
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |(_, every)| *every);
+        let mut soak_tick = tokio::time::interval(soak_every);
+        soak_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        soak_tick.tick().await;
+        let mut status_tick = tokio::time::interval(self.interval);
+        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        status_tick.tick().await;
+        let duration = self.duration;
+        let deadline = async move {
+            match duration {
+                Some(duration) => tokio::time::sleep(duration).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        let target_exit = async {
+            match &exited {
+                Some(fd) => {
+                    let _ = fd.readable().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(target_exit);
+        let quit = self.live_view.as_mut().and_then(LiveView::take_quit);
+        let user_quit = async move {
+            match quit {
+                Some(quit) => {
+                    let _ = quit.await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(user_quit);
+
+        let reason = loop {
+            tokio::select! {
+                source = readable() => self.poll(Some(source)),
+                _ = drain_tick.tick() => self.poll(None),
+                _ = status_tick.tick() => self.status(),
+                _ = soak_tick.tick(), if self.soak.is_some() => self.write_soak_snapshot(),
+                _ = interrupt.recv() => break StopReason::Interrupted,
+                _ = terminate.recv() => break StopReason::Terminated,
+                () = &mut target_exit => break StopReason::TargetExited,
+                () = &mut deadline => break StopReason::Duration,
+                () = &mut user_quit => break StopReason::Quit,
+            }
+        };
+        // The report describes the heap at this moment: events after it come while probes are
+        // being removed one by one (allocations no longer seen, frees still seen) and are left
+        // out. Stop every source, then take everything still buffered.
+        let cutoff_ns = monotonic_now_ns();
+        for (_, source) in &mut self.sources {
+            source.stop(cutoff_ns);
+        }
+        self.poll(None);
+        self.pipeline.flush();
+        Ok(reason)
+    }
+
+    /// Polls source `only` (every source when `None`) and feeds what it yields to the
+    /// pipeline. New stacks are pinned to the modules mapped now: the maps are read again
+    /// first, so a library loaded since (or unloaded, with another in its place) is known.
+    fn poll(&mut self, only: Option<usize>) {
+        for index in 0..self.sources.len() {
+            if only.is_some_and(|only| only != index) {
+                continue;
+            }
+            self.batch.clear();
+            let Some((id, source)) = self.sources.get_mut(index) else {
+                continue;
+            };
+            let id = *id;
+            source.poll(&mut self.batch);
+            if !self.batch.stacks.is_empty() && self.process.is_alive() {
+                self.refresh_maps();
+            }
+            self.pipeline.ingest(id, &self.batch, monotonic_now_ns());
+        }
+        self.pipeline.advance(monotonic_now_ns());
+    }
+
+    /// Every source's counters.
+    fn health(&self) -> Vec<Health> {
+        self.sources
+            .iter()
+            .flat_map(|(_, source)| source.health())
+            .collect()
+    }
+
+    /// Builds the report of every row, sorted (callers cut it with [`Report::keep_top`]).
+    fn report(&mut self) -> Report {
+        let header = Header {
+            pid: self.process.pid,
+            command: self.process.command.clone(),
+            duration_s: self.started.elapsed().as_secs_f64(),
+            unwind: self.unwind.to_owned(),
+            sample_bytes: self.sample_bytes,
+        };
+        let sources = self.health();
+        let session = vec![Health::new(
+            "tracer_memory_bytes",
+            own_rss_bytes(),
+            HealthKind::Info,
+        )];
+        self.pipeline
+            .report(header, monotonic_now_ns(), sources, session)
+    }
+
+    /// Every interval: one history sample of every row, the maps read again (libraries loaded
+    /// since), and a status line or a live-view snapshot.
+    fn status(&mut self) {
+        let t_s = self.started.elapsed().as_secs_f64();
+        self.pipeline.sample(t_s, monotonic_now_ns());
+        if self.process.is_alive() {
+            self.refresh_maps();
+        }
+        let counts = self.pipeline.counts();
+        let (then, allocs_then, frees_then) = self.last_status;
+        let dt = then.elapsed().as_secs_f64().max(1e-3);
+        self.rates = (
+            counts.allocs.saturating_sub(allocs_then) as f64 / dt,
+            counts.frees.saturating_sub(frees_then) as f64 / dt,
+        );
+        self.last_status = (Instant::now(), counts.allocs, counts.frees);
+        if self.live_view.is_some() {
+            let snapshot = self.snapshot(None);
+            if let Some(view) = &self.live_view {
+                view.send(snapshot);
+            }
+            return;
+        }
+        let health = crate::source::Diagnostics(self.health());
+        eprintln!(
+            "[{t_s:>7.1}s] live {} in {} allocs | {:.0} allocs/s {:.0} frees/s | lost {} | unmatched frees {} | stacks without frames {} | unwind {} ({} tables)",
+            human_bytes(counts.live_bytes),
+            counts.live_allocs,
+            self.rates.0,
+            self.rates.1,
+            health.lost_events(),
+            counts.unmatched_frees,
+            health.get("stack_failed") + health.get("stack_map_full"),
+            self.unwind,
+            human_bytes(health.get("unwind_table_bytes")),
+        );
+    }
+
+    /// `--snapshot-every`: writes the current report into the snapshot directory.
+    fn write_soak_snapshot(&mut self) {
+        let mut report = self.report();
+        if let Some(top) = self.top {
+            report.keep_top(top);
+        }
+        let Some((soak, _)) = &self.soak else {
+            return;
+        };
+        let quiet = self.live_view.is_some();
+        match soak.write(&report, std::time::SystemTime::now()) {
+            Ok(path) if !quiet => eprintln!("leaktrace: snapshot {}", path.display()),
+            Err(err) if !quiet => eprintln!("leaktrace: snapshot failed: {err}"),
+            _ => {}
+        }
+    }
+
+    /// A snapshot for the live view: the busiest rows, their histories, rates and RSS.
+    fn snapshot(&mut self, ended: Option<String>) -> crate::tui::snapshot::Snapshot {
+        let report = self.report();
+        live::snapshot(
+            report,
+            self.pipeline.history(),
+            self.process.rss_bytes(),
+            self.rates,
+            ended,
+        )
+    }
+}

@@ -1,0 +1,470 @@
+//! The eBPF allocator probes as a [`Source`]: uprobes on the target's allocator write one
+//! event per call to a ring buffer, each allocation with its stack unwound in the kernel
+//! ([`crate::probe`], [`crate::unwind`]).
+//!
+//! Polling drains the ring buffer into events, reads each stack id it has not yielded before
+//! from the kernel's stack map, and checks `--verify-unwind` samples. When the target's
+//! mappings change it compiles tables for new binaries and republishes the mappings, so
+//! libraries loaded later unwind too. Stopping records the cutoff, freezes the kernel's
+//! counters and detaches every probe; events stamped after the cutoff are dropped.
+use std::{
+    collections::HashSet,
+    num::NonZeroU32,
+    os::fd::{AsFd as _, BorrowedFd},
+    sync::Arc,
+    time::Instant,
+};
+
+use aya::maps::{MapData, RingBuf};
+use tracer_common::Counter;
+
+use crate::{
+    error::{Failure, chain},
+    export::human_bytes,
+    heap::FastHash,
+    probe::{KernelCounters, ProbeConfig, Probes, UnwindMode, events},
+    source::{Batch, Health, HealthKind, NewStack, Source, Yields},
+    target::{Mapping, allocator::Allocator},
+    unwind::{
+        tables::UnwindTables,
+        verify::{self, VerifyCounts},
+    },
+};
+
+/// How the probes are set up.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EbpfConfig {
+    /// How stacks are unwound.
+    pub unwind: UnwindMode,
+    /// `--verify-unwind`: check every Nth stack against a user-space unwind (0: never).
+    pub verify_every: u32,
+    /// `--sample-bytes`: mean bytes between sampled allocations.
+    pub sample_bytes: Option<u64>,
+    /// Use a uprobe session where the kernel has one.
+    pub uprobe_session: bool,
+    /// Ring buffer size in bytes.
+    pub ringbuf_bytes: u32,
+    /// `--probe-floor`: attach empty probes, for measuring the cost of the traps alone.
+    pub floor: bool,
+    /// Say on stderr what tables are built and what fails (not while the live view draws).
+    pub verbose: bool,
+}
+
+/// The eBPF allocator probes on one target.
+pub struct EbpfSource {
+    pid: NonZeroU32,
+    allocator: Allocator,
+    /// What its stacks allocated through.
+    label: Arc<str>,
+    config: EbpfConfig,
+    probes: Probes,
+    events: Option<RingBuf<MapData>>,
+    verify: Option<RingBuf<MapData>>,
+    verified: VerifyCounts,
+    tables: UnwindTables,
+    /// The executable mappings last published to the unwinder: (start, end, inode).
+    exec_maps: Vec<(u64, u64, u64)>,
+    /// The mappings last read, for the reference unwinder.
+    last_maps: Vec<Mapping>,
+    /// Where the kernel's uretprobe trampoline is published as being.
+    trampoline: Option<u64>,
+    /// Stack ids already yielded.
+    known: HashSet<u64, FastHash>,
+    undecodable: u64,
+    /// `--verify-unwind` records were left for after the maps are read again.
+    checks_waited: bool,
+    cutoff_ns: Option<u64>,
+    counters_at_cutoff: Option<KernelCounters>,
+}
+
+impl std::fmt::Debug for EbpfSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EbpfSource")
+            .field("pid", &self.pid)
+            .field("allocator", &self.allocator.display_path)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EbpfSource {
+    /// Compiles the unwind tables of `maps` (the target's, or the binaries a launched program
+    /// will map) and loads the programs, attaching nothing yet. With `publish`, `maps` are the
+    /// target's live mappings and are published to the unwinder at once; a launched program's
+    /// are published once it has exec'd ([`Source::mappings_changed`]).
+    pub fn load(
+        pid: NonZeroU32,
+        allocator: Allocator,
+        maps: &[Mapping],
+        publish: bool,
+        config: EbpfConfig,
+    ) -> Result<Self, Failure> {
+        let mut tables = UnwindTables::new(pid.get());
+        if config.unwind != UnwindMode::Fp {
+            build_tables(&mut tables, maps, true);
+        }
+        // Room for libraries loaded later: half again as many rows, at least 256k.
+        let rows = tables.total_rows();
+        let unwind_rows = u32::try_from(rows + (rows / 2).max(256 << 10)).unwrap_or(u32::MAX);
+        let mut probes = Probes::load(ProbeConfig {
+            target_pid: pid.get(),
+            verify_every: if config.unwind == UnwindMode::Fp {
+                0
+            } else {
+                config.verify_every
+            },
+            unwind: config.unwind,
+            sample_bytes: config.sample_bytes.unwrap_or(0),
+            uprobe_session: config.uprobe_session,
+            unwind_rows,
+            ringbuf_bytes: config.ringbuf_bytes,
+        })
+        .map_err(|err| {
+            Failure::runtime(
+                chain(&err),
+                Some("leaktrace needs a kernel with BPF ring buffers and uprobes (5.15+)".into()),
+            )
+        })?;
+        if config.unwind != UnwindMode::Fp {
+            // Tables and mappings are in place before the first probe fires.
+            let (fd, capacity) = probes.unwind_rows();
+            tables.load_rows(fd, capacity).map_err(|err| {
+                Failure::runtime(
+                    format!("loading unwind tables into the kernel: {err}"),
+                    None,
+                )
+            })?;
+            if publish {
+                probes
+                    .set_mappings(&tables.exec_mappings(maps))
+                    .map_err(|err| Failure::runtime(chain(&err), None))?;
+            }
+        }
+        let events = probes.take_events();
+        let verify = probes.take_verify();
+        let last_maps = if publish { maps.to_vec() } else { Vec::new() };
+        Ok(Self {
+            pid,
+            label: allocator.name().into(),
+            allocator,
+            config,
+            probes,
+            events,
+            verify,
+            verified: VerifyCounts::default(),
+            tables,
+            exec_maps: Vec::new(),
+            last_maps,
+            trampoline: None,
+            known: HashSet::default(),
+            undecodable: 0,
+            checks_waited: false,
+            cutoff_ns: None,
+            counters_at_cutoff: None,
+        })
+    }
+
+    /// Attaches every probe to the target.
+    pub fn attach(&mut self) -> Result<(), Failure> {
+        if self.config.floor {
+            self.probes.attach_floor(&self.allocator, self.pid)
+        } else {
+            self.probes.attach(&self.allocator, self.pid)
+        }
+        .map_err(|err| Failure::runtime(chain(&err), None))
+    }
+
+    /// The allocator probed.
+    pub fn allocator(&self) -> &Allocator {
+        &self.allocator
+    }
+
+    /// What was attached where and why, one line each, for the start-up summary.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for point in &self.allocator.points {
+            let aliases: Vec<&str> = point.aliases.iter().map(|k| k.symbol()).collect();
+            let aliases = if aliases.is_empty() {
+                String::new()
+            } else {
+                format!(" (also {})", aliases.join(", "))
+            };
+            lines.push(format!(
+                "{}{aliases}: {}",
+                point.kind.symbol(),
+                point.site.reason
+            ));
+        }
+        if !self.allocator.missing.is_empty() {
+            let missing: Vec<&str> = self.allocator.missing.iter().map(|k| k.symbol()).collect();
+            lines.push(format!("not defined there: {}", missing.join(", ")));
+        }
+        lines.push(self.probes.returns().describe());
+        lines
+    }
+
+    /// `--verify-unwind`: compares each sampled stack with a user-space unwind of its copy.
+    fn check_unwinds(&mut self) {
+        let Some(ring) = self.verify.as_mut() else {
+            return;
+        };
+        let mappings = self.tables.reference_mappings(&self.last_maps);
+        while let Some(item) = ring.next() {
+            let Some(record) = verify::decode(&item) else {
+                continue;
+            };
+            let verdict = verify::check(&record, &mappings);
+            if let verify::Verdict::Mismatch {
+                kernel,
+                reference,
+                stop,
+            } = &verdict
+                && self.verified.mismatched < 3
+                && self.config.verbose
+            {
+                eprintln!(
+                    "leaktrace: unwind check: kernel {kernel:x?} differs from user space {reference:x?} (stopped: {stop})"
+                );
+            }
+            self.verified.add(&verdict);
+        }
+    }
+
+    /// Compiles and loads tables for new binaries and republishes the mappings when the
+    /// executable mappings changed.
+    fn refresh_unwind(&mut self, maps: &[Mapping]) {
+        let exec: Vec<(u64, u64, u64)> = maps
+            .iter()
+            .filter(|m| m.is_exec())
+            .map(|m| (m.start, m.end, m.inode))
+            .collect();
+        if exec == self.exec_maps {
+            return;
+        }
+        self.exec_maps = exec;
+        build_tables(&mut self.tables, maps, self.config.verbose);
+        let (fd, capacity) = self.probes.unwind_rows();
+        if let Err(err) = self.tables.load_rows(fd, capacity)
+            && self.config.verbose
+        {
+            eprintln!("leaktrace: loading unwind tables: {err}");
+        }
+        let mappings = self.tables.exec_mappings(maps);
+        if let Err(err) = self.probes.set_mappings(&mappings)
+            && self.config.verbose
+        {
+            eprintln!(
+                "leaktrace: publishing mappings to the unwinder: {}",
+                chain(&err)
+            );
+        }
+    }
+}
+
+impl Source for EbpfSource {
+    fn name(&self) -> String {
+        format!(
+            "malloc probes in {} ({} probes)",
+            self.allocator.display_path,
+            self.probes.attached()
+        )
+    }
+
+    fn yields(&self) -> Yields {
+        Yields::Events {
+            sample_mean_bytes: self.config.sample_bytes.map(|n| n as f64),
+        }
+    }
+
+    fn ready_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.events.as_ref().map(|ring| ring.as_fd())
+    }
+
+    fn poll(&mut self, out: &mut Batch) {
+        let Self {
+            events: Some(ring),
+            known,
+            undecodable,
+            cutoff_ns,
+            ..
+        } = self
+        else {
+            return;
+        };
+        let mut new_stacks = Vec::new();
+        // Consecutive events mostly share a stack: look a known one up once.
+        let mut last_known = None;
+        while let Some(item) = ring.next() {
+            match events::decode(&item) {
+                Some(event) if cutoff_ns.is_some_and(|cutoff| event.ts_ns > cutoff) => {}
+                Some(event) => {
+                    if last_known != Some(event.stack) {
+                        if known.insert(event.stack) {
+                            new_stacks.push(event.stack);
+                        } else {
+                            last_known = Some(event.stack);
+                        }
+                    }
+                    out.events.push(event);
+                }
+                None => *undecodable += 1,
+            }
+        }
+        // Each new stack is read once from the kernel (an event without a stack has none).
+        for key in new_stacks {
+            let kernel = self.probes.stack(key).unwrap_or_default();
+            out.stacks.push(NewStack {
+                key,
+                ips: kernel.ips,
+                truncated: kernel.truncated,
+                incomplete: kernel.incomplete,
+                allocator: Arc::clone(&self.label),
+            });
+        }
+        // A new stack may run in a library mapped since the maps were last read: its unwind
+        // checks wait until the session has read them again (`mappings_changed`, or the next
+        // poll if the target is gone).
+        if out.stacks.is_empty() || self.checks_waited {
+            self.check_unwinds();
+        }
+        self.checks_waited = !out.stacks.is_empty();
+    }
+
+    fn mappings_changed(&mut self, maps: &[Mapping]) {
+        if self.config.unwind != UnwindMode::Fp && self.cutoff_ns.is_none() {
+            // Libraries loaded since (dlopen) get tables and mappings.
+            self.refresh_unwind(maps);
+            // The kernel's uretprobe trampoline: its own mapping, once any return probe has
+            // fired in the target.
+            if let Some(uprobes) = maps.iter().find(|m| m.path == "[uprobes]")
+                && self.trampoline != Some(uprobes.start)
+                && self.probes.set_trampoline(uprobes.start).is_ok()
+            {
+                self.trampoline = Some(uprobes.start);
+            }
+        }
+        self.last_maps = maps.to_vec();
+        self.check_unwinds();
+    }
+
+    fn stop(&mut self, cutoff_ns: u64) {
+        self.cutoff_ns = Some(cutoff_ns);
+        // What happens while probes are being removed (returns whose entry probe is already
+        // gone) is not part of the report.
+        self.counters_at_cutoff = Some(self.probes.counters());
+        self.probes.detach();
+    }
+
+    fn health(&self) -> Vec<Health> {
+        let counters = self
+            .counters_at_cutoff
+            .unwrap_or_else(|| self.probes.counters());
+        health_of(
+            &counters,
+            self.undecodable,
+            self.tables.summary().bytes as u64,
+            &self.verified,
+        )
+    }
+}
+
+/// The eBPF source's counters: every kernel counter by its name, then the user-space side's.
+pub(crate) fn health_of(
+    counters: &KernelCounters,
+    undecodable: u64,
+    unwind_table_bytes: u64,
+    verified: &VerifyCounts,
+) -> Vec<Health> {
+    let mut health: Vec<Health> = counters
+        .iter()
+        .map(|(counter, value)| Health::new(counter.name(), value, kind_of(counter)))
+        .collect();
+    health.extend([
+        Health::new("undecodable_events", undecodable, HealthKind::Lost),
+        Health::new("unwind_table_bytes", unwind_table_bytes, HealthKind::Info),
+        Health::new(
+            "unwind_verified",
+            verified.equal + verified.prefix_equal,
+            HealthKind::Info,
+        ),
+        Health::new(
+            "unwind_mismatched",
+            verified.mismatched,
+            HealthKind::Degraded,
+        ),
+    ]);
+    health
+}
+
+/// The diagnostics of an eBPF session as a report has them (this source's, the heap's, the
+/// session's), every one zero but those in `set`: for tests of what reads them.
+#[cfg(test)]
+pub(crate) fn diagnostics_with(set: &[(&str, u64)]) -> crate::source::Diagnostics {
+    let mut health = health_of(&KernelCounters::default(), 0, 0, &VerifyCounts::default());
+    health.extend(crate::heap::Heap::new().health());
+    health.push(Health::new("tracer_memory_bytes", 0, HealthKind::Info));
+    let mut diagnostics = crate::source::Diagnostics(health);
+    for &(name, value) in set {
+        let slot = diagnostics.0.iter_mut().find(|h| h.name == name);
+        slot.unwrap_or_else(|| panic!("no counter {name}")).value = value;
+    }
+    diagnostics
+}
+
+/// What each kernel counter means for the figures.
+fn kind_of(counter: Counter) -> HealthKind {
+    match counter {
+        Counter::RingbufFull | Counter::PendingFull => HealthKind::Lost,
+        Counter::StackFailed
+        | Counter::StackMapFull
+        | Counter::StackTruncated
+        | Counter::PendingClobbered
+        | Counter::UnwindNoMapping
+        | Counter::UnwindUnsupported
+        | Counter::UnwindReadFailed
+        | Counter::UnwindNoProgress
+        | Counter::SampleMapFull => HealthKind::Degraded,
+        Counter::PendingMissing | Counter::Nested | Counter::Sent | Counter::Unsampled => {
+            HealthKind::Info
+        }
+    }
+}
+
+/// Compiles the unwind tables of `maps`' binaries not seen before, showing progress when asked.
+fn build_tables(tables: &mut UnwindTables, maps: &[Mapping], show: bool) {
+    let started = Instant::now();
+    let before = tables.summary();
+    tables.compile_mappings(maps, |done, total, name| {
+        if show && done < total {
+            eprintln!(
+                "leaktrace: building unwind tables {}/{total}: {name}",
+                done + 1
+            );
+        }
+    });
+    let after = tables.summary();
+    if show && after.binaries > before.binaries {
+        eprintln!(
+            "leaktrace: unwind tables ready: {} binaries, {} rows ({}) in {:.2}s",
+            after.binaries,
+            after.rows,
+            human_bytes(after.bytes as u64),
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ring_buffer_and_pending_overflows_lose_events() {
+        let lost: Vec<&str> = Counter::ALL
+            .into_iter()
+            .filter(|c| kind_of(*c) == HealthKind::Lost)
+            .map(Counter::name)
+            .collect();
+        assert_eq!(lost, ["ringbuf_full", "pending_full"]);
+    }
+}
