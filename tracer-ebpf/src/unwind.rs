@@ -122,6 +122,9 @@ const MAX_RETURN_INSTANCES: u32 = 16;
 const ROW_SEARCH_STEPS: u32 = 24;
 /// Binary-search steps over the mappings (2^9 > `MAX_MAPPINGS`).
 const MAPPING_SEARCH_STEPS: u32 = 9;
+/// Halvings per call of a search's `bpf_loop` callback: fewer calls, and few enough branches
+/// that the verifier still checks a call quickly.
+const SEARCH_STEPS_PER_CALL: u32 = 4;
 
 /// The walk's state, shared by the steps.
 #[repr(C)]
@@ -242,31 +245,35 @@ struct Search {
     pc: u64,
 }
 
-/// One step of the search for the mapping holding `pc`: 1 when it is found (`lo` is its index)
-/// or cannot be (`lo >= hi`).
+/// [`SEARCH_STEPS_PER_CALL`] steps of the search for the mapping holding `pc`: 1 when it is
+/// found (`lo` is its index) or cannot be (`lo >= hi`).
 ///
-/// Each binary search runs under `bpf_loop`, like the walk's steps: the verifier checks a step
-/// once and lets `lo` and `hi` range freely, where a plain loop would be followed iteration by
-/// iteration, each of its branches a state of its own, for every frame of the walk.
+/// Each binary search runs under `bpf_loop`, like the walk's steps: the verifier checks a call
+/// once and lets `lo` and `hi` range freely, where a plain loop over every step was followed
+/// iteration by iteration, each branch a state of its own, for every frame of the walk, and
+/// went over the verifier's budget. (`alloc_exit` now verifies in about 250k instructions of
+/// the 1M allowed: reported as `verified_insns` by `bpftool prog show`.)
 #[inline(never)]
 unsafe extern "C" fn mapping_search_step(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `Search` on `find_mapping`'s stack, passed through `bpf_loop`.
     let search = unsafe { &mut *ctx.cast::<Search>() };
-    if search.lo >= search.hi {
-        return 1;
-    }
-    let mid = search.lo + (search.hi - search.lo) / 2;
-    let Some(mapping) = MAPPINGS.get(mid) else {
-        search.hi = search.lo;
-        return 1;
-    };
-    if search.pc < mapping.start {
-        search.hi = mid;
-    } else if search.pc >= mapping.end {
-        search.lo = mid + 1;
-    } else {
-        search.lo = mid;
-        return 1;
+    for _ in 0..SEARCH_STEPS_PER_CALL {
+        if search.lo >= search.hi {
+            return 1;
+        }
+        let mid = search.lo + (search.hi - search.lo) / 2;
+        let Some(mapping) = MAPPINGS.get(mid) else {
+            search.hi = search.lo;
+            return 1;
+        };
+        if search.pc < mapping.start {
+            search.hi = mid;
+        } else if search.pc >= mapping.end {
+            search.lo = mid + 1;
+        } else {
+            search.lo = mid;
+            return 1;
+        }
     }
     0
 }
@@ -284,7 +291,7 @@ fn find_mapping(pc: u64) -> Option<ExecMapping> {
     // expects, and `search` outlives the call.
     unsafe {
         bpf_loop(
-            MAPPING_SEARCH_STEPS + 1,
+            MAPPING_SEARCH_STEPS.div_ceil(SEARCH_STEPS_PER_CALL),
             mapping_search_step as *mut c_void,
             (&raw mut search).cast(),
             0,
@@ -294,24 +301,26 @@ fn find_mapping(pc: u64) -> Option<ExecMapping> {
     (search.lo < search.hi && pc >= mapping.start && pc < mapping.end).then_some(mapping)
 }
 
-/// One step of the search for the last row at or before `pc`: 1 once `lo >= hi`, when `lo` is
-/// one past that row.
+/// [`SEARCH_STEPS_PER_CALL`] steps of the search for the last row at or before `pc`: 1 once
+/// `lo >= hi`, when `lo` is one past that row.
 #[inline(never)]
 unsafe extern "C" fn row_search_step(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `Search` on `find_row`'s stack, passed through `bpf_loop`.
     let search = unsafe { &mut *ctx.cast::<Search>() };
-    if search.lo >= search.hi {
-        return 1;
-    }
-    let mid = search.lo + (search.hi - search.lo) / 2;
-    let Some(row) = UNWIND_ROWS.get(mid) else {
-        search.hi = search.lo;
-        return 1;
-    };
-    if u64::from(row.pc) <= search.pc {
-        search.lo = mid + 1;
-    } else {
-        search.hi = mid;
+    for _ in 0..SEARCH_STEPS_PER_CALL {
+        if search.lo >= search.hi {
+            return 1;
+        }
+        let mid = search.lo + (search.hi - search.lo) / 2;
+        let Some(row) = UNWIND_ROWS.get(mid) else {
+            search.hi = search.lo;
+            return 1;
+        };
+        if u64::from(row.pc) <= search.pc {
+            search.lo = mid + 1;
+        } else {
+            search.hi = mid;
+        }
     }
     0
 }
@@ -328,7 +337,7 @@ fn find_row(mapping: &ExecMapping, elf_pc: u64) -> Option<UnwindRow> {
     // SAFETY: as in `find_mapping`.
     unsafe {
         bpf_loop(
-            ROW_SEARCH_STEPS + 1,
+            ROW_SEARCH_STEPS.div_ceil(SEARCH_STEPS_PER_CALL),
             row_search_step as *mut c_void,
             (&raw mut search).cast(),
             0,
@@ -398,10 +407,14 @@ fn fail(walk: &mut Walk, why: Counter) -> i64 {
 
 /// One frame: from the current frame's registers to its caller's. Returns 1 to stop.
 #[inline(never)]
-unsafe extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
+unsafe extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `Walk` on `unwind`'s stack, passed through `bpf_loop`.
     let walk = unsafe { &mut *ctx.cast::<Walk>() };
-    if walk.len as usize >= MAX_FRAMES {
+    // The slot this step fills: frame 0 is written before the loop and every step that goes
+    // on writes one more, so the step's index says where. The index is a range to the
+    // verifier, where `walk.len`, a count it follows exactly, would set each step apart.
+    let slot = index.wrapping_add(1);
+    if slot >= MAX_FRAMES as u64 {
         walk.flags |= u32::from(flags::STACK_TRUNCATED);
         count(Counter::StackTruncated);
         return 1;
@@ -419,7 +432,7 @@ unsafe extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
         // Code leaktrace has no mapping for yet (a library just loaded): frame pointers, but
         // without a frame chain the stack ends here unexplained.
         None if walk.fp_fallback != 0 && walk.rbp != 0 && walk.rbp_known != 0 => {
-            return frame_pointer_step(walk);
+            return frame_pointer_step(walk, slot);
         }
         None => return fail(walk, Counter::UnwindNoMapping),
     };
@@ -452,9 +465,9 @@ unsafe extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
                 return fail(walk, Counter::UnwindReadFailed);
             };
             walk.rbp_known = 1;
-            return push(walk, rip, rsp, rbp, true);
+            return push(walk, slot, rip, rsp, rbp, true);
         }
-        CFA_NONE if walk.fp_fallback != 0 => return frame_pointer_step(walk),
+        CFA_NONE if walk.fp_fallback != 0 => return frame_pointer_step(walk, slot),
         _ => return fail(walk, Counter::UnwindUnsupported),
     };
     // Where rbp is saved right below the return address (every frame-pointer prologue), one
@@ -491,13 +504,13 @@ unsafe extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
             walk.rbp
         }
     };
-    push(walk, ra, cfa, rbp, false)
+    push(walk, slot, ra, cfa, rbp, false)
 }
 
 /// One frame-pointer step, where no CFI covers the pc: the caller's rbp is saved at rbp and the
 /// return address right above it.
 #[inline(always)]
-fn frame_pointer_step(walk: &mut Walk) -> i64 {
+fn frame_pointer_step(walk: &mut Walk, slot: u64) -> i64 {
     if walk.rbp_known == 0 {
         return fail(walk, Counter::UnwindUnsupported);
     }
@@ -509,12 +522,12 @@ fn frame_pointer_step(walk: &mut Walk) -> i64 {
         return fail(walk, Counter::UnwindReadFailed);
     };
     let rsp = walk.rbp + 16;
-    push(walk, ra, rsp, rbp, false)
+    push(walk, slot, ra, rsp, rbp, false)
 }
 
 /// Moves the walk to the caller frame `(rip, rsp, rbp)` and records its return address.
 #[inline(always)]
-fn push(walk: &mut Walk, rip: u64, rsp: u64, rbp: u64, exact: bool) -> i64 {
+fn push(walk: &mut Walk, slot: u64, rip: u64, rsp: u64, rbp: u64, exact: bool) -> i64 {
     if rip == 0 {
         // The outermost frame's caller: a complete stack.
         return 1;
@@ -523,7 +536,7 @@ fn push(walk: &mut Walk, rip: u64, rsp: u64, rbp: u64, exact: bool) -> i64 {
         // The stack must unwind upwards (signal frames may switch stacks).
         return fail(walk, Counter::UnwindNoProgress);
     }
-    let index = walk.len as usize;
+    let index = slot as usize;
     if index >= MAX_FRAMES {
         walk.flags |= u32::from(flags::STACK_TRUNCATED);
         count(Counter::StackTruncated);
@@ -531,7 +544,7 @@ fn push(walk: &mut Walk, rip: u64, rsp: u64, rbp: u64, exact: bool) -> i64 {
     }
     // SAFETY: `walk.state` is this thread's map value; `index < MAX_FRAMES`.
     unsafe { (*walk.state).stack.ips[index] = rip };
-    walk.len += 1;
+    walk.len = (slot + 1) as u32;
     walk.rip = rip;
     walk.rsp = rsp;
     walk.rbp = rbp;
