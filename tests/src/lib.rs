@@ -92,7 +92,18 @@ pub enum Build {
     Zig,
     /// `zig_relay.zig`, built the same way: one leaking path through 15 call sites of one line.
     ZigRelay,
+    /// `rust_alloc/`, a tokio service (cargo --release, no forced frame pointers) with
+    /// tikv-jemallocator as its global allocator.
+    RustJemalloc,
+    /// The same with mimalloc as its global allocator.
+    RustMimalloc,
+    /// `tcmalloc_leak.cpp`, g++ -O2 without frame pointers, linked with gperftools'
+    /// libtcmalloc_minimal (its malloc, new and delete are tcmalloc's).
+    CxxTcmalloc,
 }
+
+/// Debian's gperftools tcmalloc library, which `CxxTcmalloc` links.
+pub const TCMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4";
 
 /// Where a stripped fixture's split-off debug files are (`CStrippedBuildId`: a directory for
 /// `--debuginfo-dir`).
@@ -287,6 +298,43 @@ pub fn fixture(build: Build) -> PathBuf {
             );
             out
         }
+        Build::RustJemalloc | Build::RustMimalloc => {
+            let feature = if build == Build::RustJemalloc {
+                "jemalloc"
+            } else {
+                "mimalloc"
+            };
+            let target_dir = dir.join(format!("rust-alloc-{feature}"));
+            run_build(
+                Command::new("cargo")
+                    .args(["build", "--release", "--locked", "--features", feature])
+                    .arg("--manifest-path")
+                    .arg(src.join("rust_alloc/Cargo.toml"))
+                    .arg("--target-dir")
+                    .arg(&target_dir)
+                    // The fixture is built as a service would be, not with this build's flags.
+                    .env_remove("RUSTFLAGS")
+                    .env_remove("CARGO_TARGET_DIR"),
+            );
+            target_dir.join("release/rust-alloc-fixture")
+        }
+        Build::CxxTcmalloc => {
+            let out = dir.join("tcmalloc_leak");
+            run_build(
+                Command::new("g++")
+                    .args([
+                        "-O2",
+                        "-g",
+                        "-fomit-frame-pointer",
+                        "-fno-optimize-sibling-calls",
+                    ])
+                    .arg(src.join("tcmalloc_leak.cpp"))
+                    .arg("-o")
+                    .arg(&out)
+                    .arg(TCMALLOC),
+            );
+            out
+        }
     };
     built.push((build, path.clone()));
     path
@@ -376,6 +424,9 @@ impl Drop for Fixture {
 pub struct Tracer {
     child: Child,
     stderr: Arc<Mutex<String>>,
+    /// Its stdout, read as it comes (a text report larger than a pipe holds would otherwise
+    /// block leaktrace before it exits).
+    stdout: Option<std::thread::JoinHandle<String>>,
     /// Where it writes its JSON export.
     pub export: PathBuf,
     _dir: tempfile::TempDir,
@@ -432,9 +483,16 @@ impl Tracer {
                 line.clear();
             }
         });
+        let mut out = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = out.read_to_string(&mut text);
+            text
+        });
         let tracer = Self {
             child,
             stderr,
+            stdout: Some(stdout),
             export,
             _dir: dir,
         };
@@ -517,10 +575,11 @@ impl Tracer {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let mut stdout = String::new();
-        if let Some(mut out) = self.child.stdout.take() {
-            out.read_to_string(&mut stdout).unwrap();
-        }
+        let stdout = self
+            .stdout
+            .take()
+            .map(|reader| reader.join().unwrap())
+            .unwrap_or_default();
         // Let the stderr thread catch up.
         std::thread::sleep(Duration::from_millis(50));
         let report = (self.export.extension().is_some_and(|e| e == "json"))

@@ -66,13 +66,18 @@ pub enum AllocKind {
     Valloc = 8,
     /// `pvalloc(size)`
     Pvalloc = 9,
-    /// `free(ptr)`
+    /// `free(ptr)`, and every call that releases one block: `sdallocx`, `mi_free_size`,
+    /// `operator delete`, `__rust_dealloc`
     Free = 10,
+    /// `__rust_realloc(ptr, old_size, align, new_size)`
+    RustRealloc = 11,
+    /// jemalloc's `xallocx(ptr, size, extra, flags)`: resizes in place, returns the usable size
+    Xallocx = 12,
 }
 
 impl AllocKind {
-    /// Every allocating entry point (everything but `free`), in probe order.
-    pub const ALLOCATING: [AllocKind; 9] = [
+    /// Every allocating kind (everything but `Free`), in probe order.
+    pub const ALLOCATING: [AllocKind; 11] = [
         AllocKind::Malloc,
         AllocKind::Calloc,
         AllocKind::Realloc,
@@ -82,6 +87,8 @@ impl AllocKind {
         AllocKind::Memalign,
         AllocKind::Valloc,
         AllocKind::Pvalloc,
+        AllocKind::RustRealloc,
+        AllocKind::Xallocx,
     ];
 
     /// Decodes a raw kind; `None` for values no program writes.
@@ -97,11 +104,13 @@ impl AllocKind {
             8 => Self::Valloc,
             9 => Self::Pvalloc,
             10 => Self::Free,
+            11 => Self::RustRealloc,
+            12 => Self::Xallocx,
             _ => return None,
         })
     }
 
-    /// The C symbol this kind is probed at.
+    /// The glibc symbol of this kind (other allocators' names for it are user space's).
     pub const fn symbol(self) -> &'static str {
         match self {
             Self::Malloc => "malloc",
@@ -114,6 +123,8 @@ impl AllocKind {
             Self::Valloc => "valloc",
             Self::Pvalloc => "pvalloc",
             Self::Free => "free",
+            Self::RustRealloc => "__rust_realloc",
+            Self::Xallocx => "xallocx",
         }
     }
 }
@@ -163,8 +174,32 @@ pub struct Event {
     pub kind: u8,
     /// An [`EventOp`].
     pub op: u8,
-    /// Bits from [`flags`].
-    pub flags: u16,
+    /// Bits from [`flags`] (all below 256).
+    pub flags: u8,
+    /// Which of the target's allocators made the call: the index user space put in the
+    /// attach cookie ([`cookie`]).
+    pub allocator: u8,
+}
+
+/// The attach cookie of an allocator probe: the [`AllocKind`] in the low 16 bits, the
+/// allocator's index (user space's numbering, carried into [`Event::allocator`]) above them.
+pub mod cookie {
+    use crate::AllocKind;
+
+    /// The cookie of a probe of `kind` in allocator `allocator`.
+    pub const fn encode(kind: AllocKind, allocator: u8) -> u64 {
+        kind as u64 | (allocator as u64) << 16
+    }
+
+    /// The kind's raw value.
+    pub const fn kind(cookie: u64) -> usize {
+        (cookie & 0xffff) as usize
+    }
+
+    /// The allocator's index.
+    pub const fn allocator(cookie: u64) -> u8 {
+        (cookie >> 16) as u8
+    }
 }
 
 /// A deduplicated user stack, innermost frame first (the allocator's caller).
@@ -264,8 +299,8 @@ impl Counter {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Pending {
-    /// First three integer arguments, as passed.
-    pub args: [u64; 3],
+    /// First four integer arguments, as passed.
+    pub args: [u64; 4],
     /// Stack pointer at entry: the address of the slot holding the return address.
     pub sp: u64,
     /// The return address at entry, before a return probe replaces it with the kernel's
@@ -273,16 +308,12 @@ pub struct Pending {
     pub ret_addr: u64,
     /// 1 while the call is in progress.
     pub active: u32,
-    /// 1 when this call runs inside another traced call on the same thread.
-    pub nested: u32,
     /// 1 when the sampler chose this call's allocation (always 1 without sampling).
     pub sampled: u32,
-    /// Explicit padding.
-    pub _pad: u32,
 }
 
 /// Number of pending-call slots per thread: one per [`AllocKind`] value (index = kind).
-pub const PENDING_SLOTS: usize = 11;
+pub const PENDING_SLOTS: usize = 13;
 
 /// Everything the programs keep per thread, in one map entry so each probe hit costs one lookup.
 /// Only the owning thread touches its entry (a thread runs one probe program at a time).
@@ -448,14 +479,23 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(size_of::<Event>(), 5 * 8 + 4 + 1 + 1 + 2);
+        assert_eq!(size_of::<Event>(), 5 * 8 + 4 + 1 + 1 + 1 + 1);
         assert_eq!(size_of::<StackTrace>(), 8 + MAX_FRAMES * 8);
-        assert_eq!(size_of::<Pending>(), 3 * 8 + 8 + 8 + 8 + 8);
+        assert_eq!(size_of::<Pending>(), 4 * 8 + 8 + 8 + 4 + 4);
         assert_eq!(
             size_of::<ThreadState>(),
             24 + PENDING_SLOTS * size_of::<Pending>() + size_of::<StackTrace>()
         );
-        assert!((AllocKind::Free as usize) < PENDING_SLOTS);
+        for kind in AllocKind::ALLOCATING.into_iter().chain([AllocKind::Free]) {
+            assert!((kind as usize) < PENDING_SLOTS, "{kind:?}");
+        }
+        assert!(
+            flags::STACK_FAILED
+                | flags::STACK_TRUNCATED
+                | flags::STACK_DROPPED
+                | flags::STACK_INCOMPLETE
+                <= u16::from(u8::MAX)
+        );
     }
 
     #[test]
@@ -478,7 +518,15 @@ mod tests {
             assert_eq!(AllocKind::from_raw(kind as u16), Some(kind));
         }
         assert_eq!(AllocKind::from_raw(0), None);
-        assert_eq!(AllocKind::from_raw(11), None);
+        assert_eq!(AllocKind::from_raw(13), None);
+    }
+
+    #[test]
+    fn cookies_carry_kind_and_allocator() {
+        let c = cookie::encode(AllocKind::Xallocx, 7);
+        assert_eq!(cookie::kind(c), AllocKind::Xallocx as usize);
+        assert_eq!(cookie::allocator(c), 7);
+        assert_eq!(cookie::encode(AllocKind::Free, 0), AllocKind::Free as u64);
     }
 
     #[test]

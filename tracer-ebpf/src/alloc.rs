@@ -1,7 +1,10 @@
 //! The allocating calls: `alloc_enter` (uprobe) saves a call's arguments, `alloc_exit`
 //! (uretprobe) reads its result, captures the stack and sends the event; `alloc_session` does
 //! both as one uprobe session program (Linux 6.13+), so an unsampled call skips its return.
-//! The kind of call comes from the attach cookie, so one program pair covers every entry point.
+//! The kind of call and the allocator come from the attach cookie, so one program pair covers
+//! every entry point of every allocator. A call made from inside another traced call (C++
+//! `new` calling `malloc`, `__rust_alloc` calling `_rjem_mallocx`) is left to the outer call:
+//! it keeps no pending state, and in a session its return is skipped.
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -11,7 +14,7 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use tracer_common::{AllocKind, Counter, Event, EventOp, PENDING_SLOTS, Pending};
+use tracer_common::{AllocKind, Counter, Event, EventOp, PENDING_SLOTS, Pending, cookie};
 
 use crate::{
     sampling::{SAMPLED, may_release_sampled, requested_bytes, sample_bytes, take_sample},
@@ -30,7 +33,8 @@ pub(crate) fn alloc_enter(ctx: ProbeContext) -> u32 {
 enum Return {
     /// The return must be seen.
     Wanted,
-    /// Nothing at the return can matter (an unsampled call): a session may skip it.
+    /// Nothing at the return can matter (an unsampled or a nested call): a session may skip
+    /// it.
     Skippable,
 }
 
@@ -42,11 +46,11 @@ fn enter(ctx: &ProbeContext, session: bool) -> Return {
     // SAFETY: `ctx.regs` is the kernel-provided `pt_regs` for this probe hit.
     let regs = unsafe { &*ctx.regs };
     // SAFETY: a helper reading this program's attach cookie.
-    let kind = (unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }) as usize;
+    let kind = cookie::kind(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) });
     if kind >= PENDING_SLOTS {
         return Return::Skippable;
     }
-    let args = [regs.rdi, regs.rsi, regs.rdx];
+    let args = [regs.rdi, regs.rsi, regs.rdx, regs.rcx];
     // Decided before anything else, so an unsampled call in a session costs only this.
     let mean = sample_bytes();
     let sampled = mean == 0 || take_sample(requested_bytes(kind as u32, &args), mean);
@@ -67,14 +71,15 @@ fn enter(ctx: &ProbeContext, session: bool) -> Return {
     // thread runs one probe program at a time.
     let state = unsafe { &mut *state };
     let sp = regs.rsp;
-    let nested = inside_outer_call(state, sp);
-    if nested {
+    if inside_outer_call(state, sp) {
+        // The outer call accounts for this one (and its pending state, if of the same kind,
+        // stays untouched for the outer call's return).
         count(Counter::Nested);
-    } else {
-        state.outer_sp = sp;
-        state.outer_started_ns = now_ns();
-        state.outer_kind = kind as u32;
+        return Return::Skippable;
     }
+    state.outer_sp = sp;
+    state.outer_started_ns = now_ns();
+    state.outer_kind = kind as u32;
     if state.pending[kind].active != 0 {
         // A call of the same kind is already pending on this thread: its state is replaced.
         count(Counter::PendingClobbered);
@@ -93,9 +98,7 @@ fn enter(ctx: &ProbeContext, session: bool) -> Return {
         sp,
         ret_addr,
         active: 1,
-        nested: u32::from(nested),
         sampled: u32::from(sampled),
-        _pad: 0,
     };
     Return::Wanted
 }
@@ -136,7 +139,7 @@ fn alloc(addr: u64, size: u64) -> Option<Outcome> {
 }
 
 #[inline(always)]
-fn outcome(kind: u32, args: &[u64; 3], ret: u64) -> Option<Outcome> {
+fn outcome(kind: u32, args: &[u64; 4], ret: u64) -> Option<Outcome> {
     if kind == AllocKind::Malloc as u32
         || kind == AllocKind::Valloc as u32
         || kind == AllocKind::Pvalloc as u32
@@ -146,10 +149,19 @@ fn outcome(kind: u32, args: &[u64; 3], ret: u64) -> Option<Outcome> {
         alloc(ret, mul(args[0], args[1])?)
     } else if kind == AllocKind::AlignedAlloc as u32 || kind == AllocKind::Memalign as u32 {
         alloc(ret, args[1])
-    } else if kind == AllocKind::Realloc as u32 || kind == AllocKind::ReallocArray as u32 {
+    } else if kind == AllocKind::Realloc as u32
+        || kind == AllocKind::ReallocArray as u32
+        || kind == AllocKind::RustRealloc as u32
+    {
         let old = args[0];
         let size = if kind == AllocKind::Realloc as u32 {
             args[1]
+        } else if kind == AllocKind::RustRealloc as u32 {
+            // `__rust_realloc(ptr, old_size, align, new_size)` never frees on size 0.
+            if ret == 0 {
+                return None;
+            }
+            args[3]
         } else {
             mul(args[1], args[2])?
         };
@@ -173,6 +185,20 @@ fn outcome(kind: u32, args: &[u64; 3], ret: u64) -> Option<Outcome> {
             // Failure: p is untouched.
             None
         }
+    } else if kind == AllocKind::Xallocx as u32 {
+        // `xallocx(ptr, size, extra, flags)` resizes in place and returns the usable size,
+        // which is below `size` when it could not; the block is then as it was.
+        let (ptr, size, extra) = (args[0], args[1], args[2]);
+        if ptr == 0 || ret < size {
+            return None;
+        }
+        let wanted = size.saturating_add(extra);
+        Some(Outcome {
+            op: EventOp::Alloc,
+            addr: ptr,
+            old_addr: ptr,
+            size: if ret < wanted { ret } else { wanted },
+        })
     } else if kind == AllocKind::PosixMemalign as u32 {
         if ret as u32 != 0 {
             return None;
@@ -223,7 +249,8 @@ pub(crate) fn alloc_session(ctx: *mut c_void) -> u32 {
 #[inline(always)]
 fn leave(ctx: &RetProbeContext) {
     // SAFETY: a helper reading this program's attach cookie.
-    let kind = (unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }) as usize;
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let kind = cookie::kind(cookie);
     if kind >= PENDING_SLOTS {
         return;
     }
@@ -235,14 +262,18 @@ fn leave(ctx: &RetProbeContext) {
     // SAFETY: as in `enter`.
     let state = unsafe { &mut *state };
     let pending = state.pending[kind];
-    if pending.active == 0 {
-        count(Counter::PendingMissing);
+    // The call's return address sat at its entry stack pointer, popped by the return.
+    // SAFETY: `ctx.regs` is the kernel-provided `pt_regs` for this probe hit.
+    let entry_sp = unsafe { (*ctx.regs).rsp }.wrapping_sub(8);
+    if pending.active == 0 || pending.sp != entry_sp {
+        // Not the call whose state is pending: a nested call (counted at its entry) or one
+        // that began before the probes were attached.
+        if !inside_outer_call(state, entry_sp) {
+            count(Counter::PendingMissing);
+        }
         return;
     }
     state.pending[kind].active = 0;
-    if pending.nested != 0 {
-        return;
-    }
     if state.outer_kind == kind as u32 && state.outer_sp == pending.sp {
         state.outer_sp = 0;
     }
@@ -305,6 +336,7 @@ fn leave(ctx: &RetProbeContext) {
         tid,
         kind: kind as u8,
         op: outcome.op as u8,
-        flags: stack_flags,
+        flags: stack_flags as u8,
+        allocator: cookie::allocator(cookie),
     });
 }

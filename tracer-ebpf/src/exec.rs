@@ -30,6 +30,7 @@ pub(crate) fn on_exec(_ctx: RawTracePointContext) -> i32 {
         kind: AllocKind::Free as u8,
         op: EventOp::Exec as u8,
         flags: 0,
+        allocator: 0,
     });
     0
 }

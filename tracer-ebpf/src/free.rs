@@ -47,6 +47,7 @@ pub(crate) fn free_enter(ctx: ProbeContext) -> u32 {
         kind: AllocKind::Free as u8,
         op: EventOp::Free as u8,
         flags: 0,
+        allocator: 0,
     });
     0
 }

@@ -75,7 +75,7 @@ pub(crate) fn next_sample_interval(mean: u64) -> i64 {
 
 /// The bytes a call asks for, from its saved arguments (saturating on overflow).
 #[inline(always)]
-pub(crate) fn requested_bytes(kind: u32, args: &[u64; 3]) -> u64 {
+pub(crate) fn requested_bytes(kind: u32, args: &[u64; 4]) -> u64 {
     if kind == AllocKind::Calloc as u32 {
         mul(args[0], args[1]).unwrap_or(u64::MAX)
     } else if kind == AllocKind::ReallocArray as u32 {
@@ -87,18 +87,26 @@ pub(crate) fn requested_bytes(kind: u32, args: &[u64; 3]) -> u64 {
         args[1]
     } else if kind == AllocKind::PosixMemalign as u32 {
         args[2]
+    } else if kind == AllocKind::RustRealloc as u32 {
+        args[3]
+    } else if kind == AllocKind::Xallocx as u32 {
+        args[1].saturating_add(args[2])
     } else {
         args[0]
     }
 }
 
-/// Whether a call may release a block the sampler follows: realloc and reallocarray of a
-/// sampled pointer, and reallocarray always (its tail call into realloc makes a second,
-/// nested decision that must see this one's pending state).
+/// Whether a call may release a block the sampler follows: realloc, `__rust_realloc` and
+/// `xallocx` of a sampled pointer, and reallocarray always (its tail call into realloc is a
+/// nested call, which leaves the release to it).
 #[inline(always)]
-pub(crate) fn may_release_sampled(kind: u32, args: &[u64; 3]) -> bool {
+pub(crate) fn may_release_sampled(kind: u32, args: &[u64; 4]) -> bool {
     if kind == AllocKind::ReallocArray as u32 {
         return true;
     }
-    kind == AllocKind::Realloc as u32 && args[0] != 0 && SAMPLED.get_ptr(args[0]).is_some()
+    (kind == AllocKind::Realloc as u32
+        || kind == AllocKind::RustRealloc as u32
+        || kind == AllocKind::Xallocx as u32)
+        && args[0] != 0
+        && SAMPLED.get_ptr(args[0]).is_some()
 }

@@ -57,6 +57,13 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "HOW", default_value_t = GroupBy::Source)]
     pub group_by: GroupBy,
 
+    /// Trace only this allocator (repeatable): glibc, jemalloc, mimalloc, tcmalloc, rust (the
+    /// allocator shim), malloc (whatever the C API resolves to), or a symbol prefix for one
+    /// leaktrace does not know (`--allocator myalloc_` probes myalloc_malloc, myalloc_free, ...).
+    /// Default: every allocator found.
+    #[arg(long, value_name = "NAME|PREFIX")]
+    pub allocator: Vec<String>,
+
     /// Also look for separate debug files (by build id, DIR/.build-id/ab/cdef.debug, or by
     /// .gnu_debuglink name) in DIR, before /usr/lib/debug. Repeatable.
     #[arg(long, value_name = "DIR")]

@@ -159,7 +159,9 @@ fn setup(need: Need) -> Result<()> {
     let mut packages: Vec<&str> = missing
         .iter()
         .filter_map(|t| match t.install {
-            Install::Apt(packages) => Some(packages.split_whitespace()),
+            Install::Apt(packages) | Install::AptFile(packages, _) => {
+                Some(packages.split_whitespace())
+            }
             _ => None,
         })
         .flatten()

@@ -26,6 +26,8 @@ pub(crate) enum Install {
     /// A Python module from PyPI, run as `python3 -m MODULE`: (module, pip requirement, the
     /// version `python3 -m MODULE version` must start with).
     Pip(&'static str, &'static str, &'static str),
+    /// A library file a test or the bench loads from the given Debian package: (package, path).
+    AptFile(&'static str, &'static str),
     /// Part of every Debian system or of the Rust toolchain the project builds with.
     Base,
 }
@@ -66,6 +68,48 @@ pub(crate) const TOOLS: &[Tool] = &[
         install: Install::Apt("gcc"),
         need: Need::Test,
         used_for: "the C fixtures, the demo and the bench workload",
+    },
+    Tool {
+        command: "cargo",
+        install: Install::Base,
+        need: Need::Test,
+        used_for: "the Rust fixture with jemalloc and mimalloc (a cargo project)",
+    },
+    Tool {
+        command: "g++",
+        install: Install::Apt("g++"),
+        need: Need::Test,
+        used_for: "the C++ fixture",
+    },
+    Tool {
+        command: "libtcmalloc_minimal.so.4",
+        install: Install::AptFile(
+            "libtcmalloc-minimal4",
+            "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+        ),
+        need: Need::Test,
+        used_for: "the C++ fixture's allocator",
+    },
+    Tool {
+        command: "redis-server",
+        install: Install::Apt("redis-server"),
+        need: Need::Test,
+        used_for: "tracing a real daemon that allocates through jemalloc",
+    },
+    Tool {
+        command: "libjemalloc.so.2",
+        install: Install::AptFile("libjemalloc2", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
+        need: Need::Bench,
+        used_for: "the bench's jemalloc rows (preloaded into the workload)",
+    },
+    Tool {
+        command: "libmimalloc.so.2",
+        install: Install::AptFile(
+            "libmimalloc2.0",
+            "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2",
+        ),
+        need: Need::Bench,
+        used_for: "the bench's mimalloc rows (preloaded into the workload)",
     },
     Tool {
         command: "nm",
@@ -143,6 +187,7 @@ pub(crate) fn present(tool: &Tool) -> bool {
             .args(["-m", module, "version"])
             .output()
             .is_ok_and(|out| out.status.success() && out.stdout.starts_with(version.as_bytes())),
+        Install::AptFile(_, path) => std::path::Path::new(path).is_file(),
         Install::Apt(_) | Install::Base => Command::new("sh")
             .args([
                 "-c",
@@ -158,7 +203,9 @@ pub(crate) fn check(need: Need) -> Result<()> {
     let missing: Vec<String> = wanted(need)
         .filter(|t| !present(t))
         .map(|t| match t.install {
-            Install::Apt(package) => format!("{} (Debian: {package}; {})", t.command, t.used_for),
+            Install::Apt(package) | Install::AptFile(package, _) => {
+                format!("{} (Debian: {package}; {})", t.command, t.used_for)
+            }
             Install::Pip(_, requirement, _) => {
                 format!("{} (pip: {requirement}; {})", t.command, t.used_for)
             }

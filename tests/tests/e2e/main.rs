@@ -37,6 +37,7 @@ pub(crate) fn assert_stack(
     );
 }
 
+mod allocators;
 mod analytics;
 mod bad_input;
 mod c_fixture;

@@ -96,6 +96,7 @@ mod tests {
                 ("diagnostics", Object, false),
                 ("group_by", Str, false),
                 ("omitted", Object, false),
+                ("coverage", Object, false),
                 ("stacks", Array, false),
             ],
         );
@@ -115,6 +116,19 @@ mod tests {
             (Some(2), Some(2048))
         );
         assert_eq!(top["group_by"], "source");
+        let coverage = assert_fields(
+            "coverage",
+            &top["coverage"],
+            &[
+                ("anon_at_attach_bytes", U64, false),
+                ("anon_bytes", U64, false),
+                ("anon_growth_bytes", U64, false),
+                ("traced_live_bytes", U64, false),
+                ("not_traced", Array, false),
+                ("warning", Str, true),
+            ],
+        );
+        assert!(coverage["warning"].is_string());
         let totals = assert_fields(
             "totals",
             &top["totals"],

@@ -326,6 +326,13 @@ mod tests {
                 total_allocs: 3,
                 total_bytes: 3000,
             },
+            // Anonymous memory grew by 100 MiB, far more than was traced.
+            coverage: crate::report::coverage::Coverage::judge(
+                10 << 20,
+                110 << 20,
+                1_576_960 + 2048,
+                Vec::new(),
+            ),
             stacks,
         }
     }
@@ -429,6 +436,7 @@ mod tests {
             diagnostics: Diagnostics::default(),
             group_by: "source".to_owned(),
             omitted: crate::report::Omitted::default(),
+            coverage: Default::default(),
             stacks: Vec::new(),
         };
 

@@ -176,6 +176,7 @@ mod tests {
             diagnostics: Diagnostics::default(),
             group_by: "source".to_owned(),
             omitted: crate::report::Omitted::default(),
+            coverage: Default::default(),
             stacks: Vec::new(),
         }
     }

@@ -72,6 +72,10 @@ fn write_header<W: Write>(report: &Report, out: &mut W) -> std::io::Result<()> {
         )?;
         writeln!(out)?;
     }
+    if let Some(warning) = &report.coverage.warning {
+        writeln!(out, "WARNING: MEMORY NOT TRACED: {warning}")?;
+        writeln!(out)?;
+    }
     writeln!(out, "totals")?;
     writeln!(
         out,

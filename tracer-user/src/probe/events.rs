@@ -3,8 +3,17 @@ use tracer_common::{AllocKind, Event, EventOp};
 
 use crate::source::{HeapEvent, Op};
 
+/// A kernel event, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    /// The event; its stack is the kernel stack map's id.
+    pub event: HeapEvent,
+    /// Which allocator made the call (the label index user space put in the attach cookie).
+    pub allocator: u8,
+}
+
 /// Decodes one ring-buffer record; `None` for a record of the wrong size or with unknown codes.
-pub fn decode(bytes: &[u8]) -> Option<HeapEvent> {
+pub fn decode(bytes: &[u8]) -> Option<Decoded> {
     if bytes.len() != size_of::<Event>() {
         return None;
     }
@@ -14,23 +23,26 @@ pub fn decode(bytes: &[u8]) -> Option<HeapEvent> {
     from_event(&event)
 }
 
-/// Converts a kernel event into a heap-model event.
-pub fn from_event(event: &Event) -> Option<HeapEvent> {
+/// Converts a kernel event into a heap-model event and its allocator.
+pub fn from_event(event: &Event) -> Option<Decoded> {
     let op = match event.op {
         op if op == EventOp::Alloc as u8 => Op::Alloc,
         op if op == EventOp::Free as u8 => Op::Free,
         op if op == EventOp::Exec as u8 => Op::Exec,
         _ => return None,
     };
-    Some(HeapEvent {
-        ts_ns: event.ts_ns,
-        op,
-        addr: event.addr,
-        old_addr: event.old_addr,
-        size: event.size,
-        stack: event.stack_id,
-        tid: event.tid,
-        kind: AllocKind::from_raw(u16::from(event.kind))?,
+    Some(Decoded {
+        event: HeapEvent {
+            ts_ns: event.ts_ns,
+            op,
+            addr: event.addr,
+            old_addr: event.old_addr,
+            size: event.size,
+            stack: event.stack_id,
+            tid: event.tid,
+            kind: AllocKind::from_raw(u16::from(event.kind))?,
+        },
+        allocator: event.allocator,
     })
 }
 
@@ -59,8 +71,13 @@ mod tests {
             kind: AllocKind::Realloc as u8,
             op: EventOp::Alloc as u8,
             flags: 0,
+            allocator: 2,
         };
-        let decoded = decode(&bytes_of(&event)).expect("decodes");
+        let Decoded {
+            event: decoded,
+            allocator,
+        } = decode(&bytes_of(&event)).expect("decodes");
+        assert_eq!(allocator, 2);
         assert_eq!(
             (
                 decoded.ts_ns,
@@ -80,7 +97,7 @@ mod tests {
             ..event
         };
         assert!(matches!(
-            decode(&bytes_of(&free)).expect("free").op,
+            decode(&bytes_of(&free)).expect("free").event.op,
             Op::Free
         ));
     }

@@ -26,13 +26,13 @@ use aya::{
     },
 };
 use tracer_common::{
-    Counter, StackTrace, names,
+    AllocKind, Counter, StackTrace, cookie, names,
     unwind::{ExecMapping, MAX_MAPPINGS},
 };
 
 use crate::{
     probe::uprobe_session::{SessionLink, SessionProgram},
-    target::allocator::Allocator,
+    target::allocator::{Allocators, ProbePoint},
 };
 
 /// The eBPF object built by `build.rs`.
@@ -359,17 +359,17 @@ impl Probes {
         })
     }
 
-    /// Attaches to every probe point of `allocator`, firing only for process `pid`.
-    /// On error, whatever was attached is detached again.
-    pub fn attach(&mut self, allocator: &Allocator, pid: NonZeroU32) -> Result<(), ProbeError> {
-        let result = self.attach_all(allocator, pid);
+    /// Attaches to every probe point of every allocator object, firing only for process
+    /// `pid`. On error, whatever was attached is detached again.
+    pub fn attach(&mut self, allocators: &Allocators, pid: NonZeroU32) -> Result<(), ProbeError> {
+        let result = self.attach_all(allocators, pid);
         if result.is_err() {
             self.detach();
         }
         result
     }
 
-    fn attach_all(&mut self, allocator: &Allocator, pid: NonZeroU32) -> Result<(), ProbeError> {
+    fn attach_all(&mut self, allocators: &Allocators, pid: NonZeroU32) -> Result<(), ProbeError> {
         // Exec first: an exec during attach must not leave the old image's blocks live.
         let exec: &mut RawTracePoint = program(&mut self.ebpf, names::EXEC)?;
         let id = exec
@@ -383,7 +383,6 @@ impl Probes {
             source,
         })?);
         let scope = UProbeScope::OneProcess(pid);
-        let path = &allocator.attach_path;
         let point = |offset: u64, cookie: u64| UProbeAttachPoint {
             location: UProbeAttachLocation::AbsoluteOffset(offset),
             cookie: Some(cookie),
@@ -391,64 +390,76 @@ impl Probes {
         let attach_err = |what: String| move |source| ProbeError::Program { what, source };
         // Frees first, then returns, then entries: see the module docs.
         for stage in [names::FREE_ENTER, names::ALLOC_EXIT, names::ALLOC_ENTER] {
-            if stage == names::ALLOC_EXIT && self.attach_session(allocator, pid)? {
+            if stage == names::ALLOC_EXIT && self.attach_session(allocators, pid)? {
                 break;
             }
             let prog: &mut UProbe = program(&mut self.ebpf, stage)?;
-            for probe in &allocator.points {
-                let is_free = probe.kind == tracer_common::AllocKind::Free;
-                if is_free != (stage == names::FREE_ENTER) {
-                    continue;
-                }
-                let what = format!(
-                    "attaching {stage} to {} in {}",
-                    probe.kind.symbol(),
-                    path.display()
-                );
-                let id = prog
-                    .attach(point(probe.file_offset, probe.kind as u64), path, scope)
-                    .map_err(attach_err(what.clone()))?;
-                let link = prog.take_link(id).map_err(attach_err(what))?;
-                match stage {
-                    names::ALLOC_EXIT => self.return_links.push(link),
-                    names::FREE_ENTER => self.free_links.push(link),
-                    _ => self.entry_links.push(link),
+            for object in &allocators.objects {
+                let path = &object.attach_path;
+                for probe in &object.points {
+                    if (probe.kind == AllocKind::Free) != (stage == names::FREE_ENTER) {
+                        continue;
+                    }
+                    let what = format!(
+                        "attaching {stage} to {} in {}",
+                        probe.symbol,
+                        path.display()
+                    );
+                    let cookie = cookie::encode(probe.kind, probe.label);
+                    let id = prog
+                        .attach(point(probe.file_offset, cookie), path, scope)
+                        .map_err(attach_err(what.clone()))?;
+                    let link = prog.take_link(id).map_err(attach_err(what))?;
+                    match stage {
+                        names::ALLOC_EXIT => self.return_links.push(link),
+                        names::FREE_ENTER => self.free_links.push(link),
+                        _ => self.entry_links.push(link),
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    /// Attaches the session program to every allocating function, if it was loaded. Returns
-    /// whether it did; on failure the reason is kept and the separate entry and return
-    /// programs are loaded to be attached instead.
+    /// Attaches the session program to every allocating function of every object, if it was
+    /// loaded. Returns whether it did; on failure the reason is kept and the separate entry
+    /// and return programs are loaded to be attached instead.
     fn attach_session(
         &mut self,
-        allocator: &Allocator,
+        allocators: &Allocators,
         pid: NonZeroU32,
     ) -> Result<bool, ProbeError> {
         let Some(program) = &self.session_program else {
             return Ok(false);
         };
-        let (offsets, cookies): (Vec<u64>, Vec<u64>) = allocator
-            .points
-            .iter()
-            .filter(|p| p.kind != tracer_common::AllocKind::Free)
-            .map(|p| (p.file_offset, p.kind as u64))
-            .unzip();
-        match SessionLink::attach(
-            program,
-            &allocator.attach_path,
-            &offsets,
-            &cookies,
-            pid.get(),
-        ) {
-            Ok(link) => {
-                self.session_links.push(link);
+        let mut links = Vec::new();
+        let mut failed = None;
+        for object in &allocators.objects {
+            let (offsets, cookies): (Vec<u64>, Vec<u64>) = object
+                .points
+                .iter()
+                .filter(|p| p.kind != AllocKind::Free)
+                .map(|p| (p.file_offset, cookie::encode(p.kind, p.label)))
+                .unzip();
+            if offsets.is_empty() {
+                continue;
+            }
+            match SessionLink::attach(program, &object.attach_path, &offsets, &cookies, pid.get()) {
+                Ok(link) => links.push(link),
+                Err(err) => {
+                    failed = Some(err.to_string());
+                    break;
+                }
+            }
+        }
+        match failed {
+            None => {
+                self.session_links.extend(links);
                 Ok(true)
             }
-            Err(err) => {
-                self.returns = ReturnProbes::Fallback(err.to_string());
+            Some(reason) => {
+                drop(links);
+                self.returns = ReturnProbes::Fallback(reason);
                 self.session_program = None;
                 load_pair(&mut self.ebpf)?;
                 Ok(false)
@@ -461,23 +472,27 @@ impl Probes {
         &self.returns
     }
 
-    /// Attaches only the empty program to malloc's and free's probe sites (`--probe-floor`): the
+    /// Attaches only the empty program to the C API's malloc and free (`--probe-floor`): the
     /// cost of the two traps a tracer of every allocation cannot avoid, for benchmarks.
     pub fn attach_floor(
         &mut self,
-        allocator: &Allocator,
+        allocators: &Allocators,
         pid: NonZeroU32,
     ) -> Result<(), ProbeError> {
         let scope = UProbeScope::OneProcess(pid);
-        let path = &allocator.attach_path;
+        let Some(object) = allocators.malloc_owner() else {
+            return Ok(());
+        };
+        let path = &object.attach_path;
         let prog: &mut UProbe = program(&mut self.ebpf, names::FLOOR_ENTER)?;
-        for probe in allocator.points.iter().filter(|p| {
-            matches!(
-                p.kind,
-                tracer_common::AllocKind::Malloc | tracer_common::AllocKind::Free
-            )
-        }) {
-            let what = format!("attaching the floor probe to {}", probe.kind.symbol());
+        let is =
+            |p: &&ProbePoint, name: &str| p.symbol == name || p.aliases.iter().any(|a| a == name);
+        for probe in object
+            .points
+            .iter()
+            .filter(|p| is(p, "malloc") || is(p, "free"))
+        {
+            let what = format!("attaching the floor probe to {}", probe.symbol);
             let id = prog
                 .attach(
                     UProbeAttachLocation::AbsoluteOffset(probe.file_offset),

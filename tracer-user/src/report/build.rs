@@ -100,6 +100,7 @@ pub fn build(header: Header, inputs: Inputs<'_>, diagnostics: Diagnostics) -> Re
         diagnostics,
         group_by: inputs.stacks.group_by().name().to_owned(),
         omitted: Omitted::default(),
+        coverage: Default::default(),
         stacks,
     }
 }

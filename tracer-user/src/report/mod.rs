@@ -22,6 +22,7 @@
 
 pub mod analytics;
 pub mod build;
+pub mod coverage;
 pub mod grouping;
 
 use std::cmp::Ordering;
@@ -60,6 +61,8 @@ pub struct Report {
     pub group_by: String,
     /// The rows left out of `stacks` when it was cut to the top N ([`Report::keep_top`]).
     pub omitted: Omitted,
+    /// How much of the process's memory growth the trace saw ([`coverage`]).
+    pub coverage: coverage::Coverage,
     /// Rows, sorted by [`sort_stacks`].
     pub stacks: Vec<StackReport>,
 }

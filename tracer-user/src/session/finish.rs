@@ -29,6 +29,9 @@ pub(super) fn finish(
         reason.describe(),
         report.duration_s
     )];
+    if let Some(warning) = &report.coverage.warning {
+        messages.push(format!("leaktrace: WARNING: {warning}"));
+    }
     let mut failure = None;
     if let Some((path, format, file)) = export {
         let write = || -> std::io::Result<()> {

@@ -24,7 +24,7 @@ use crate::{
     error::{Failure, chain},
     export::{human_bytes, soak::Soak},
     heap::SourceId,
-    report::{Report, analytics::Thresholds, build::Header},
+    report::{Report, analytics::Thresholds, build::Header, coverage::Coverage},
     source::{
         Batch, Health, HealthKind, Source,
         ebpf::{EbpfConfig, EbpfSource},
@@ -86,7 +86,7 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
     };
     let mut ebpf = EbpfSource::load(
         pid,
-        target.allocator.clone(),
+        target.allocators.clone(),
         &initial_maps,
         target.launched.is_none(),
         EbpfConfig {
@@ -123,10 +123,13 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
     if let Some(line) = target.describe_symbols(&dirs) {
         eprintln!("leaktrace:   {line}");
     }
-    let allocator_inode = target.allocator_inode();
+    let allocator_inodes = target.allocator_inodes();
+    let not_traced = ebpf.allocators().left_out.clone();
     let mut session = Session::new(cli, target.process, target.launched, &dirs);
+    session.not_traced = not_traced;
     session.add_source(Box::new(ebpf));
-    session.release_launched(allocator_inode)?;
+    session.release_launched(&allocator_inodes)?;
+    session.anon = session.process.anon_bytes().map(|b| (b, b));
     if let Some((dir, every)) = checked.soak {
         let soak = Soak::new(&dir, cli.keep, cli.export_format(), session.process.pid)
             .map_err(|err| Failure::runtime(format!("snapshot directory: {err}"), None))?;
@@ -208,6 +211,11 @@ struct Session {
     last_status: (Instant, u64, u64),
     /// Allocations and frees per second at the last status.
     rates: (f64, f64),
+    /// The target's anonymous memory at attach and when last read, to tell whether the
+    /// trace sees its growth ([`crate::report::coverage`]).
+    anon: Option<(u64, u64)>,
+    /// Allocators found but left out by `--allocator`.
+    not_traced: Vec<String>,
 }
 
 impl Session {
@@ -245,6 +253,8 @@ impl Session {
             sample_bytes: cli.sample_bytes,
             last_status: (now, 0, 0),
             rates: (0.0, 0.0),
+            anon: None,
+            not_traced: Vec::new(),
         }
     }
 
@@ -253,21 +263,22 @@ impl Session {
         self.sources.push((id, source));
     }
 
-    /// Launch mode: holds the program at its system calls until its allocator's library is
+    /// Launch mode: holds the program at its system calls until every allocator's object is
     /// mapped, then publishes its mappings before it can allocate.
-    fn release_launched(&mut self, allocator_inode: Option<u64>) -> Result<(), Failure> {
+    fn release_launched(&mut self, allocator_inodes: &[u64]) -> Result<(), Failure> {
         let Some(mut launched) = self.launched.take() else {
             return Ok(());
         };
         let released = launched.release(|| {
             let mapped = self.process.maps().is_ok_and(|maps| {
-                maps.iter()
-                    .any(|m| m.is_exec() && Some(m.inode) == allocator_inode)
+                allocator_inodes
+                    .iter()
+                    .all(|inode| maps.iter().any(|m| m.is_exec() && m.inode == *inode))
             });
             if mapped {
                 self.refresh_maps();
             }
-            mapped || allocator_inode.is_none()
+            mapped
         });
         self.launched = Some(launched);
         released.map_err(|err| Failure::usage(chain(&err), "check the command and its path"))
@@ -426,8 +437,21 @@ impl Session {
             own_rss_bytes(),
             HealthKind::Info,
         )];
-        self.pipeline
-            .report(header, monotonic_now_ns(), sources, session)
+        let mut report = self
+            .pipeline
+            .report(header, monotonic_now_ns(), sources, session);
+        if let Some((at_attach, last)) = &mut self.anon {
+            if let Some(now) = self.process.anon_bytes() {
+                *last = now;
+            }
+            report.coverage = Coverage::judge(
+                *at_attach,
+                *last,
+                report.totals.live_bytes,
+                self.not_traced.clone(),
+            );
+        }
+        report
     }
 
     /// Every interval: one history sample of every row, the maps read again (libraries loaded

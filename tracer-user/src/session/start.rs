@@ -15,7 +15,7 @@ use crate::{
     symbolize::debuginfo::{DebugDirs, SymbolFile},
     target::{
         Mapping, Process,
-        allocator::{self, Allocator},
+        allocator::{self, Allocators, Selection},
         launch::{self, Launched},
     },
 };
@@ -66,13 +66,13 @@ pub(super) fn check(cli: &Cli) -> Result<Checked, Failure> {
     Ok(Checked { soak, export })
 }
 
-/// The traced process and its allocator.
+/// The traced process and its allocators.
 #[derive(Debug)]
 pub(super) struct Target {
     /// The process.
     pub(super) process: Process,
-    /// The allocator it uses.
-    pub(super) allocator: Allocator,
+    /// The allocators it uses.
+    pub(super) allocators: Allocators,
     /// In launch mode, the program started and held.
     pub(super) launched: Option<Launched>,
 }
@@ -83,8 +83,12 @@ impl Target {
         let no_malloc = |err: &dyn std::error::Error| {
             Failure::usage(
                 chain(err),
-                "leaktrace traces programs that allocate with malloc",
+                "leaktrace traces glibc malloc, jemalloc, mimalloc, tcmalloc, C++ new and Rust's \
+                 allocator; --allocator PREFIX names another",
             )
+        };
+        let selection = Selection {
+            only: cli.allocator.clone(),
         };
         match cli.pid {
             Some(pid) => {
@@ -96,11 +100,11 @@ impl Target {
                 }
                 let process = Process::open(pid)
                     .map_err(|err| Failure::usage(chain(&err), "check the pid with `ps -p PID`"))?;
-                let allocator =
-                    allocator::find_for_process(&process).map_err(|err| no_malloc(&err))?;
+                let allocators = allocator::find_for_process(&process, &selection)
+                    .map_err(|err| no_malloc(&err))?;
                 Ok(Self {
                     process,
-                    allocator,
+                    allocators,
                     launched: None,
                 })
             }
@@ -110,8 +114,8 @@ impl Target {
                 let output = live_view_wanted(cli).then(|| target_log_path(&cli.command));
                 let launched = launch::spawn_held(&cli.command, output.as_deref())
                     .map_err(|err| Failure::usage(chain(&err), "check the command and its path"))?;
-                let allocator =
-                    allocator::find_for_executable(&launched.exe).map_err(|err| no_malloc(&err))?;
+                let allocators = allocator::find_for_executable(&launched.exe, &selection)
+                    .map_err(|err| no_malloc(&err))?;
                 let command = cli
                     .command
                     .iter()
@@ -123,7 +127,7 @@ impl Target {
                         pid: launched.pid,
                         command,
                     },
-                    allocator,
+                    allocators,
                     launched: Some(launched),
                 })
             }
@@ -165,11 +169,13 @@ impl Target {
         ))
     }
 
-    /// The inode of the allocator's file, to tell when a launched program has mapped it.
-    pub(super) fn allocator_inode(&self) -> Option<u64> {
-        std::fs::metadata(&self.allocator.attach_path)
-            .map(|m| m.ino())
-            .ok()
+    /// The inodes of the allocators' files, to tell when a launched program has mapped them.
+    pub(super) fn allocator_inodes(&self) -> Vec<u64> {
+        self.allocators
+            .objects
+            .iter()
+            .filter_map(|o| std::fs::metadata(&o.attach_path).map(|m| m.ino()).ok())
+            .collect()
     }
 }
 

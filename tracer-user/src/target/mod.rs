@@ -9,6 +9,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
+/// The value in bytes of a `Name:   1234 kB` line of a `/proc` status file.
+fn parse_kib_field(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(name))?;
+    let kib: u64 = line[name.len()..].split_whitespace().next()?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// `PF_KTHREAD` in `/proc/PID/stat`'s flags field.
 const PF_KTHREAD: u64 = 0x0020_0000;
 
@@ -173,6 +180,13 @@ impl Process {
         Some(pages * page_size())
     }
 
+    /// Resident anonymous memory in bytes (`RssAnon`: heaps, anonymous maps, stacks), when the
+    /// process still exists.
+    pub fn anon_bytes(&self) -> Option<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        parse_kib_field(&status, "RssAnon:")
+    }
+
     /// A path to `target_path` (as the target sees it) that this process can open, through the
     /// target's root so a target in another mount namespace works.
     pub fn host_path(&self, target_path: &str) -> PathBuf {
@@ -206,6 +220,15 @@ pub fn page_size() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anonymous_memory_is_read_from_status() {
+        let status = "Name:\tx\nRssAnon:\t    1536 kB\nRssFile:\t 12 kB\n";
+        assert_eq!(parse_kib_field(status, "RssAnon:"), Some(1536 * 1024));
+        assert_eq!(parse_kib_field(status, "VmSwap:"), None);
+        let me = Process::open(std::process::id()).expect("own process");
+        assert!(me.anon_bytes().is_some_and(|b| b > 0));
+    }
 
     #[test]
     fn parses_maps_lines() {

@@ -20,6 +20,7 @@ pub(crate) fn filtered_report(report: &Report, filter: &str) -> Report {
         diagnostics: report.diagnostics.clone(),
         group_by: report.group_by.clone(),
         omitted: report.omitted,
+        coverage: Default::default(),
         stacks: visible_stacks(report, filter)
             .into_iter()
             .filter_map(|i| report.stacks.get(i).cloned())

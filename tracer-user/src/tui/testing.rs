@@ -319,6 +319,7 @@ pub(crate) fn sample_snapshot() -> Snapshot {
             diagnostics,
             group_by: "source".to_owned(),
             omitted: crate::report::Omitted::default(),
+            coverage: Default::default(),
             stacks: reports,
         },
         series,

@@ -134,6 +134,24 @@ fn render_header(app: &App, frame: &mut Frame<'_>, area: Rect) {
         }
         None => health,
     };
+    let coverage = &report.coverage;
+    let health = if coverage.warning.is_some() {
+        let mut spans = health.spans;
+        spans.push(Span::styled(
+            format!(
+                "   NOT TRACED {}",
+                human_bytes(
+                    coverage
+                        .anon_growth_bytes
+                        .saturating_sub(coverage.traced_live_bytes)
+                )
+            ),
+            Style::new().bold().white().on_red(),
+        ));
+        Line::from(spans)
+    } else {
+        health
+    };
     let baseline = app.baseline.as_ref().map_or_else(Line::default, |b| {
         Line::from(Span::styled(
             format!("Δ since {}", format::age(b.at_s)),

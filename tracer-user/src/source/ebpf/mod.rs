@@ -24,7 +24,7 @@ use crate::{
     heap::FastHash,
     probe::{KernelCounters, ProbeConfig, Probes, UnwindMode, events},
     source::{Batch, Health, HealthKind, NewStack, Source, Yields},
-    target::{Mapping, allocator::Allocator},
+    target::{Mapping, allocator::Allocators},
     unwind::{
         tables::UnwindTables,
         verify::{self, VerifyCounts},
@@ -53,9 +53,9 @@ pub struct EbpfConfig {
 /// The eBPF allocator probes on one target.
 pub struct EbpfSource {
     pid: NonZeroU32,
-    allocator: Allocator,
-    /// What its stacks allocated through.
-    label: Arc<str>,
+    allocators: Allocators,
+    /// The allocators' names, by the index events carry.
+    labels: Vec<Arc<str>>,
     config: EbpfConfig,
     probes: Probes,
     events: Option<RingBuf<MapData>>,
@@ -81,7 +81,7 @@ impl std::fmt::Debug for EbpfSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EbpfSource")
             .field("pid", &self.pid)
-            .field("allocator", &self.allocator.display_path)
+            .field("allocators", &self.allocators.labels)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -94,7 +94,7 @@ impl EbpfSource {
     /// are published once it has exec'd ([`Source::mappings_changed`]).
     pub fn load(
         pid: NonZeroU32,
-        allocator: Allocator,
+        allocators: Allocators,
         maps: &[Mapping],
         publish: bool,
         config: EbpfConfig,
@@ -145,8 +145,12 @@ impl EbpfSource {
         let last_maps = if publish { maps.to_vec() } else { Vec::new() };
         Ok(Self {
             pid,
-            label: allocator.name().into(),
-            allocator,
+            labels: allocators
+                .labels
+                .iter()
+                .map(|l| Arc::from(l.as_str()))
+                .collect(),
+            allocators,
             config,
             probes,
             events,
@@ -167,37 +171,49 @@ impl EbpfSource {
     /// Attaches every probe to the target.
     pub fn attach(&mut self) -> Result<(), Failure> {
         if self.config.floor {
-            self.probes.attach_floor(&self.allocator, self.pid)
+            self.probes.attach_floor(&self.allocators, self.pid)
         } else {
-            self.probes.attach(&self.allocator, self.pid)
+            self.probes.attach(&self.allocators, self.pid)
         }
         .map_err(|err| Failure::runtime(chain(&err), None))
     }
 
-    /// The allocator probed.
-    pub fn allocator(&self) -> &Allocator {
-        &self.allocator
+    /// The allocators probed.
+    pub fn allocators(&self) -> &Allocators {
+        &self.allocators
     }
 
     /// What was attached where and why, one line each, for the start-up summary.
     pub fn describe(&self) -> Vec<String> {
         let mut lines = Vec::new();
-        for point in &self.allocator.points {
-            let aliases: Vec<&str> = point.aliases.iter().map(|k| k.symbol()).collect();
-            let aliases = if aliases.is_empty() {
-                String::new()
-            } else {
-                format!(" (also {})", aliases.join(", "))
-            };
-            lines.push(format!(
-                "{}{aliases}: {}",
-                point.kind.symbol(),
-                point.site.reason
-            ));
+        for object in &self.allocators.objects {
+            let mut labels: Vec<&str> = object
+                .points
+                .iter()
+                .map(|p| self.allocators.label_of(p))
+                .collect();
+            labels.dedup();
+            lines.push(format!("{} in {}:", labels.join(", "), object.display_path));
+            for point in &object.points {
+                let aliases = if point.aliases.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (also {})", point.aliases.join(", "))
+                };
+                lines.push(format!(
+                    "  {}{aliases}: {}",
+                    point.symbol, point.site.reason
+                ));
+            }
+            if !object.missing.is_empty() {
+                lines.push(format!(
+                    "  not defined there: {}",
+                    object.missing.join(", ")
+                ));
+            }
         }
-        if !self.allocator.missing.is_empty() {
-            let missing: Vec<&str> = self.allocator.missing.iter().map(|k| k.symbol()).collect();
-            lines.push(format!("not defined there: {}", missing.join(", ")));
+        for left_out in &self.allocators.left_out {
+            lines.push(format!("NOT TRACED (--allocator): {left_out}"));
         }
         lines.push(self.probes.returns().describe());
         lines
@@ -263,9 +279,16 @@ impl EbpfSource {
 
 impl Source for EbpfSource {
     fn name(&self) -> String {
+        let objects: Vec<&str> = self
+            .allocators
+            .objects
+            .iter()
+            .map(|o| o.display_path.as_str())
+            .collect();
         format!(
-            "malloc probes in {} ({} probes)",
-            self.allocator.display_path,
+            "{} in {} ({} probes)",
+            self.allocators.labels.join(", "),
+            objects.join(", "),
             self.probes.attached()
         )
     }
@@ -291,16 +314,22 @@ impl Source for EbpfSource {
         else {
             return;
         };
+        // (key, kernel stack id, allocator) of stacks not yielded before.
         let mut new_stacks = Vec::new();
         // Consecutive events mostly share a stack: look a known one up once.
         let mut last_known = None;
         while let Some(item) = ring.next() {
             match events::decode(&item) {
-                Some(event) if cutoff_ns.is_some_and(|cutoff| event.ts_ns > cutoff) => {}
-                Some(event) => {
+                Some(decoded) if cutoff_ns.is_some_and(|cutoff| decoded.event.ts_ns > cutoff) => {}
+                Some(events::Decoded {
+                    mut event,
+                    allocator,
+                }) => {
+                    let stack_id = event.stack;
+                    event.stack = stack_key(stack_id, allocator);
                     if last_known != Some(event.stack) {
                         if known.insert(event.stack) {
-                            new_stacks.push(event.stack);
+                            new_stacks.push((event.stack, stack_id, allocator));
                         } else {
                             last_known = Some(event.stack);
                         }
@@ -311,14 +340,18 @@ impl Source for EbpfSource {
             }
         }
         // Each new stack is read once from the kernel (an event without a stack has none).
-        for key in new_stacks {
-            let kernel = self.probes.stack(key).unwrap_or_default();
+        for (key, stack_id, allocator) in new_stacks {
+            let kernel = self.probes.stack(stack_id).unwrap_or_default();
+            let label = self
+                .labels
+                .get(usize::from(allocator))
+                .map_or_else(|| Arc::from("?"), Arc::clone);
             out.stacks.push(NewStack {
                 key,
                 ips: kernel.ips,
                 truncated: kernel.truncated,
                 incomplete: kernel.incomplete,
-                allocator: Arc::clone(&self.label),
+                allocator: label,
             });
         }
         // A new stack may run in a library mapped since the maps were last read: its unwind
@@ -409,6 +442,12 @@ pub(crate) fn diagnostics_with(set: &[(&str, u64)]) -> crate::source::Diagnostic
         slot.unwrap_or_else(|| panic!("no counter {name}")).value = value;
     }
     diagnostics
+}
+
+/// A stack's key: the kernel's stack id, told apart by allocator (the same call path through
+/// two allocators is two rows). Allocator 0's keys are the stack ids themselves.
+fn stack_key(stack_id: u64, allocator: u8) -> u64 {
+    stack_id ^ (u64::from(allocator) << 56)
 }
 
 /// What each kernel counter means for the figures.

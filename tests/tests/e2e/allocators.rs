@@ -1,0 +1,262 @@
+//! Every allocator a process uses, several at once, each row labelled with its allocator.
+use super::*;
+
+/// The rows through `function` (anywhere in their frames), with their summed live bytes and
+/// blocks, total allocations, and their allocators.
+fn through(report: &Value, function: &str) -> (u64, u64, u64, Vec<String>) {
+    let rows = stacks_with(report, &[function]);
+    let sum = |field: &str| rows.iter().map(|s| num(s, field)).sum::<u64>();
+    let mut allocators: Vec<String> = rows
+        .iter()
+        .map(|s| s["allocator"].as_str().unwrap_or("?").to_owned())
+        .collect();
+    allocators.sort();
+    allocators.dedup();
+    (
+        sum("live_bytes"),
+        sum("live_allocs"),
+        sum("total_allocs"),
+        allocators,
+    )
+}
+
+#[test]
+fn rust_services_with_jemalloc_or_mimalloc_and_c_malloc_are_exact_and_labelled() {
+    require_root();
+    for (build, allocator) in [
+        (Build::RustJemalloc, "jemalloc"),
+        (Build::RustMimalloc, "mimalloc"),
+    ] {
+        let mut target = Fixture::start(&fixture(build));
+        let tracer = Tracer::attach(target.pid, &[]);
+        target.cmd("conn 50 8192");
+        target.cmd("cache 30 3000");
+        target.cmd("churn 200 5000");
+        target.cmd("cmalloc 20 1000");
+        let done = tracer.interrupt();
+        let report = done.report.unwrap();
+        assert_clean(&report);
+        assert!(
+            done.stderr.contains(allocator) && done.stderr.contains("glibc"),
+            "{build:?}: {}",
+            done.stderr
+        );
+        let label = vec![allocator.to_owned()];
+        // Connection tasks that never finish hold their buffers, down to the worker thread's
+        // start
+        assert_eq!(
+            through(&report, "conn_buffer"),
+            (50 * 8192, 50, 50, label.clone()),
+            "{build:?}: {report:#}"
+        );
+        for row in stacks_with(&report, &["conn_buffer"]) {
+            let names = functions(row);
+            assert!(
+                names
+                    .iter()
+                    .any(|f| f == "start_thread" || f.contains("clone")),
+                "{build:?}: not down to the thread start: {names:?}"
+            );
+        }
+        assert_eq!(
+            through(&report, "cache_entry"),
+            (30 * 3000, 30, 30, label.clone())
+        );
+        // Finished tasks hold nothing
+        assert_eq!(through(&report, "churn_buffer"), (0, 0, 200, label));
+        // and C's malloc in the same process is glibc's, counted once, labelled so
+        assert_eq!(
+            through(&report, "c_side_block"),
+            (20 * 1000, 20, 20, vec!["glibc".to_owned()]),
+            "{build:?}: {report:#}"
+        );
+        assert!(target.is_running());
+    }
+}
+
+#[test]
+fn cxx_new_delete_and_malloc_through_tcmalloc_are_exact_and_counted_once() {
+    require_root();
+    let mut target = Fixture::start(&fixture(Build::CxxTcmalloc));
+    let tracer = Tracer::attach(target.pid, &[]);
+    target.cmd("objects 40");
+    target.cmd("arrays 10 1000");
+    target.cmd("blocks 7 500");
+    target.cmd("churn 100");
+    let done = tracer.interrupt();
+    let report = done.report.unwrap();
+    assert_clean(&report);
+    let tcmalloc = vec!["tcmalloc".to_owned()];
+    // `new` calls tcmalloc's malloc inside: one allocation each, not two
+    assert_eq!(
+        through(&report, "make_session()"),
+        (40 * 64, 40, 40, tcmalloc.clone()),
+        "{report:#}"
+    );
+    assert_eq!(
+        through(&report, "make_buffer(unsigned long)"),
+        (10 * 1000, 10, 10, tcmalloc.clone())
+    );
+    assert_eq!(
+        through(&report, "make_block(unsigned long)"),
+        (7 * 500, 7, 7, tcmalloc.clone())
+    );
+    assert_eq!(through(&report, "churn_once()"), (0, 0, 100, tcmalloc));
+    assert!(
+        done.stderr.contains("tc_new") && done.stderr.contains("libtcmalloc_minimal"),
+        "{}",
+        done.stderr
+    );
+}
+
+#[test]
+fn an_allocator_left_out_is_said_and_the_growth_it_hides_is_flagged() {
+    require_root();
+    // Given a mimalloc service traced with only glibc selected
+    let mut target = Fixture::start(&fixture(Build::RustMimalloc));
+    let tracer = Tracer::attach(target.pid, &["--allocator", "glibc"]);
+    // When it grows by 64 MiB through mimalloc
+    target.cmd("cache 4096 16384");
+    tracer.wait_for_next_status();
+    let done = tracer.interrupt();
+    let report = done.report.unwrap();
+    // Then start-up said what was left out, and the report flags the growth it cannot see
+    assert!(
+        done.stderr.contains("NOT TRACED (--allocator): mimalloc"),
+        "{}",
+        done.stderr
+    );
+    let coverage = &report["coverage"];
+    assert!(
+        num(coverage, "anon_growth_bytes") >= 64 << 20,
+        "{coverage:#}"
+    );
+    let warning = coverage["warning"].as_str().unwrap_or_default();
+    assert!(warning.contains("not traced"), "{coverage:#}");
+    assert!(
+        done.stdout.contains("WARNING: MEMORY NOT TRACED"),
+        "{}",
+        done.stdout
+    );
+
+    // while a glibc program whose growth is all traced gets no warning
+    let mut target = Fixture::start(&fixture(Build::CFramePointers));
+    let tracer = Tracer::attach(target.pid, &[]);
+    target.cmd("leak 2000 32768");
+    tracer.wait_for_next_status();
+    let report = tracer.interrupt().report.unwrap();
+    assert!(
+        report["coverage"]["warning"].is_null(),
+        "{:#}",
+        report["coverage"]
+    );
+}
+
+/// A redis-server on a free loopback port, stopped when dropped.
+struct Redis {
+    child: std::process::Child,
+    conn: std::net::TcpStream,
+}
+
+impl Redis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let conn = loop {
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(conn) => break conn,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(err) => panic!("redis-server did not start: {err}"),
+            }
+        };
+        let mut redis = Self { child, conn };
+        assert_eq!(redis.command(&["PING"]), "+PONG");
+        redis
+    }
+
+    /// Sends one command (RESP) and returns the reply's first line, or a bulk string's body.
+    fn command(&mut self, args: &[&str]) -> String {
+        use std::io::{BufRead as _, Read as _, Write as _};
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        self.conn.write_all(request.as_bytes()).unwrap();
+        let mut reader = std::io::BufReader::new(&self.conn);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let line = line.trim_end().to_owned();
+        if let Some(len) = line.strip_prefix('$') {
+            let len: usize = len.parse().unwrap();
+            let mut body = vec![0u8; len + 2];
+            reader.read_exact(&mut body).unwrap();
+            body.truncate(len);
+            return String::from_utf8(body).unwrap();
+        }
+        line
+    }
+
+    /// A field of `INFO memory`.
+    fn used_memory(&mut self) -> u64 {
+        let info = self.command(&["INFO", "memory"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn redis_under_a_client_agrees_with_its_own_accounting() {
+    require_root();
+    let mut redis = Redis::start();
+    let before = redis.used_memory();
+    let tracer = Tracer::attach(redis.child.id(), &[]);
+    // A client that SETs keys that are never deleted, checking every reply
+    let value = "v".repeat(1000);
+    for i in 0..5000 {
+        assert_eq!(redis.command(&["SET", &format!("key:{i}"), &value]), "+OK");
+    }
+    assert_eq!(redis.command(&["GET", "key:4999"]), value);
+    let grown = redis.used_memory() - before;
+    let done = tracer.interrupt();
+    let report = done.report.unwrap();
+    assert_clean(&report);
+    // leaktrace counts the bytes asked for, redis the allocator's size classes it got: close
+    let live = num(&report["totals"], "live_bytes");
+    let ratio = live as f64 / grown as f64;
+    assert!(
+        (0.85..=1.05).contains(&ratio),
+        "leaktrace {live} B live, redis used_memory grew {grown} B (ratio {ratio:.3})"
+    );
+    assert!(
+        report["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["allocator"] == "jemalloc"),
+        "{report:#}"
+    );
+    // and the daemon goes on answering, with no probe of leaktrace's left
+    assert_eq!(redis.command(&["PING"]), "+PONG");
+    assert_no_programs_left("after tracing redis-server");
+}
