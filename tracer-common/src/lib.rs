@@ -181,14 +181,61 @@ pub struct Event {
     pub allocator: u8,
 }
 
-/// The attach cookie of an allocator probe: the [`AllocKind`] in the low 16 bits, the
-/// allocator's index (user space's numbering, carried into [`Event::allocator`]) above them.
+/// The attach cookie of an allocator probe: the [`AllocKind`] in bits 0-15, the allocator's
+/// index (user space's numbering, carried into [`Event::allocator`]) in bits 16-23, and in bits
+/// 24-39 where each of the first four arguments is at the probed instruction: a [`cookie::Reg`]
+/// per 4 bits. A probe past a function's first instructions may find an argument moved to
+/// another register (mimalloc's `mi_malloc` copies its size to rsi, then overwrites rdi).
 pub mod cookie {
     use crate::AllocKind;
 
-    /// The cookie of a probe of `kind` in allocator `allocator`.
-    pub const fn encode(kind: AllocKind, allocator: u8) -> u64 {
-        kind as u64 | (allocator as u64) << 16
+    /// The registers an argument can be found in, by their 4-bit number in a cookie.
+    #[repr(u8)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Reg {
+        /// The first argument register.
+        Rdi = 0,
+        /// The second.
+        Rsi = 1,
+        /// The third.
+        Rdx = 2,
+        /// The fourth.
+        Rcx = 3,
+        /// The fifth.
+        R8 = 4,
+        /// The sixth.
+        R9 = 5,
+        /// A scratch register.
+        Rax = 6,
+        /// A callee-saved register.
+        Rbx = 7,
+        /// A scratch register.
+        R10 = 8,
+        /// A scratch register.
+        R11 = 9,
+        /// A callee-saved register.
+        R12 = 10,
+        /// A callee-saved register.
+        R13 = 11,
+        /// A callee-saved register.
+        R14 = 12,
+        /// A callee-saved register.
+        R15 = 13,
+        /// The frame pointer.
+        Rbp = 14,
+    }
+
+    /// Where the arguments are at a function's entry.
+    pub const AT_ENTRY: [Reg; 4] = [Reg::Rdi, Reg::Rsi, Reg::Rdx, Reg::Rcx];
+
+    /// The cookie of a probe of `kind` in allocator `allocator`, its arguments in `args`.
+    pub const fn encode(kind: AllocKind, allocator: u8, args: [Reg; 4]) -> u64 {
+        kind as u64
+            | (allocator as u64) << 16
+            | (args[0] as u64) << 24
+            | (args[1] as u64) << 28
+            | (args[2] as u64) << 32
+            | (args[3] as u64) << 36
     }
 
     /// The kind's raw value.
@@ -199,6 +246,11 @@ pub mod cookie {
     /// The allocator's index.
     pub const fn allocator(cookie: u64) -> u8 {
         (cookie >> 16) as u8
+    }
+
+    /// The 4-bit register number of argument `index` (0 to 3).
+    pub const fn arg(cookie: u64, index: u32) -> u8 {
+        ((cookie >> (24 + 4 * index)) & 0xf) as u8
     }
 }
 
@@ -522,11 +574,18 @@ mod tests {
     }
 
     #[test]
-    fn cookies_carry_kind_and_allocator() {
-        let c = cookie::encode(AllocKind::Xallocx, 7);
+    fn cookies_carry_kind_allocator_and_argument_registers() {
+        use cookie::Reg;
+        let args = [Reg::Rsi, Reg::Rax, Reg::Rdx, Reg::Rbp];
+        let c = cookie::encode(AllocKind::Xallocx, 7, args);
         assert_eq!(cookie::kind(c), AllocKind::Xallocx as usize);
         assert_eq!(cookie::allocator(c), 7);
-        assert_eq!(cookie::encode(AllocKind::Free, 0), AllocKind::Free as u64);
+        for (i, reg) in args.into_iter().enumerate() {
+            assert_eq!(cookie::arg(c, i as u32), reg as u8);
+        }
+        let entry = cookie::encode(AllocKind::Free, 0, cookie::AT_ENTRY);
+        assert_eq!(cookie::arg(entry, 0), Reg::Rdi as u8);
+        assert_eq!(cookie::kind(entry), AllocKind::Free as usize);
     }
 
     #[test]

@@ -19,7 +19,9 @@ use tracer_common::{AllocKind, Counter, Event, EventOp, PENDING_SLOTS, Pending, 
 use crate::{
     sampling::{SAMPLED, may_release_sampled, requested_bytes, sample_bytes, take_sample},
     stack::{capture_stack, verify_sample},
-    state::{count, current_tid, inside_outer_call, now_ns, submit, thread_state, unwind_mode},
+    state::{
+        args, count, current_tid, inside_outer_call, now_ns, submit, thread_state, unwind_mode,
+    },
 };
 
 #[uprobe]
@@ -46,11 +48,12 @@ fn enter(ctx: &ProbeContext, session: bool) -> Return {
     // SAFETY: `ctx.regs` is the kernel-provided `pt_regs` for this probe hit.
     let regs = unsafe { &*ctx.regs };
     // SAFETY: a helper reading this program's attach cookie.
-    let kind = cookie::kind(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) });
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let kind = cookie::kind(cookie);
     if kind >= PENDING_SLOTS {
         return Return::Skippable;
     }
-    let args = [regs.rdi, regs.rsi, regs.rdx, regs.rcx];
+    let args = args(ctx.regs, cookie);
     // Decided before anything else, so an unsampled call in a session costs only this.
     let mean = sample_bytes();
     let sampled = mean == 0 || take_sample(requested_bytes(kind as u32, &args), mean);

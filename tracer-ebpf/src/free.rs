@@ -1,17 +1,21 @@
 //! `free_enter` (uprobe): one free event per released block the trace follows.
-use aya_ebpf::{macros::uprobe, programs::ProbeContext};
+use aya_ebpf::{
+    EbpfContext as _, helpers::bpf_get_attach_cookie, macros::uprobe, programs::ProbeContext,
+};
 use tracer_common::{AllocKind, Counter, Event, EventOp};
 
 use crate::{
     sampling::{SAMPLED, sample_bytes},
-    state::{count, current_tid, inside_outer_call, now_ns, submit, thread_state},
+    state::{args, count, current_tid, inside_outer_call, now_ns, submit, thread_state},
 };
 
 #[uprobe]
 pub(crate) fn free_enter(ctx: ProbeContext) -> u32 {
     // SAFETY: `ctx.regs` is the kernel-provided `pt_regs` for this probe hit.
     let regs = unsafe { &*ctx.regs };
-    let addr = regs.rdi;
+    // SAFETY: a helper reading this program's attach cookie.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let [addr, ..] = args(ctx.regs, cookie);
     if addr == 0 {
         return 0;
     }

@@ -1,6 +1,7 @@
 //! What every program shares: the event ring buffer, the stack map, per-thread state, the
 //! loss counters, and the globals user space sets before load.
 use aya_ebpf::{
+    bindings::pt_regs,
     bindings::{
         BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
     },
@@ -8,7 +9,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{Counter, Event, StackTrace, ThreadState};
+use tracer_common::{Counter, Event, StackTrace, ThreadState, cookie};
 
 /// Ring buffer size in bytes; user space overrides it at load (`set_max_entries`).
 const DEFAULT_RINGBUF_BYTES: u32 = 16 << 20;
@@ -124,4 +125,40 @@ pub(crate) fn submit(event: Event) {
     };
     entry.submit(u64::from(wake));
     count(Counter::Sent);
+}
+
+/// The first four arguments of a probed call, from the registers the attach cookie says
+/// they are in at the probed instruction.
+///
+/// Every candidate register is read first, each at its own constant offset: the verifier
+/// refuses a load through a pointer into the context computed at run time, which is what a
+/// `match` over fields compiles to.
+#[inline(always)]
+pub(crate) fn args(regs: *const pt_regs, cookie: u64) -> [u64; 4] {
+    // SAFETY: `regs` is the kernel-provided `pt_regs` of this probe hit; each field is read in
+    // place.
+    let all: [u64; 15] = unsafe {
+        [
+            (&raw const (*regs).rdi).read_volatile(),
+            (&raw const (*regs).rsi).read_volatile(),
+            (&raw const (*regs).rdx).read_volatile(),
+            (&raw const (*regs).rcx).read_volatile(),
+            (&raw const (*regs).r8).read_volatile(),
+            (&raw const (*regs).r9).read_volatile(),
+            (&raw const (*regs).rax).read_volatile(),
+            (&raw const (*regs).rbx).read_volatile(),
+            (&raw const (*regs).r10).read_volatile(),
+            (&raw const (*regs).r11).read_volatile(),
+            (&raw const (*regs).r12).read_volatile(),
+            (&raw const (*regs).r13).read_volatile(),
+            (&raw const (*regs).r14).read_volatile(),
+            (&raw const (*regs).r15).read_volatile(),
+            (&raw const (*regs).rbp).read_volatile(),
+        ]
+    };
+    let pick = |index: u32| {
+        let reg = usize::from(cookie::arg(cookie, index));
+        if reg < all.len() { all[reg] } else { 0 }
+    };
+    [pick(0), pick(1), pick(2), pick(3)]
 }

@@ -31,7 +31,19 @@ enum Config {
     /// leaktrace unwinding from `.eh_frame` tables.
     LeaktraceDwarf,
     Memleak,
+    /// The workload with Debian's libjemalloc preloaded: its malloc is jemalloc's.
+    UntracedJemalloc,
+    /// leaktrace (`--unwind dwarf`) on the workload with jemalloc.
+    LeaktraceJemalloc,
+    /// The workload with Debian's libmimalloc preloaded.
+    UntracedMimalloc,
+    /// leaktrace (`--unwind dwarf`) on the workload with mimalloc.
+    LeaktraceMimalloc,
 }
+
+/// Debian's allocator libraries the bench preloads into the workload.
+const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+const MIMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2";
 
 impl Config {
     fn name(self) -> &'static str {
@@ -43,6 +55,28 @@ impl Config {
             Self::LeaktraceFp => "leaktrace --unwind fp",
             Self::LeaktraceDwarf => "leaktrace --unwind dwarf",
             Self::Memleak => "bcc memleak-bpfcc -p PID",
+            Self::UntracedJemalloc => "untraced, jemalloc",
+            Self::LeaktraceJemalloc => "leaktrace --unwind dwarf, jemalloc",
+            Self::UntracedMimalloc => "untraced, mimalloc",
+            Self::LeaktraceMimalloc => "leaktrace --unwind dwarf, mimalloc",
+        }
+    }
+
+    /// The allocator library preloaded into the workload, if not glibc's.
+    fn preload(self) -> Option<&'static str> {
+        match self {
+            Self::UntracedJemalloc | Self::LeaktraceJemalloc => Some(JEMALLOC),
+            Self::UntracedMimalloc | Self::LeaktraceMimalloc => Some(MIMALLOC),
+            _ => None,
+        }
+    }
+
+    /// The untraced run this one's added cost is measured against (same allocator).
+    fn baseline(self) -> Self {
+        match self.preload() {
+            Some(JEMALLOC) => Self::UntracedJemalloc,
+            Some(_) => Self::UntracedMimalloc,
+            None => Self::Untraced,
         }
     }
 
@@ -55,8 +89,12 @@ impl Config {
                 Some(&["--sample-bytes", "524288", "--no-uprobe-session"])
             }
             Self::LeaktraceFp => Some(&["--unwind", "fp"]),
-            Self::LeaktraceDwarf => Some(&["--unwind", "dwarf"]),
-            Self::Untraced | Self::Memleak => None,
+            Self::LeaktraceDwarf | Self::LeaktraceJemalloc | Self::LeaktraceMimalloc => {
+                Some(&["--unwind", "dwarf"])
+            }
+            Self::Untraced | Self::Memleak | Self::UntracedJemalloc | Self::UntracedMimalloc => {
+                None
+            }
         }
     }
 }
@@ -184,7 +222,11 @@ fn run_once(
     ops: u64,
     kernel_source: Option<&Path>,
 ) -> Result<Sample> {
-    let mut child = Command::new(workload)
+    let mut workload = Command::new(workload);
+    if let Some(library) = config.preload() {
+        workload.env("LD_PRELOAD", library);
+    }
+    let mut child = workload
         .arg(THREADS.to_string())
         .arg(ops.to_string())
         .stdin(Stdio::piped())
@@ -203,11 +245,14 @@ fn run_once(
     let export = dir.join("bench.json");
     let tracer = match config {
         Config::Untraced => None,
+        Config::UntracedJemalloc | Config::UntracedMimalloc => None,
         Config::Floor
         | Config::LeaktraceSampled
         | Config::LeaktraceSampledUretprobes
         | Config::LeaktraceFp
-        | Config::LeaktraceDwarf => {
+        | Config::LeaktraceDwarf
+        | Config::LeaktraceJemalloc
+        | Config::LeaktraceMimalloc => {
             let mut cmd = Command::new(leaktrace);
             cmd.args(["--no-tui", "-p", &pid.to_string(), "--export"])
                 .arg(&export);
@@ -287,6 +332,10 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64) -> Result<()> {
         Config::LeaktraceSampledUretprobes,
         Config::LeaktraceFp,
         Config::LeaktraceDwarf,
+        Config::UntracedJemalloc,
+        Config::LeaktraceJemalloc,
+        Config::UntracedMimalloc,
+        Config::LeaktraceMimalloc,
     ];
     let memleak = Command::new("sh")
         .args(["-c", "command -v memleak-bpfcc"])
@@ -331,6 +380,16 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64) -> Result<()> {
             }
         }
     }
+    let medians: Vec<Option<f64>> = samples
+        .iter()
+        .map(|values| (!values.is_empty()).then(|| median(&mut values.clone())))
+        .collect();
+    let median_of = |wanted: Config| {
+        configs
+            .iter()
+            .position(|c| *c == wanted)
+            .and_then(|i| medians[i])
+    };
     let base = median(&mut samples[0].clone());
     println!();
     println!(
@@ -340,11 +399,12 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64) -> Result<()> {
         "{:<36} {:>12} {:>14} {:>8}",
         "configuration", "ns/pair", "added us/pair", "ratio"
     );
-    for (config, values) in configs.iter().zip(samples.iter_mut()) {
-        if values.is_empty() {
+    for (config, m) in configs.iter().zip(&medians) {
+        let Some(m) = *m else {
             continue;
-        }
-        let m = median(values);
+        };
+        // Added against the untraced run with the same allocator.
+        let base = median_of(config.baseline()).unwrap_or(base);
         println!(
             "{:<36} {:>12.0} {:>14.2} {:>7.1}x",
             config.name(),
@@ -372,6 +432,19 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64) -> Result<()> {
                 "  without the uprobe session (a return trap on every call): {:.2}x",
                 median(&mut samples[pair]) / floor
             );
+        }
+    }
+    let added = |traced: Config| Some(median_of(traced)? - median_of(traced.baseline())?);
+    if let Some(glibc) = added(Config::LeaktraceDwarf) {
+        for other in [Config::LeaktraceJemalloc, Config::LeaktraceMimalloc] {
+            if let Some(cost) = added(other) {
+                println!(
+                    "{}: {:.2} us added per pair, {:+.0} % against glibc's",
+                    other.name(),
+                    cost / 1000.0,
+                    (cost / glibc - 1.0) * 100.0
+                );
+            }
         }
     }
     let fp = configs.iter().position(|c| *c == Config::LeaktraceFp);

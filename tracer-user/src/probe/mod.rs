@@ -405,7 +405,7 @@ impl Probes {
                         probe.symbol,
                         path.display()
                     );
-                    let cookie = cookie::encode(probe.kind, probe.label);
+                    let cookie = cookie::encode(probe.kind, probe.label, probe.site.args);
                     let id = prog
                         .attach(point(probe.file_offset, cookie), path, scope)
                         .map_err(attach_err(what.clone()))?;
@@ -439,7 +439,7 @@ impl Probes {
                 .points
                 .iter()
                 .filter(|p| p.kind != AllocKind::Free)
-                .map(|p| (p.file_offset, cookie::encode(p.kind, p.label)))
+                .map(|p| (p.file_offset, cookie::encode(p.kind, p.label, p.site.args)))
                 .unzip();
             if offsets.is_empty() {
                 continue;
