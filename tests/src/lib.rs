@@ -100,6 +100,8 @@ pub enum Build {
     /// `tcmalloc_leak.cpp`, g++ -O2 without frame pointers, linked with gperftools'
     /// libtcmalloc_minimal (its malloc, new and delete are tcmalloc's).
     CxxTcmalloc,
+    /// `mmap_leak.c`, gcc -O2 without frame pointers: anonymous mappings made directly.
+    CMmap,
 }
 
 /// Debian's gperftools tcmalloc library, which `CxxTcmalloc` links.
@@ -317,6 +319,22 @@ pub fn fixture(build: Build) -> PathBuf {
                     .env_remove("CARGO_TARGET_DIR"),
             );
             target_dir.join("release/rust-alloc-fixture")
+        }
+        Build::CMmap => {
+            let out = dir.join("mmap_leak");
+            run_build(
+                Command::new("gcc")
+                    .args([
+                        "-O2",
+                        "-g",
+                        "-fomit-frame-pointer",
+                        "-fno-optimize-sibling-calls",
+                    ])
+                    .arg(src.join("mmap_leak.c"))
+                    .arg("-o")
+                    .arg(&out),
+            );
+            out
         }
         Build::CxxTcmalloc => {
             let out = dir.join("tcmalloc_leak");

@@ -73,11 +73,18 @@ pub enum AllocKind {
     RustRealloc = 11,
     /// jemalloc's `xallocx(ptr, size, extra, flags)`: resizes in place, returns the usable size
     Xallocx = 12,
+    /// `mmap(addr, len, prot, flags, fd, offset)` of anonymous private memory, made outside
+    /// the allocators
+    Mmap = 13,
+    /// `munmap(addr, len)`
+    Munmap = 14,
+    /// `mremap(old_addr, old_len, new_len, flags, ...)`
+    Mremap = 15,
 }
 
 impl AllocKind {
-    /// Every allocating kind (everything but `Free`), in probe order.
-    pub const ALLOCATING: [AllocKind; 11] = [
+    /// Every kind caught at entry and return (everything but `Free`), in probe order.
+    pub const ALLOCATING: [AllocKind; 14] = [
         AllocKind::Malloc,
         AllocKind::Calloc,
         AllocKind::Realloc,
@@ -89,6 +96,9 @@ impl AllocKind {
         AllocKind::Pvalloc,
         AllocKind::RustRealloc,
         AllocKind::Xallocx,
+        AllocKind::Mmap,
+        AllocKind::Munmap,
+        AllocKind::Mremap,
     ];
 
     /// Decodes a raw kind; `None` for values no program writes.
@@ -106,6 +116,9 @@ impl AllocKind {
             10 => Self::Free,
             11 => Self::RustRealloc,
             12 => Self::Xallocx,
+            13 => Self::Mmap,
+            14 => Self::Munmap,
+            15 => Self::Mremap,
             _ => return None,
         })
     }
@@ -125,6 +138,9 @@ impl AllocKind {
             Self::Free => "free",
             Self::RustRealloc => "__rust_realloc",
             Self::Xallocx => "xallocx",
+            Self::Mmap => "mmap",
+            Self::Munmap => "munmap",
+            Self::Mremap => "mremap",
         }
     }
 }
@@ -140,6 +156,13 @@ pub enum EventOp {
     Free = 2,
     /// The process exec'd a new image: every block of the old one is gone.
     Exec = 3,
+    /// `addr..addr + size` became an anonymous mapping (replacing whatever was mapped there).
+    Map = 4,
+    /// `addr..addr + size` was unmapped.
+    Unmap = 5,
+    /// `old_addr..old_addr + stack_id` moved to `addr..addr + size` (`mremap`; the old length
+    /// travels in `stack_id`: the mapping keeps the stack it was made with).
+    Remap = 6,
 }
 
 /// Bits of [`Event::flags`] and [`StackTrace::flags`].
@@ -365,7 +388,7 @@ pub struct Pending {
 }
 
 /// Number of pending-call slots per thread: one per [`AllocKind`] value (index = kind).
-pub const PENDING_SLOTS: usize = 13;
+pub const PENDING_SLOTS: usize = 16;
 
 /// Everything the programs keep per thread, in one map entry so each probe hit costs one lookup.
 /// Only the owning thread touches its entry (a thread runs one probe program at a time).
@@ -570,7 +593,7 @@ mod tests {
             assert_eq!(AllocKind::from_raw(kind as u16), Some(kind));
         }
         assert_eq!(AllocKind::from_raw(0), None);
-        assert_eq!(AllocKind::from_raw(13), None);
+        assert_eq!(AllocKind::from_raw(16), None);
     }
 
     #[test]

@@ -54,9 +54,17 @@ fn enter(ctx: &ProbeContext, session: bool) -> Return {
         return Return::Skippable;
     }
     let args = args(ctx.regs, cookie);
+    let mapping = is_mapping(kind as u32);
+    if kind == AllocKind::Mmap as usize
+        && (args[3] & MAP_ANONYMOUS == 0 || args[3] & MAP_SHARED != 0)
+    {
+        // Only anonymous private memory: a file or shared mapping is not heap.
+        return Return::Skippable;
+    }
     // Decided before anything else, so an unsampled call in a session costs only this.
+    // Mappings are rare and large: every one is followed.
     let mean = sample_bytes();
-    let sampled = mean == 0 || take_sample(requested_bytes(kind as u32, &args), mean);
+    let sampled = mean == 0 || mapping || take_sample(requested_bytes(kind as u32, &args), mean);
     if session && !sampled && !may_release_sampled(kind as u32, &args) {
         // Neither a new block nor a released one is followed: nothing at the return matters.
         // No outer call is recorded either, so a free the allocator makes inside this call
@@ -104,6 +112,21 @@ fn enter(ctx: &ProbeContext, session: bool) -> Return {
         sampled: u32::from(sampled),
     };
     Return::Wanted
+}
+
+/// `mmap` flags: shared (not private) memory.
+const MAP_SHARED: u64 = 0x01;
+/// `mmap` flags: anonymous (not file-backed) memory.
+const MAP_ANONYMOUS: u64 = 0x20;
+/// What `mmap` and `mremap` return on failure.
+const MAP_FAILED: u64 = u64::MAX;
+
+/// Whether `kind` maps or unmaps memory rather than allocating from a heap.
+#[inline(always)]
+fn is_mapping(kind: u32) -> bool {
+    kind == AllocKind::Mmap as u32
+        || kind == AllocKind::Munmap as u32
+        || kind == AllocKind::Mremap as u32
 }
 
 /// What a finished call did to the heap.
@@ -202,6 +225,28 @@ fn outcome(kind: u32, args: &[u64; 4], ret: u64) -> Option<Outcome> {
             old_addr: ptr,
             size: if ret < wanted { ret } else { wanted },
         })
+    } else if kind == AllocKind::Mmap as u32 {
+        (ret != MAP_FAILED && ret != 0).then_some(Outcome {
+            op: EventOp::Map,
+            addr: ret,
+            old_addr: 0,
+            size: args[1],
+        })
+    } else if kind == AllocKind::Munmap as u32 {
+        (ret as u32 == 0).then_some(Outcome {
+            op: EventOp::Unmap,
+            addr: args[0],
+            old_addr: 0,
+            size: args[1],
+        })
+    } else if kind == AllocKind::Mremap as u32 {
+        // The old length travels in the stack id's place (see `EventOp::Remap`).
+        (ret != MAP_FAILED).then_some(Outcome {
+            op: EventOp::Remap,
+            addr: ret,
+            old_addr: args[0],
+            size: args[2],
+        })
     } else if kind == AllocKind::PosixMemalign as u32 {
         if ret as u32 != 0 {
             return None;
@@ -284,7 +329,7 @@ fn leave(ctx: &RetProbeContext) {
     let Some(mut outcome) = outcome(kind as u32, &pending.args, ret) else {
         return;
     };
-    if sample_bytes() != 0 {
+    if sample_bytes() != 0 && !is_mapping(kind as u32) {
         // Only blocks the sampler chose are followed: a released block (realloc's old one, or
         // realloc(p, 0)) counts only if it was sampled; an unsampled new block is not sent.
         let released = if outcome.op == EventOp::Free {
@@ -322,12 +367,12 @@ fn leave(ctx: &RetProbeContext) {
         }
     }
     let ts_ns = now_ns();
-    let (stack_id, stack_flags) = if outcome.op == EventOp::Alloc {
-        capture_stack(ctx, state)
-    } else {
-        (0, 0)
+    let (stack_id, stack_flags) = match outcome.op {
+        EventOp::Alloc | EventOp::Map => capture_stack(ctx, state),
+        EventOp::Remap => (pending.args[1], 0),
+        _ => (0, 0),
     };
-    if stack_id != 0 && unwind_mode() != 0 {
+    if outcome.op != EventOp::Remap && stack_id != 0 && unwind_mode() != 0 {
         verify_sample(ctx, state, stack_id, stack_flags);
     }
     submit(Event {

@@ -33,18 +33,31 @@ pub(crate) static VERIFY: RingBuf = RingBuf::with_byte_size(4096, 0);
 /// new, and returns its id and flags.
 #[inline(always)]
 pub(crate) fn capture_stack(ctx: &RetProbeContext, state: &mut ThreadState) -> (u64, u16) {
+    // SAFETY: `ctx.regs` is the kernel-provided `pt_regs` for this probe hit.
+    let regs = unsafe { &*ctx.regs };
+    capture_user_stack(ctx.as_ptr(), state, regs.rip, regs.rsp, regs.rbp)
+}
+
+/// Like [`capture_stack`] for any program of the current task whose user registers are
+/// `(rip, rsp, rbp)` (a system call's tracepoint reads them from the task's saved registers).
+#[inline(always)]
+pub(crate) fn capture_user_stack(
+    ctx: *mut c_void,
+    state: &mut ThreadState,
+    rip: u64,
+    rsp: u64,
+    rbp: u64,
+) -> (u64, u16) {
     let mode = unwind_mode();
     if mode != 0 {
-        // SAFETY: `ctx.regs` is the kernel-provided `pt_regs` for this probe hit.
-        let regs = unsafe { &*ctx.regs };
-        let (len, stack_flags) = unwind::unwind(state, regs.rip, regs.rsp, regs.rbp, mode == 1);
+        let (len, stack_flags) = unwind::unwind(state, rip, rsp, rbp, mode == 1);
         return store_stack(state, len, stack_flags);
     }
     // SAFETY: the helper writes at most the size we pass, which is the size of `ips`, into this
     // thread's own map value.
     let bytes = unsafe {
         bpf_get_stack(
-            ctx.as_ptr(),
+            ctx,
             state.stack.ips.as_mut_ptr().cast(),
             (MAX_FRAMES * 8) as u32,
             u64::from(BPF_F_USER_STACK),

@@ -260,3 +260,37 @@ fn redis_under_a_client_agrees_with_its_own_accounting() {
     assert_eq!(redis.command(&["PING"]), "+PONG");
     assert_no_programs_left("after tracing redis-server");
 }
+
+#[test]
+fn anonymous_mappings_made_outside_the_allocators_are_their_own_rows() {
+    require_root();
+    let page = 4096u64;
+    let mut target = Fixture::start(&fixture(Build::CMmap));
+    let tracer = Tracer::attach(target.pid, &[]);
+    target.cmd("map 4 8");
+    target.cmd("cut");
+    target.cmd("remap");
+    target.cmd("fixed");
+    target.cmd("shared 3");
+    target.cmd("bigmalloc 2");
+    let report = tracer.interrupt().report.unwrap();
+    assert_clean(&report);
+    let mmap = vec!["mmap".to_owned()];
+    // 4 x 8 pages, less 2 + 3 unmapped, mapping 2 grown to 16, 2 pages replaced: in 5 pieces
+    assert_eq!(
+        through(&report, "map_region"),
+        ((6 + 5 + 16 + 6) * page, 5, 4, mmap.clone()),
+        "{report:#}"
+    );
+    assert_eq!(through(&report, "fixed_overlay"), (2 * page, 1, 1, mmap));
+    // Shared mappings are not private memory; glibc's own maps of large blocks are malloc's
+    assert_eq!(through(&report, "shared_region").1, 0);
+    let (big_live, big_blocks, _, big_allocators) = through(&report, "big_block");
+    assert_eq!((big_live, big_blocks), (2 << 20, 2));
+    assert_eq!(big_allocators, ["glibc"]);
+    let totals = &report["totals"];
+    assert_eq!(
+        (num(totals, "mapped_bytes"), num(totals, "mapped_regions")),
+        ((6 + 5 + 16 + 6 + 2) * page, 6)
+    );
+}

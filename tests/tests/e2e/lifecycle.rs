@@ -62,12 +62,21 @@ fn sigterm_detaches_and_exports_and_the_target_lives_on() {
     let mut target = Fixture::start(&fixture(Build::CFramePointers));
     let tracer = Tracer::attach(target.pid, &[]);
     target.cmd("leak 3 100");
-    assert_eq!(
-        leaktrace_programs_loaded().len(),
-        5,
-        "programs should be loaded while tracing"
-    );
+    let loaded = leaktrace_programs_loaded();
+    for program in ["alloc_enter", "alloc_exit", "free_enter", "on_exec"] {
+        assert!(
+            loaded.iter().any(|p| p == program),
+            "{program} should be loaded while tracing: {loaded:?}"
+        );
+    }
+    let asked = std::time::Instant::now();
     let done = tracer.signal(libc::SIGTERM);
+    // Probes are removed in one go per link, not one by one (each removal waits ~80 ms here).
+    let stopping = asked.elapsed();
+    assert!(
+        stopping < Duration::from_millis(1000),
+        "stopping took {stopping:?}"
+    );
     assert!(done.status.success(), "{}", done.stderr);
     assert!(done.stderr.contains("probes detached"));
     assert_no_programs_left("after SIGTERM");

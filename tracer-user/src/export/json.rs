@@ -139,6 +139,8 @@ mod tests {
                 ("live_allocs", U64, false),
                 ("unmatched_frees", U64, false),
                 ("lost_events", U64, false),
+                ("mapped_bytes", U64, false),
+                ("mapped_regions", U64, false),
             ],
         );
         assert_eq!(totals["lost_events"], 7);

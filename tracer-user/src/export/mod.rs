@@ -316,6 +316,7 @@ mod tests {
                 live_allocs: 4 + 2,
                 unmatched_frees: 3,
                 lost_events: diagnostics.lost_events(),
+                ..ReportTotals::default()
             },
             diagnostics,
             group_by: "source".to_owned(),

@@ -84,6 +84,15 @@ fn write_header<W: Write>(report: &Report, out: &mut W) -> std::io::Result<()> {
         totals.live_bytes,
         count(totals.live_allocs, "allocation")
     )?;
+    if totals.mapped_regions > 0 {
+        writeln!(
+            out,
+            "                   of which {} ({} bytes) in {} (anonymous maps)",
+            human_bytes(totals.mapped_bytes),
+            totals.mapped_bytes,
+            count(totals.mapped_regions, "mapping")
+        )?;
+    }
     writeln!(out, "  allocations:     {}", totals.allocs)?;
     writeln!(out, "  frees:           {}", totals.frees)?;
     writeln!(out, "  unmatched frees: {}", totals.unmatched_frees)?;

@@ -34,7 +34,7 @@
 
 use std::{
     cmp::Ordering,
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     hash::{BuildHasherDefault, Hasher},
     mem::size_of,
 };
@@ -147,6 +147,11 @@ pub struct Totals {
     pub late_events: u64,
     /// Blocks that stopped being live because the process exec'd a new image.
     pub released_by_exec: u64,
+    /// Of the live bytes, those in anonymous mappings made outside the allocators.
+    pub mapped_bytes: u64,
+    /// Of the live blocks, the anonymous mappings (a mapping partly unmapped in its middle is
+    /// two).
+    pub mapped_regions: u64,
 }
 
 impl Totals {
@@ -162,6 +167,8 @@ impl Totals {
             dropped_over_limit,
             late_events,
             released_by_exec,
+            mapped_bytes,
+            mapped_regions,
         } = *other;
         self.allocs += allocs;
         self.frees += frees;
@@ -172,6 +179,8 @@ impl Totals {
         self.dropped_over_limit += dropped_over_limit;
         self.late_events += late_events;
         self.released_by_exec += released_by_exec;
+        self.mapped_bytes += mapped_bytes;
+        self.mapped_regions += mapped_regions;
     }
 
     /// Allocations that ended up in the live table, minus those that left it again, should equal
@@ -205,6 +214,9 @@ pub struct HeapModel {
     origin_ns: Option<u64>,
     /// Live blocks by address.
     live: HashMap<u64, LiveAlloc, FastHash>,
+    /// Anonymous mappings by start address (`size` their length), kept in order so a partial
+    /// unmap or an overlapping map finds what it cuts.
+    mapped: BTreeMap<u64, LiveAlloc>,
     /// Per-stack counters, indexed by [`LiveAlloc::stack`].
     stacks: Vec<StackSlot>,
     /// Stack key to index into `stacks`.
@@ -223,6 +235,7 @@ impl HeapModel {
             applied_ts_ns: None,
             origin_ns: None,
             live: HashMap::default(),
+            mapped: BTreeMap::new(),
             stacks: Vec::new(),
             stack_index: HashMap::default(),
             totals: Totals::default(),
@@ -323,7 +336,13 @@ impl HeapModel {
         let origin_ns = self.origin_ns.unwrap_or(0);
         // Blocks allocated at or before this many ms after the origin are old enough.
         let cutoff_ms = now_ns.saturating_sub(min_age_ns).saturating_sub(origin_ns) / NS_PER_MS;
-        for entry in self.live.values() {
+        // Mappings are never sampled: they count with weight 1.
+        let blocks = self
+            .live
+            .values()
+            .map(|entry| (entry, true))
+            .chain(self.mapped.values().map(|entry| (entry, false)));
+        for (entry, sampled) in blocks {
             let ms = entry.ms;
             let index = usize::try_from(entry.stack).ok();
             if let Some(slot) = index.and_then(|i| oldest_ms.get_mut(i)) {
@@ -343,7 +362,11 @@ impl HeapModel {
                 && let Some(slot) = index.and_then(|i| estimated.get_mut(i))
                 && (min_age_ns == 0 || u64::from(ms) <= cutoff_ms)
             {
-                let weight = sample_weight(entry.size, mean);
+                let weight = if sampled {
+                    sample_weight(entry.size, mean)
+                } else {
+                    1.0
+                };
                 slot.0 += weight * entry.size as f64;
                 slot.1 += weight;
             }
@@ -399,6 +422,11 @@ impl HeapModel {
     pub fn memory_bytes(&self) -> usize {
         size_of::<Self>()
             .saturating_add(table_bytes(&self.live))
+            .saturating_add(
+                self.mapped
+                    .len()
+                    .saturating_mul(size_of::<(u64, LiveAlloc)>() + 16),
+            )
             .saturating_add(table_bytes(&self.stack_index))
             .saturating_add(
                 self.stacks
@@ -419,8 +447,11 @@ impl HeapModel {
 
     /// Drops every live block (the process replaced its image), counting them.
     fn release_all(&mut self) {
-        self.totals.released_by_exec += self.live.len() as u64;
+        self.totals.released_by_exec += (self.live.len() + self.mapped.len()) as u64;
         self.live.clear();
+        self.mapped.clear();
+        self.totals.mapped_bytes = 0;
+        self.totals.mapped_regions = 0;
         for slot in &mut self.stacks {
             slot.live_bytes = 0;
             slot.live_allocs = 0;
@@ -444,7 +475,117 @@ impl HeapModel {
                 self.release(ev.old_addr);
                 self.allocate(ev);
             }
+            Op::Map => self.map(ev),
+            Op::Unmap => {
+                if self
+                    .unmap(ev.addr, ev.addr.saturating_add(ev.size))
+                    .is_some()
+                {
+                    self.totals.frees += 1;
+                }
+            }
+            Op::Remap { old_len } => {
+                // The moved part keeps the stack and age of the mapping it came from.
+                let old_end = ev.old_addr.saturating_add(old_len);
+                if let Some(from) = self.unmap(ev.old_addr, old_end) {
+                    let end = ev.addr.saturating_add(ev.size);
+                    self.unmap(ev.addr, end);
+                    self.insert_mapping(
+                        ev.addr,
+                        LiveAlloc {
+                            size: ev.size,
+                            ..from
+                        },
+                    );
+                }
+            }
         }
+    }
+
+    /// A new anonymous mapping, replacing whatever part of another it overlaps (`MAP_FIXED`).
+    fn map(&mut self, ev: &HeapEvent) {
+        if ev.addr == 0 || ev.size == 0 {
+            return;
+        }
+        self.unmap(ev.addr, ev.addr.saturating_add(ev.size));
+        self.totals.allocs += 1;
+        let Some(stack) = self.slot_for(ev.stack) else {
+            self.totals.dropped_over_limit += 1;
+            return;
+        };
+        if let Some(slot) = self.slot_mut(stack) {
+            slot.total_allocs += 1;
+            slot.total_bytes = slot.total_bytes.saturating_add(ev.size);
+            slot.est_total_allocs += 1.0;
+            slot.est_total_bytes += ev.size as f64;
+        }
+        let ms = ev.ts_ns.saturating_sub(self.origin_ns.unwrap_or(ev.ts_ns)) / NS_PER_MS;
+        let entry = LiveAlloc {
+            size: ev.size,
+            ms: u32::try_from(ms).unwrap_or(u32::MAX),
+            stack,
+        };
+        self.insert_mapping(ev.addr, entry);
+    }
+
+    fn insert_mapping(&mut self, start: u64, entry: LiveAlloc) {
+        if entry.size == 0 {
+            return;
+        }
+        self.mapped.insert(start, entry);
+        self.remember(entry);
+        self.totals.mapped_bytes = self.totals.mapped_bytes.saturating_add(entry.size);
+        self.totals.mapped_regions += 1;
+    }
+
+    fn remove_mapping(&mut self, start: u64) -> Option<LiveAlloc> {
+        let entry = self.mapped.remove(&start)?;
+        self.forget(entry);
+        self.totals.mapped_bytes = self.totals.mapped_bytes.saturating_sub(entry.size);
+        self.totals.mapped_regions = self.totals.mapped_regions.saturating_sub(1);
+        Some(entry)
+    }
+
+    /// Unmaps `start..end`: mappings inside it go, mappings across its ends keep the parts
+    /// outside it. Returns the first mapping it cut into, if any.
+    fn unmap(&mut self, start: u64, end: u64) -> Option<LiveAlloc> {
+        if start >= end {
+            return None;
+        }
+        let before = self
+            .mapped
+            .range(..start)
+            .next_back()
+            .filter(|(s, e)| s.saturating_add(e.size) > start)
+            .map(|(s, _)| *s);
+        let inside: Vec<u64> = self.mapped.range(start..end).map(|(s, _)| *s).collect();
+        let mut first = None;
+        for at in before.into_iter().chain(inside) {
+            let Some(entry) = self.remove_mapping(at) else {
+                continue;
+            };
+            first.get_or_insert(entry);
+            let entry_end = at.saturating_add(entry.size);
+            if at < start {
+                self.insert_mapping(
+                    at,
+                    LiveAlloc {
+                        size: start - at,
+                        ..entry
+                    },
+                );
+            }
+            if entry_end > end {
+                self.insert_mapping(
+                    end,
+                    LiveAlloc {
+                        size: entry_end - end,
+                        ..entry
+                    },
+                );
+            }
+        }
+        first
     }
 
     /// Releases `addr` (no-op for 0, which is `free(NULL)` or a realloc without an old block).
@@ -692,6 +833,81 @@ mod tests {
             .find(|(k, _)| *k == stack)
             .map(|(_, s)| s)
             .unwrap_or_default()
+    }
+
+    const PAGE: u64 = 4096;
+
+    fn mapping(ts_ns: u64, op: Op, addr: u64, size: u64, stack: StackKey) -> HeapEvent {
+        HeapEvent {
+            op,
+            kind: AllocKind::Mmap,
+            ..HeapEvent::alloc(ts_ns, addr, size, stack)
+        }
+    }
+
+    fn mapped(heap: &HeapModel) -> Vec<(u64, u64, StackKey)> {
+        heap.mapped
+            .iter()
+            .map(|(start, e)| (*start, e.size, heap.stacks[e.stack as usize].key))
+            .collect()
+    }
+
+    #[test]
+    fn anonymous_mappings_are_cut_moved_and_replaced_exactly() {
+        // Given three four-page mappings by stack 1
+        let (a, b, c) = (0x10_0000, 0x20_0000, 0x30_0000);
+        let mut events = vec![
+            mapping(1, Op::Map, a, 4 * PAGE, 1),
+            mapping(2, Op::Map, b, 4 * PAGE, 1),
+            mapping(3, Op::Map, c, 4 * PAGE, 1),
+        ];
+        // When the middle of the first is unmapped, the tail of the second, the third moved
+        // and grown, a fixed mapping by stack 2 laid over the first's head, and a range no
+        // mapping of its own unmapped
+        events.extend([
+            mapping(4, Op::Unmap, a + PAGE, 2 * PAGE, 0),
+            mapping(5, Op::Unmap, b + 3 * PAGE, 8 * PAGE, 0),
+            HeapEvent {
+                old_addr: c,
+                ..mapping(6, Op::Remap { old_len: 4 * PAGE }, 0x50_0000, 6 * PAGE, 0)
+            },
+            mapping(7, Op::Map, a - PAGE, 2 * PAGE, 2),
+            mapping(8, Op::Unmap, 0x90_0000, PAGE, 0),
+        ]);
+        let heap = applied(events);
+
+        // Then each byte still mapped is counted once, by the stack that mapped it
+        assert_eq!(
+            mapped(&heap),
+            vec![
+                (a - PAGE, 2 * PAGE, 2),
+                (a + 3 * PAGE, PAGE, 1),
+                (b, 3 * PAGE, 1),
+                (0x50_0000, 6 * PAGE, 1),
+            ]
+        );
+        let one = stats_of(&heap, 1);
+        assert_eq!((one.live_bytes, one.live_allocs), (10 * PAGE, 3));
+        assert_eq!((one.total_allocs, one.total_bytes), (3, 12 * PAGE));
+        let two = stats_of(&heap, 2);
+        assert_eq!((two.live_bytes, two.live_allocs), (2 * PAGE, 1));
+        let totals = heap.totals();
+        assert_eq!((totals.mapped_bytes, totals.mapped_regions), (12 * PAGE, 4));
+        assert_eq!((totals.live_bytes, totals.live_allocs), (12 * PAGE, 4));
+        assert_eq!(
+            totals.unmatched_frees, 0,
+            "an unmap of nothing traced is no free"
+        );
+
+        // and an exec releases them all
+        let mut heap = heap;
+        heap.push(mapping(9, Op::Exec, 0, 0, 0));
+        heap.flush();
+        assert_eq!(
+            (heap.totals().mapped_bytes, heap.totals().live_bytes),
+            (0, 0)
+        );
+        assert!(heap.mapped.is_empty());
     }
 
     /// Checks what must hold after any sequence of events.

@@ -25,10 +25,20 @@ pub fn decode(bytes: &[u8]) -> Option<Decoded> {
 
 /// Converts a kernel event into a heap-model event and its allocator.
 pub fn from_event(event: &Event) -> Option<Decoded> {
+    let mut stack = event.stack_id;
     let op = match event.op {
         op if op == EventOp::Alloc as u8 => Op::Alloc,
         op if op == EventOp::Free as u8 => Op::Free,
         op if op == EventOp::Exec as u8 => Op::Exec,
+        op if op == EventOp::Map as u8 => Op::Map,
+        op if op == EventOp::Unmap as u8 => Op::Unmap,
+        op if op == EventOp::Remap as u8 => {
+            // The old length travels in the stack id's place (see `EventOp::Remap`).
+            stack = crate::source::NO_STACK;
+            Op::Remap {
+                old_len: event.stack_id,
+            }
+        }
         _ => return None,
     };
     Some(Decoded {
@@ -38,7 +48,7 @@ pub fn from_event(event: &Event) -> Option<Decoded> {
             addr: event.addr,
             old_addr: event.old_addr,
             size: event.size,
-            stack: event.stack_id,
+            stack,
             tid: event.tid,
             kind: AllocKind::from_raw(u16::from(event.kind))?,
         },
@@ -100,6 +110,33 @@ mod tests {
             decode(&bytes_of(&free)).expect("free").event.op,
             Op::Free
         ));
+    }
+
+    #[test]
+    fn decodes_mapping_events() {
+        let remap = Event {
+            ts_ns: 5,
+            addr: 0x20000,
+            old_addr: 0x10000,
+            size: 8192,
+            stack_id: 4096,
+            kind: AllocKind::Mmap as u8,
+            op: EventOp::Remap as u8,
+            ..Event::default()
+        };
+        let decoded = decode(&bytes_of(&remap)).expect("decodes").event;
+        assert_eq!(decoded.op, Op::Remap { old_len: 4096 });
+        assert_eq!(
+            (decoded.addr, decoded.old_addr, decoded.size, decoded.stack),
+            (0x20000, 0x10000, 8192, 0)
+        );
+        let map = Event {
+            op: EventOp::Map as u8,
+            stack_id: 77,
+            ..remap
+        };
+        let decoded = decode(&bytes_of(&map)).expect("decodes").event;
+        assert_eq!((decoded.op, decoded.stack), (Op::Map, 77));
     }
 
     #[test]

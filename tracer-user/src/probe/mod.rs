@@ -31,7 +31,7 @@ use tracer_common::{
 };
 
 use crate::{
-    probe::uprobe_session::{SessionLink, SessionProgram},
+    probe::uprobe_session::{Attach, SessionLink, SessionProgram},
     target::allocator::{Allocators, ProbePoint},
 };
 
@@ -179,7 +179,7 @@ impl ReturnProbes {
         match self {
             Self::Uretprobes => "returns: a return probe on every call".into(),
             Self::Session => {
-                "returns: uprobe session (unsampled calls skip the return trap)".into()
+                "returns: uprobe session (nested and unsampled calls skip the return trap)".into()
             }
             Self::Fallback(why) => {
                 format!("returns: a return probe on every call (no uprobe session: {why})")
@@ -191,11 +191,17 @@ impl ReturnProbes {
 /// The loaded programs, their links and the maps user space reads.
 pub struct Probes {
     ebpf: Ebpf,
-    /// The session program, when sampling and the kernel accepted it.
+    /// The session program, when the kernel accepted it.
     session_program: Option<SessionProgram>,
+    /// `free_enter` for `uprobe_multi` links.
+    free_multi: Option<SessionProgram>,
+    /// Without a session: `alloc_enter` and `alloc_exit` for `uprobe_multi` links.
+    pair_multi: Option<(SessionProgram, SessionProgram)>,
     /// How returns are caught (decided at load, revised if the session link fails).
     returns: ReturnProbes,
     session_links: Vec<SessionLink>,
+    /// `uprobe_multi` links of `free_enter`, one per object.
+    free_multi_links: Vec<SessionLink>,
     entry_links: Vec<UProbeLink>,
     return_links: Vec<UProbeLink>,
     free_links: Vec<UProbeLink>,
@@ -302,12 +308,30 @@ impl Probes {
         let (session_program, returns) = if config.sample_bytes == 0 || !config.uprobe_session {
             (None, ReturnProbes::Uretprobes)
         } else {
-            match load_session(&mut ebpf) {
+            match load_multi(&mut ebpf, names::ALLOC_SESSION, Attach::Session) {
                 Ok(program) => (Some(program), ReturnProbes::Session),
                 Err(why) => (None, ReturnProbes::Fallback(why)),
             }
         };
-        if session_program.is_none() {
+        // Every probe of a kind in one `uprobe_multi` link per object where the kernel has
+        // them (6.6+): removed at once, where separate probes are removed one by one.
+        let multi = config.uprobe_session;
+        let free_multi = multi
+            .then(|| load_multi(&mut ebpf, names::FREE_ENTER, Attach::Multi).ok())
+            .flatten();
+        let pair_multi = if multi && session_program.is_none() && free_multi.is_some() {
+            load_multi(&mut ebpf, names::ALLOC_ENTER, Attach::Multi)
+                .and_then(|entry| {
+                    Ok((
+                        entry,
+                        load_multi(&mut ebpf, names::ALLOC_EXIT, Attach::Multi)?,
+                    ))
+                })
+                .ok()
+        } else {
+            None
+        };
+        if session_program.is_none() && pair_multi.is_none() {
             load_pair(&mut ebpf)?;
         }
         let stacks = take_map(&mut ebpf, names::STACKS)?;
@@ -341,8 +365,11 @@ impl Probes {
         Ok(Self {
             ebpf,
             session_program,
+            free_multi,
+            pair_multi,
             returns,
             session_links: Vec::new(),
+            free_multi_links: Vec::new(),
             entry_links: Vec::new(),
             return_links: Vec::new(),
             free_links: Vec::new(),
@@ -382,6 +409,7 @@ impl Probes {
             what: "attaching to sched_process_exec".into(),
             source,
         })?);
+
         let scope = UProbeScope::OneProcess(pid);
         let point = |offset: u64, cookie: u64| UProbeAttachPoint {
             location: UProbeAttachLocation::AbsoluteOffset(offset),
@@ -390,7 +418,13 @@ impl Probes {
         let attach_err = |what: String| move |source| ProbeError::Program { what, source };
         // Frees first, then returns, then entries: see the module docs.
         for stage in [names::FREE_ENTER, names::ALLOC_EXIT, names::ALLOC_ENTER] {
-            if stage == names::ALLOC_EXIT && self.attach_session(allocators, pid)? {
+            if stage == names::FREE_ENTER && self.attach_free_multi(allocators, pid) {
+                continue;
+            }
+            if stage == names::ALLOC_EXIT
+                && (self.attach_session(allocators, pid)?
+                    || self.attach_pair_multi(allocators, pid)?)
+            {
                 break;
             }
             let prog: &mut UProbe = program(&mut self.ebpf, stage)?;
@@ -421,6 +455,93 @@ impl Probes {
         Ok(())
     }
 
+    /// Attaches `free_enter` to every freeing function of every object as one `uprobe_multi`
+    /// link per object, if it was loaded. Returns whether it did (else the frees are probed one
+    /// by one).
+    fn attach_free_multi(&mut self, allocators: &Allocators, pid: NonZeroU32) -> bool {
+        let Some(program) = &self.free_multi else {
+            return false;
+        };
+        let mut links = Vec::new();
+        for object in &allocators.objects {
+            let (offsets, cookies): (Vec<u64>, Vec<u64>) = object
+                .points
+                .iter()
+                .filter(|p| p.kind == AllocKind::Free)
+                .map(|p| (p.file_offset, cookie::encode(p.kind, p.label, p.site.args)))
+                .unzip();
+            if offsets.is_empty() {
+                continue;
+            }
+            match SessionLink::attach(
+                program,
+                &object.attach_path,
+                &offsets,
+                &cookies,
+                pid.get(),
+                false,
+            ) {
+                Ok(link) => links.push(link),
+                Err(_) => return false,
+            }
+        }
+        self.free_multi_links = links;
+        true
+    }
+
+    /// Without a session: attaches `alloc_exit` to the returns, then `alloc_enter` to the
+    /// entries, of every allocating function of every object, one `uprobe_multi` link each per
+    /// object, if they were loaded. Returns whether it did; on failure the per-probe programs
+    /// are loaded instead.
+    fn attach_pair_multi(
+        &mut self,
+        allocators: &Allocators,
+        pid: NonZeroU32,
+    ) -> Result<bool, ProbeError> {
+        let Some((entry, ret)) = &self.pair_multi else {
+            return Ok(false);
+        };
+        let mut links = Vec::new();
+        let mut failed = false;
+        'stages: for (program, at_return) in [(ret, true), (entry, false)] {
+            for object in &allocators.objects {
+                let (offsets, cookies): (Vec<u64>, Vec<u64>) = object
+                    .points
+                    .iter()
+                    .filter(|p| p.kind != AllocKind::Free)
+                    .map(|p| (p.file_offset, cookie::encode(p.kind, p.label, p.site.args)))
+                    .unzip();
+                if offsets.is_empty() {
+                    continue;
+                }
+                match SessionLink::attach(
+                    program,
+                    &object.attach_path,
+                    &offsets,
+                    &cookies,
+                    pid.get(),
+                    at_return,
+                ) {
+                    Ok(link) => links.push(link),
+                    Err(_) => {
+                        failed = true;
+                        break 'stages;
+                    }
+                }
+            }
+        }
+        if failed {
+            drop(links);
+            self.pair_multi = None;
+            load_pair(&mut self.ebpf)?;
+            return Ok(false);
+        }
+        // Entries were attached last: they go first (see `detach`).
+        links.reverse();
+        self.session_links.extend(links);
+        Ok(true)
+    }
+
     /// Attaches the session program to every allocating function of every object, if it was
     /// loaded. Returns whether it did; on failure the reason is kept and the separate entry
     /// and return programs are loaded to be attached instead.
@@ -444,7 +565,14 @@ impl Probes {
             if offsets.is_empty() {
                 continue;
             }
-            match SessionLink::attach(program, &object.attach_path, &offsets, &cookies, pid.get()) {
+            match SessionLink::attach(
+                program,
+                &object.attach_path,
+                &offsets,
+                &cookies,
+                pid.get(),
+                false,
+            ) {
                 Ok(link) => links.push(link),
                 Err(err) => {
                     failed = Some(err.to_string());
@@ -529,6 +657,7 @@ impl Probes {
                 }
             });
         }
+        drop(std::mem::take(&mut self.free_multi_links));
     }
 
     /// Number of attached probes.
@@ -539,6 +668,7 @@ impl Probes {
             + self
                 .session_links
                 .iter()
+                .chain(&self.free_multi_links)
                 .map(SessionLink::probes)
                 .sum::<usize>()
     }
@@ -640,16 +770,17 @@ fn load_pair(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
     load_program(ebpf, names::ALLOC_EXIT)
 }
 
-/// Loads the session program, sharing the maps and BTF of the object aya loaded (any loaded
-/// program of the object reports that BTF). The error is the reason, for the attach summary.
-fn load_session(ebpf: &mut Ebpf) -> Result<SessionProgram, String> {
+/// Loads program `name` for `uprobe_multi` links, sharing the maps and BTF of the object aya
+/// loaded (any loaded program of the object reports that BTF). The error is the reason, for the
+/// attach summary.
+fn load_multi(ebpf: &mut Ebpf, name: &str, attach: Attach) -> Result<SessionProgram, String> {
     let btf_id = program::<UProbe>(ebpf, names::FREE_ENTER)
         .map_err(|err| err.to_string())?
         .info()
         .map_err(|err| err.to_string())?
         .btf_id()
         .ok_or("the loaded object has no BTF")?;
-    SessionProgram::load(OBJECT, ebpf, names::ALLOC_SESSION, btf_id).map_err(|err| err.to_string())
+    SessionProgram::load(OBJECT, ebpf, name, btf_id, attach).map_err(|err| err.to_string())
 }
 
 impl Drop for Probes {

@@ -38,6 +38,31 @@ use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_type};
 /// ships predate it.
 const BPF_TRACE_UPROBE_SESSION: u32 = 57;
 
+/// `BPF_TRACE_UPROBE_MULTI` in `enum bpf_attach_type` (Linux 6.6): plain entry probes, many in
+/// one link.
+const BPF_TRACE_UPROBE_MULTI: u32 = 48;
+
+/// How a program loaded here is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    /// As a uprobe session: entry, and return when the entry asks for it.
+    Session,
+    /// As plain probes, at entries or returns (the link says which).
+    Multi,
+}
+
+impl Attach {
+    fn attach_type(self) -> u32 {
+        match self {
+            Self::Session => BPF_TRACE_UPROBE_SESSION,
+            Self::Multi => BPF_TRACE_UPROBE_MULTI,
+        }
+    }
+}
+
+/// `uprobe_multi.flags`: probe the returns.
+const BPF_F_UPROBE_MULTI_RETURN: u32 = 1;
+
 /// Bytes of verifier log kept when the kernel refuses the program.
 const VERIFIER_LOG_BYTES: usize = 1 << 20;
 
@@ -141,17 +166,24 @@ fn map_data(map: &Map) -> &MapData {
     }
 }
 
-/// A program loaded with the uprobe-session attach type.
+/// A program loaded for `uprobe_multi` links (a session, or plain entry probes).
 #[derive(Debug)]
 pub struct SessionProgram {
     fd: OwnedFd,
+    attach: Attach,
 }
 
 impl SessionProgram {
-    /// Loads program `name` of `object` for uprobe sessions. `ebpf` is the same object already
-    /// loaded by aya, before any of its maps were taken out; `btf_id` is the id of the BTF aya
-    /// loaded for it (any of its loaded programs reports it).
-    pub fn load(object: &[u8], ebpf: &Ebpf, name: &str, btf_id: u32) -> Result<Self, SessionError> {
+    /// Loads program `name` of `object` to be attached as `attach` says. `ebpf` is the same
+    /// object already loaded by aya, before any of its maps were taken out; `btf_id` is the id
+    /// of the BTF aya loaded for it (any of its loaded programs reports it).
+    pub fn load(
+        object: &[u8],
+        ebpf: &Ebpf,
+        name: &str,
+        btf_id: u32,
+        attach: Attach,
+    ) -> Result<Self, SessionError> {
         let prepare = |detail: String| SessionError::Prepare {
             program: name.to_owned(),
             detail,
@@ -197,7 +229,7 @@ impl SessionProgram {
             load.insns = function.instructions.as_ptr() as u64;
             load.license = license.as_ptr() as u64;
             load.prog_name = prog_name;
-            load.expected_attach_type = BPF_TRACE_UPROBE_SESSION;
+            load.expected_attach_type = attach.attach_type();
             load.prog_btf_fd = btf.as_raw_fd() as u32;
             load.func_info_rec_size = function.func_info_rec_size as u32;
             load.func_info = func_info.as_ptr() as u64;
@@ -214,12 +246,18 @@ impl SessionProgram {
         };
         let mut log = Vec::new();
         match load(&mut log, 0) {
-            Ok(fd) => Ok(Self { fd: owned(fd) }),
+            Ok(fd) => Ok(Self {
+                fd: owned(fd),
+                attach,
+            }),
             Err(_) => {
                 // Again with the verifier's log, to say why.
                 log = vec![0u8; VERIFIER_LOG_BYTES];
                 match load(&mut log, 1) {
-                    Ok(fd) => Ok(Self { fd: owned(fd) }),
+                    Ok(fd) => Ok(Self {
+                        fd: owned(fd),
+                        attach,
+                    }),
                     Err(source) => Err(SessionError::Verifier {
                         program: name.to_owned(),
                         source,
@@ -252,7 +290,8 @@ fn btf_fd_by_id(id: u32) -> Result<OwnedFd, SessionError> {
         })
 }
 
-/// A `uprobe_multi` session link; dropping it detaches every probe it holds.
+/// A `uprobe_multi` link (a session, or entry probes); dropping it detaches every probe it
+/// holds at once, where separate probes are each removed in turn (about 80 ms each here).
 #[derive(Debug)]
 pub struct SessionLink {
     _fd: OwnedFd,
@@ -260,14 +299,16 @@ pub struct SessionLink {
 }
 
 impl SessionLink {
-    /// Attaches `program` as a session at each file offset of `path` (with the matching cookie),
-    /// firing only in process `pid`.
+    /// Attaches `program` at each file offset of `path` (with the matching cookie), firing
+    /// only in process `pid`: at the functions' returns when `at_return` (a plain program
+    /// only), else at their entries (and, for a session, their returns).
     pub fn attach(
         program: &SessionProgram,
         path: &Path,
         offsets: &[u64],
         cookies: &[u64],
         pid: u32,
+        at_return: bool,
     ) -> Result<Self, SessionError> {
         let syscall = |source| SessionError::Syscall {
             what: "creating the uprobe session link",
@@ -286,13 +327,16 @@ impl SessionLink {
         unsafe {
             let link = &mut attr.link_create;
             link.__bindgen_anon_1.prog_fd = program.fd.as_raw_fd() as u32;
-            link.attach_type = BPF_TRACE_UPROBE_SESSION;
+            link.attach_type = program.attach.attach_type();
             let multi = &mut link.__bindgen_anon_3.uprobe_multi;
             multi.path = path.as_ptr() as u64;
             multi.offsets = offsets.as_ptr() as u64;
             multi.cookies = cookies.as_ptr() as u64;
             multi.cnt = offsets.len() as u32;
             multi.pid = pid;
+            if at_return {
+                multi.flags = BPF_F_UPROBE_MULTI_RETURN;
+            }
         }
         let fd = bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).map_err(syscall)?;
         Ok(Self {

@@ -120,6 +120,11 @@ pub struct ReportTotals {
     pub unmatched_frees: u64,
     /// Events the kernel side could not deliver: [`Diagnostics::lost_events`].
     pub lost_events: u64,
+    /// Of the live bytes, those in anonymous mappings made outside the allocators (their rows
+    /// are labelled `mmap`).
+    pub mapped_bytes: u64,
+    /// Of the live blocks, the anonymous mappings.
+    pub mapped_regions: u64,
 }
 
 impl ReportTotals {
@@ -132,6 +137,8 @@ impl ReportTotals {
             live_allocs: heap.live_allocs,
             unmatched_frees: heap.unmatched_frees,
             lost_events: diagnostics.lost_events(),
+            mapped_bytes: heap.mapped_bytes,
+            mapped_regions: heap.mapped_regions,
         }
     }
 }

@@ -216,6 +216,8 @@ struct Session {
     anon: Option<(u64, u64)>,
     /// Allocators found but left out by `--allocator`.
     not_traced: Vec<String>,
+    /// When tracing stopped: the clock of events, and the wall clock.
+    stopped: Option<(u64, Instant)>,
 }
 
 impl Session {
@@ -255,6 +257,7 @@ impl Session {
             rates: (0.0, 0.0),
             anon: None,
             not_traced: Vec::new(),
+            stopped: None,
         }
     }
 
@@ -384,6 +387,7 @@ impl Session {
         // being removed one by one (allocations no longer seen, frees still seen) and are left
         // out. Stop every source, then take everything still buffered.
         let cutoff_ns = monotonic_now_ns();
+        self.stopped = Some((cutoff_ns, Instant::now()));
         for (_, source) in &mut self.sources {
             source.stop(cutoff_ns);
         }
@@ -424,10 +428,15 @@ impl Session {
 
     /// Builds the report of every row, sorted (callers cut it with [`Report::keep_top`]).
     fn report(&mut self) -> Report {
+        // The final report describes the heap when tracing stopped, however long writing it
+        // takes: ages and the duration are measured to then.
+        let (now_ns, now) = self
+            .stopped
+            .unwrap_or_else(|| (monotonic_now_ns(), Instant::now()));
         let header = Header {
             pid: self.process.pid,
             command: self.process.command.clone(),
-            duration_s: self.started.elapsed().as_secs_f64(),
+            duration_s: now.duration_since(self.started).as_secs_f64(),
             unwind: self.unwind.to_owned(),
             sample_bytes: self.sample_bytes,
         };
@@ -437,9 +446,7 @@ impl Session {
             own_rss_bytes(),
             HealthKind::Info,
         )];
-        let mut report = self
-            .pipeline
-            .report(header, monotonic_now_ns(), sources, session);
+        let mut report = self.pipeline.report(header, now_ns, sources, session);
         if let Some((at_attach, last)) = &mut self.anon {
             if let Some(now) = self.process.anon_bytes() {
                 *last = now;

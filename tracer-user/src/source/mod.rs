@@ -33,6 +33,16 @@ pub enum Op {
     Free,
     /// The process exec'd a new image: every block live so far is gone.
     Exec,
+    /// `addr..addr + size` became an anonymous mapping, replacing what it overlaps.
+    Map,
+    /// `addr..addr + size` was unmapped: the parts of mappings inside it are gone.
+    Unmap,
+    /// `old_addr..old_addr + old_len` moved to `addr..addr + size` (`mremap`), keeping the
+    /// stack it was mapped by.
+    Remap {
+        /// The old length.
+        old_len: u64,
+    },
 }
 
 /// One allocator event.

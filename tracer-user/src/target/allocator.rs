@@ -137,8 +137,8 @@ struct Family {
 }
 
 use AllocKind::{
-    AlignedAlloc, Calloc, Free, Malloc, Memalign, PosixMemalign, Pvalloc, Realloc, ReallocArray,
-    RustRealloc, Valloc, Xallocx,
+    AlignedAlloc, Calloc, Free, Malloc, Memalign, Mmap, Mremap, Munmap, PosixMemalign, Pvalloc,
+    Realloc, ReallocArray, RustRealloc, Valloc, Xallocx,
 };
 
 /// The C allocation API (glibc, and every allocator that replaces it).
@@ -327,6 +327,15 @@ const RUST_API: &[(&str, AllocKind)] = &[
     ("__rust_dealloc", Free),
 ];
 
+/// Memory mapped directly: anonymous private mappings made outside the allocators (the eBPF
+/// side leaves out file and shared mappings, and those an allocator makes inside its calls).
+const MMAP_API: &[(&str, AllocKind)] = &[
+    ("mmap", Mmap),
+    ("mmap64", Mmap),
+    ("munmap", Munmap),
+    ("mremap", Mremap),
+];
+
 /// The allocators with prefixes of their own, most specific first.
 const FAMILIES: &[Family] = &[
     Family {
@@ -385,6 +394,14 @@ const RUST_FAMILY: Family = Family {
     entries: RUST_API,
 };
 
+/// Direct mappings, in the object the C library's `mmap` resolves to.
+const MMAP_FAMILY: Family = Family {
+    label: Some("mmap"),
+    prefixes: &[""],
+    marker: &["mmap", "munmap"],
+    entries: MMAP_API,
+};
+
 /// The argument registers each kind's probe reads (System V x86-64 order).
 fn args_of(kind: AllocKind) -> &'static [Register] {
     match kind {
@@ -397,7 +414,12 @@ fn args_of(kind: AllocKind) -> &'static [Register] {
         AllocKind::ReallocArray | AllocKind::PosixMemalign | AllocKind::Xallocx => {
             &[Register::RDI, Register::RSI, Register::RDX]
         }
-        AllocKind::RustRealloc => &[Register::RDI, Register::RSI, Register::RDX, Register::RCX],
+        AllocKind::Munmap => &[Register::RDI, Register::RSI],
+        AllocKind::Mremap => &[Register::RDI, Register::RSI, Register::RDX],
+        // mmap's flags are its fourth argument.
+        AllocKind::RustRealloc | AllocKind::Mmap => {
+            &[Register::RDI, Register::RSI, Register::RDX, Register::RCX]
+        }
     }
 }
 
@@ -480,9 +502,10 @@ impl<'data> Symbols<'data> {
 
     fn defines(&self, family: &Family, prefix: &str) -> bool {
         let has = |entry: &str| self.address(&format!("{prefix}{entry}")).is_some();
+        let releases = |k: &AllocKind| matches!(k, Free | Munmap);
         family.marker.iter().all(|m| has(m))
-            && family.entries.iter().any(|(e, k)| *k == Free && has(e))
-            && family.entries.iter().any(|(e, k)| *k != Free && has(e))
+            && family.entries.iter().any(|(e, k)| releases(k) && has(e))
+            && family.entries.iter().any(|(e, k)| !releases(k) && has(e))
     }
 
     /// The names of the function at `addr` (as mangled, and demangled where that differs).
@@ -603,6 +626,7 @@ fn find_allocators(
         u8::try_from(at).unwrap_or(u8::MAX)
     };
     let mut c_api_seen = false;
+    let mut mmap_seen = false;
     for (index, candidate) in candidates.iter().enumerate() {
         let host = to_host(candidate);
         let data = fs::read(&host).map_err(|source| AllocatorError::Read {
@@ -656,6 +680,17 @@ fn find_allocators(
                 found
                     .left_out
                     .push(format!("{name} (malloc) in {candidate}"));
+            }
+        }
+        if !mmap_seen && symbols.defines(&MMAP_FAMILY, "") {
+            mmap_seen = true;
+            if selection.wants("mmap", "", false) {
+                let label = label_index(&mut found.labels, "mmap");
+                merge_points(&mut points, symbols.points(&MMAP_FAMILY, "", label));
+            } else {
+                found
+                    .left_out
+                    .push(format!("mmap (anonymous maps) in {candidate}"));
             }
         }
         if is_allocator && symbols.defines(&CXX_FAMILY, "") {
@@ -986,7 +1021,9 @@ mod tests {
         );
         let glibc = symbols_of(&found, "libc.so.6");
         assert!(glibc.contains(&("malloc".to_owned(), "glibc".to_owned())));
-        assert_eq!(found.labels, ["jemalloc", "glibc"]);
+        assert_eq!(found.labels, ["jemalloc", "glibc", "mmap"]);
+        assert!(glibc.contains(&("mmap".to_owned(), "mmap".to_owned())));
+        assert!(glibc.contains(&("munmap".to_owned(), "mmap".to_owned())));
 
         // and with --allocator glibc, jemalloc is said to be left out
         let only_glibc = find(
@@ -994,7 +1031,7 @@ mod tests {
             &["glibc"],
         );
         assert_eq!(only_glibc.objects.len(), 1);
-        assert_eq!(only_glibc.left_out.len(), 1, "{:?}", only_glibc.left_out);
+        assert_eq!(only_glibc.left_out.len(), 2, "{:?}", only_glibc.left_out);
         assert!(only_glibc.left_out[0].starts_with("jemalloc (_rjem_*)"));
     }
 
@@ -1045,8 +1082,9 @@ mod tests {
         let mut addresses: Vec<u64> = points.iter().map(|p| p.symbol_addr).collect();
         addresses.dedup();
         assert_eq!(addresses.len(), points.len());
-        // and glibc's malloc, which nothing calls, is not probed
-        assert!(symbols_of(&found, "libc.so.6").is_empty());
+        // and glibc's malloc, which nothing calls, is not probed (its mmap is)
+        let glibc = symbols_of(&found, "libc.so.6");
+        assert!(glibc.iter().all(|(_, label)| label == "mmap"), "{glibc:?}");
     }
 
     #[test]
@@ -1102,13 +1140,15 @@ mod tests {
         let found = find_for_process(&me, &Selection::default()).expect("allocators");
         let owner = found.malloc_owner().expect("the C API");
         assert!(is_libc(&owner.display_path), "{}", owner.display_path);
-        assert_eq!(found.labels, ["glibc"]);
+        assert_eq!(found.labels, ["glibc", "mmap"]);
         let kinds: Vec<AllocKind> = owner.points.iter().map(|p| p.kind).collect();
         assert!(kinds.contains(&AllocKind::Malloc) && kinds.contains(&AllocKind::Free));
+        assert!(kinds.contains(&AllocKind::Mmap) && kinds.contains(&AllocKind::Mremap));
         // Every C API symbol appears once: as a point, an alias, or missing.
         let mut all: Vec<String> = owner
             .points
             .iter()
+            .filter(|p| found.label_of(p) == "glibc")
             .flat_map(|p| std::iter::once(p.symbol.clone()).chain(p.aliases.iter().cloned()))
             .collect();
         all.extend(owner.missing.iter().map(|m| (*m).to_owned()));

@@ -315,6 +315,7 @@ pub(crate) fn sample_snapshot() -> Snapshot {
                 live_allocs,
                 unmatched_frees: 12,
                 lost_events: diagnostics.lost_events(),
+                ..ReportTotals::default()
             },
             diagnostics,
             group_by: "source".to_owned(),
