@@ -165,9 +165,14 @@ fn write_stack<W: Write>(rank: usize, stack: &StackReport, out: &mut W) -> std::
     let oldest = stack
         .oldest_age_s
         .map_or_else(|| "-".to_owned(), human_seconds);
+    let through = if stack.allocator.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", one_line(&stack.allocator))
+    };
     writeln!(
         out,
-        "#{rank}: {} ({} bytes) live in {}, oldest {oldest}",
+        "#{rank}: {} ({} bytes) live in {}, oldest {oldest}{through}",
         human_bytes(stack.live_bytes),
         stack.live_bytes,
         count(stack.live_allocs, "allocation"),

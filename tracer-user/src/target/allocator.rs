@@ -1088,6 +1088,55 @@ mod tests {
     }
 
     #[test]
+    fn google_tcmalloc_and_mimalloc_are_found_by_their_own_entry_points() {
+        // Given an executable with Google tcmalloc's internal entry points and mimalloc's, as
+        // a C++ service and a Rust crate link them, beside glibc
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let exe = build(
+            dir.path(),
+            "app",
+            r#"
+            #include <stddef.h>
+            void *TCMallocInternalMalloc(size_t n) { return (void *)n; }
+            void *TCMallocInternalNew(size_t n) { return (void *)(n + 1); }
+            void TCMallocInternalFree(void *p) { }
+            void TCMallocInternalDeleteSized(void *p, size_t n) { }
+            void *mi_malloc_aligned(size_t n, size_t a) { return (void *)(n + a); }
+            void *mi_realloc_aligned(void *p, size_t n, size_t a) { return p; }
+            void mi_free(void *p) { }
+            int main(void) { return 0; }
+            "#,
+            false,
+        );
+
+        // When finding its allocators
+        let found = find(&[exe, LIBC.to_owned()], &[]);
+
+        // Then both are probed in the executable, each under its own name
+        let app = symbols_of(&found, "/app");
+        for (symbol, label) in [
+            ("TCMallocInternalMalloc", "tcmalloc"),
+            ("TCMallocInternalDeleteSized", "tcmalloc"),
+            ("mi_malloc_aligned", "mimalloc"),
+            ("mi_realloc_aligned", "mimalloc"),
+            ("mi_free", "mimalloc"),
+        ] {
+            assert!(
+                app.contains(&(symbol.to_owned(), label.to_owned())),
+                "{symbol} in {app:?}"
+            );
+        }
+        let kinds: Vec<(String, AllocKind)> = found
+            .objects
+            .iter()
+            .flat_map(|o| &o.points)
+            .map(|p| (p.symbol.clone(), p.kind))
+            .collect();
+        assert!(kinds.contains(&("mi_realloc_aligned".to_owned(), AllocKind::Realloc)));
+        assert!(kinds.contains(&("TCMallocInternalDeleteSized".to_owned(), AllocKind::Free)));
+    }
+
+    #[test]
     fn the_rust_shim_is_probed_only_for_an_unknown_global_allocator() {
         // Given a program whose __rust_alloc (v0-mangled, as current Rust writes it) calls an
         // allocator leaktrace does not know
