@@ -7,7 +7,7 @@
 pub mod history;
 pub mod model;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 pub(crate) use model::FastHash;
 pub use model::{
@@ -69,14 +69,70 @@ impl Store {
     }
 }
 
+/// Checkpoints kept per snapshot stack; beyond this, every other one after the oldest is
+/// dropped (the bound they give only gets coarser).
+const MAX_CHECKPOINTS: usize = 32;
+
 /// One stack of a snapshot source.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct SnapshotStack {
     /// Its figures in the last snapshot.
     figures: StackFigures,
-    /// Since when it has had live blocks in every snapshot: a snapshot gives no ages, so its
-    /// oldest block is taken to be this old (an upper bound).
-    live_since_ns: Option<u64>,
+    /// Earlier snapshots' `(time, live blocks, frees so far)`, oldest first, each one proving
+    /// that a block live then is live still: frees since then are fewer than the blocks live
+    /// then. A snapshot gives no ages, so the oldest such checkpoint is a lower bound on the
+    /// age of the stack's oldest block. (A stack that keeps some blocks live while it frees
+    /// and replaces them, such as churn or a cache, soon loses its checkpoints.)
+    checkpoints: VecDeque<Checkpoint>,
+}
+
+/// What a snapshot said of one stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Checkpoint {
+    at_ns: u64,
+    live_allocs: u64,
+    frees: u64,
+}
+
+impl SnapshotStack {
+    /// The stack as `figures` show it at `now_ns`, after `before`.
+    fn next(before: Option<SnapshotStack>, figures: StackFigures, now_ns: u64) -> Self {
+        let frees = figures.total_allocs.saturating_sub(figures.live_allocs);
+        let mut checkpoints = before.map(|b| b.checkpoints).unwrap_or_default();
+        // Once frees since a checkpoint could have covered every block live then, none of
+        // those blocks is known to survive; frees only grow, so it never becomes valid again.
+        while let Some(first) = checkpoints.front()
+            && frees.saturating_sub(first.frees) >= first.live_allocs
+        {
+            checkpoints.pop_front();
+        }
+        if figures.live_allocs > 0 {
+            checkpoints.push_back(Checkpoint {
+                at_ns: now_ns,
+                live_allocs: figures.live_allocs,
+                frees,
+            });
+        }
+        if checkpoints.len() > MAX_CHECKPOINTS {
+            let mut i = 0;
+            checkpoints.retain(|_| {
+                i += 1;
+                i == 1 || i % 2 == 0
+            });
+        }
+        Self {
+            figures,
+            checkpoints,
+        }
+    }
+
+    /// Since when a block of it has been live, for certain.
+    fn live_since_ns(&self) -> Option<u64> {
+        if self.figures.live_allocs == 0 {
+            return None;
+        }
+        self.checkpoints.front().map(|c| c.at_ns)
+    }
 }
 
 /// The heap of every source of one session.
@@ -117,18 +173,9 @@ impl Heap {
             }
             Some(Store::Snapshot(stacks)) => {
                 if let Some(snapshot) = &batch.snapshot {
-                    let before = std::mem::take(stacks);
+                    let mut before = std::mem::take(stacks);
                     stacks.extend(snapshot.iter().map(|&(key, figures)| {
-                        let live_since_ns = (figures.live_allocs > 0).then(|| {
-                            before
-                                .get(&key)
-                                .and_then(|s| s.live_since_ns)
-                                .unwrap_or(now_ns)
-                        });
-                        let stack = SnapshotStack {
-                            figures,
-                            live_since_ns,
-                        };
+                        let stack = SnapshotStack::next(before.remove(&key), figures, now_ns);
                         (key, stack)
                     }));
                 }
@@ -263,16 +310,17 @@ impl Heap {
 }
 
 /// A snapshot stack's figures as the heap model's at `now_ns`: no age histogram, and the
-/// oldest block as old as the stack has been live.
+/// oldest block as old as its snapshots prove ([`SnapshotStack::checkpoints`]).
 fn snapshot_stats(stack: &SnapshotStack, now_ns: u64) -> StackStats {
     let figures = &stack.figures;
+    let live_since_ns = stack.live_since_ns();
     StackStats {
         live_bytes: figures.live_bytes,
         live_allocs: figures.live_allocs,
         total_allocs: figures.total_allocs,
         total_bytes: figures.total_bytes,
-        oldest_live_ts_ns: stack.live_since_ns,
-        oldest_live_age_ns: stack.live_since_ns.map(|t| now_ns.saturating_sub(t)),
+        oldest_live_ts_ns: live_since_ns,
+        oldest_live_age_ns: live_since_ns.map(|t| now_ns.saturating_sub(t)),
         ..StackStats::default()
     }
 }
@@ -349,5 +397,59 @@ mod tests {
         );
         assert_eq!(heap.stack_stats(100, 0).len(), 1);
         assert_eq!(heap.live_bytes_by_stack(100), vec![(at(events), 96)]);
+    }
+
+    fn figures(live_allocs: u64, total_allocs: u64) -> StackFigures {
+        StackFigures {
+            live_bytes: live_allocs * 8,
+            live_allocs,
+            total_allocs,
+            total_bytes: total_allocs * 8,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_stack_is_as_old_as_its_frees_prove() {
+        // A map that only grows: nothing is freed, so what was live at the first snapshot is
+        // live still
+        let mut grows = None;
+        for (t, live) in [(10, 5), (20, 9), (30, 14)] {
+            grows = Some(SnapshotStack::next(grows, figures(live, live), t));
+        }
+        assert_eq!(
+            grows.as_ref().and_then(SnapshotStack::live_since_ns),
+            Some(10)
+        );
+
+        // Churn that always holds 5 blocks but frees 5 between snapshots: nothing proves any
+        // block outlived a snapshot, so each is as young as the last one
+        let mut churn = None;
+        for (t, total) in [(10, 5), (20, 10), (30, 15)] {
+            churn = Some(SnapshotStack::next(churn, figures(5, total), t));
+        }
+        assert_eq!(
+            churn.as_ref().and_then(SnapshotStack::live_since_ns),
+            Some(30)
+        );
+
+        // Frees fewer than the blocks live at a checkpoint keep it: 10 live at t=10, 4 freed
+        let mut some = Some(SnapshotStack::next(None, figures(10, 10), 10));
+        some = Some(SnapshotStack::next(some, figures(8, 12), 20));
+        assert_eq!(
+            some.as_ref().and_then(SnapshotStack::live_since_ns),
+            Some(10)
+        );
+        // and nothing live is no age at all
+        let none = SnapshotStack::next(some, figures(0, 12), 30);
+        assert_eq!(none.live_since_ns(), None);
+
+        // However long it runs, few checkpoints are kept, the oldest among them
+        let mut long = None;
+        for t in 1..=1000 {
+            long = Some(SnapshotStack::next(long, figures(t, t), t));
+        }
+        let long = long.expect("a stack");
+        assert!(long.checkpoints.len() <= MAX_CHECKPOINTS);
+        assert_eq!(long.live_since_ns(), Some(1));
     }
 }
