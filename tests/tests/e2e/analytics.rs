@@ -1,9 +1,10 @@
 //! Verdicts, --min-age, pprof, snapshots and diff.
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
+
+use leaktrace_tests::go_pprof;
 
 use super::*;
 
@@ -65,24 +66,6 @@ fn min_age_counts_only_old_allocations() {
         (500, 5)
     );
     assert_eq!(num(stack, "total_allocs"), 12);
-}
-
-fn go_pprof(args: &[&str], dir: &Path) -> String {
-    let out = Command::new("go")
-        .args(["tool", "pprof"])
-        .args(args)
-        .env("HOME", dir)
-        .env("GOPATH", dir.join("gopath"))
-        .env("GOCACHE", dir.join("gocache"))
-        .env("PPROF_TMPDIR", dir)
-        .output()
-        .expect("go is installed by `cargo xtask test`");
-    assert!(
-        out.status.success(),
-        "go tool pprof: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

@@ -48,38 +48,6 @@ fn unwritable_export_path_is_refused_before_attaching() {
 }
 
 #[test]
-fn go_program_has_no_malloc() {
-    require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("main.go");
-    std::fs::write(
-        &src,
-        "package main\nimport \"time\"\nfunc main() { time.Sleep(time.Minute) }\n",
-    )
-    .unwrap();
-    let bin = dir.path().join("sleeper");
-    let out = std::process::Command::new("go")
-        .args(["build", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .env("GOCACHE", dir.path().join("cache"))
-        .env("CGO_ENABLED", "0")
-        .output()
-        .expect("go is installed by `cargo xtask test`");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut child = std::process::Command::new(&bin).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    let pid = child.id().to_string();
-    assert_usage_error(&["-p", &pid], "Go program");
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-#[test]
 fn unprivileged_user_is_refused() {
     require_root();
     let out = std::process::Command::new("setpriv")

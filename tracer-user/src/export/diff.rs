@@ -492,6 +492,7 @@ mod tests {
             duration_s,
             unwind: "fp".to_owned(),
             sample_bytes: None,
+            estimates: Vec::new(),
             totals: ReportTotals {
                 live_bytes,
                 live_allocs,

@@ -309,6 +309,7 @@ mod tests {
             duration_s: 12.75,
             unwind: "fp".to_owned(),
             sample_bytes: None,
+            estimates: Vec::new(),
             totals: ReportTotals {
                 allocs: 514,
                 frees: 511,
@@ -433,6 +434,7 @@ mod tests {
             duration_s: 0.0,
             unwind: "fp".to_owned(),
             sample_bytes: None,
+            estimates: Vec::new(),
             totals: ReportTotals::default(),
             diagnostics: Diagnostics::default(),
             group_by: "source".to_owned(),

@@ -7,12 +7,17 @@
 //! go tool pprof -top -base before.pb.gz after.pb.gz   # what grew between two exports
 //! ```
 //!
-//! - Sample types, in this order: `inuse_space/bytes`, `inuse_objects/count`,
-//!   `alloc_space/bytes`, `alloc_objects/count`; the default is `inuse_space`. The period type
-//!   is `space/bytes` with period 1: every allocation is counted, nothing is sampled.
-//! - One sample per stack with the values `[live_bytes, live_allocs, total_bytes, total_allocs]`
-//!   and its locations leaf first (`frames[0]` first). A stack without frames gets one
-//!   `[no stack]` location so its bytes still show.
+//! - Sample types as `runtime/pprof` writes them for a heap profile, in its order:
+//!   `alloc_objects/count`, `alloc_space/bytes`, `inuse_objects/count`, `inuse_space/bytes`; the
+//!   default is `inuse_space`. So `go tool pprof -base` subtracts a leaktrace export from a Go
+//!   program's own heap profile, or the other way round. The period type is `space/bytes`; the
+//!   period is 1 when every allocation is counted, else the mean bytes between samples (a Go
+//!   heap's `MemProfileRate`, or `--sample-bytes`): the values are then estimates.
+//! - One sample per stack with the values `[total_allocs, total_bytes, live_allocs,
+//!   live_bytes]`, its locations leaf first (`frames[0]` first), and the labels `verdict`,
+//!   `allocator` and, as `runtime/pprof` writes, the numeric label `bytes` (mean allocation
+//!   size, unit bytes). A stack without frames gets one `[no stack]` location so its bytes
+//!   still show.
 //! - One location per return address: a run of `inlined` frames and the non-inlined frame after
 //!   it share an address and become one location whose lines run innermost first, as pprof
 //!   expects. Locations and functions are deduplicated.
@@ -49,13 +54,17 @@ use prost::Message as _;
 use self::proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 use crate::report::{Frame, Report, StackReport};
 
-/// Sample types as `(type, unit)`, in sample value order.
+/// Sample types as `(type, unit)`, in sample value order: `runtime/pprof`'s heap profile's, so
+/// `go tool pprof -base` can subtract one from the other.
 pub const SAMPLE_TYPES: [(&str, &str); 4] = [
-    ("inuse_space", "bytes"),
-    ("inuse_objects", "count"),
-    ("alloc_space", "bytes"),
     ("alloc_objects", "count"),
+    ("alloc_space", "bytes"),
+    ("inuse_objects", "count"),
+    ("inuse_space", "bytes"),
 ];
+
+/// Index of the default sample type (`inuse_space`) in [`SAMPLE_TYPES`].
+const DEFAULT_SAMPLE_TYPE: usize = 3;
 
 /// Function name of the location standing in for a stack without frames.
 pub const NO_STACK: &str = "[no stack]";
@@ -283,7 +292,7 @@ pub fn profile(report: &Report) -> Profile {
             unit: b.string(unit),
         })
         .collect();
-    let default_sample_type = sample_type.first().map_or(0, |t| t.r#type);
+    let default_sample_type = sample_type.get(DEFAULT_SAMPLE_TYPE).map_or(0, |t| t.r#type);
     let period_type = Some(ValueType {
         r#type: b.string("space"),
         unit: b.string("bytes"),
@@ -300,6 +309,12 @@ pub fn profile(report: &Report) -> Profile {
     }
     if let Some(omitted) = super::omitted_summary(&report.omitted) {
         comments.push(format!("not exported (--top): {omitted}"));
+    }
+    for e in &report.estimates {
+        comments.push(format!(
+            "estimates: allocator={} from {}, sampled every {} bytes: {}",
+            e.allocator, e.source, e.sample_bytes, e.note
+        ));
     }
     let comment = comments.iter().map(|c| b.string(c)).collect();
     let mut sample: Vec<Sample> = report.stacks.iter().map(|s| b.sample(s)).collect();
@@ -331,10 +346,21 @@ pub fn profile(report: &Report) -> Profile {
         // `as` saturates; NaN becomes 0.
         duration_nanos: duration_nanos.max(0.0) as i64,
         period_type,
-        period: 1,
+        period: period(report),
         comment,
         default_sample_type,
     }
+}
+
+/// Mean bytes between samples: a Go heap's sampling rate, or `--sample-bytes`, else 1.
+fn period(report: &Report) -> i64 {
+    report
+        .estimates
+        .first()
+        .map(|e| e.sample_bytes)
+        .or(report.sample_bytes)
+        .and_then(|p| i64::try_from(p).ok())
+        .unwrap_or(1)
 }
 
 /// Builds the deduplicated tables.
@@ -411,6 +437,15 @@ impl Builder {
                 str: self.string(&stack.allocator),
                 num: 0,
                 num_unit: 0,
+            });
+        }
+        // As runtime/pprof labels a heap sample: its mean allocation size.
+        if let Some(mean) = stack.total_bytes.checked_div(stack.total_allocs) {
+            label.push(Label {
+                key: self.string("bytes"),
+                str: 0,
+                num: i64::try_from(mean).unwrap_or(i64::MAX),
+                num_unit: self.string("bytes"),
             });
         }
         Sample {
@@ -546,9 +581,12 @@ impl Builder {
     }
 }
 
-/// Sample values in [`SAMPLE_TYPES`] order, saturated to `i64`.
-fn values(v: [u64; 4]) -> Vec<i64> {
-    v.map(|v| i64::try_from(v).unwrap_or(i64::MAX)).to_vec()
+/// `[live_bytes, live_allocs, total_bytes, total_allocs]` as sample values in [`SAMPLE_TYPES`]
+/// order, saturated to `i64`.
+fn values([live_bytes, live_allocs, total_bytes, total_allocs]: [u64; 4]) -> Vec<i64> {
+    [total_allocs, total_bytes, live_allocs, live_bytes]
+        .map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+        .to_vec()
 }
 
 /// The id of the next table entry when the table holds `len`: ids start at 1.
@@ -737,10 +775,10 @@ pub(crate) mod tests {
         assert_eq!(
             values,
             [
-                &[1_572_864, 3, 2_097_152, 10][..],
-                &[4096, 1, 4096, 1],
-                &[0, 0, 64_000, 500],
-                &[2048, 2, 3000, 3],
+                &[10, 2_097_152, 3, 1_572_864][..],
+                &[1, 4096, 1, 4096],
+                &[500, 64_000, 0, 0],
+                &[3, 3000, 2, 2048],
             ]
         );
 

@@ -172,6 +172,7 @@ mod tests {
             duration_s: 1.0,
             unwind: "auto".to_owned(),
             sample_bytes: None,
+            estimates: Vec::new(),
             totals: ReportTotals::default(),
             diagnostics: Diagnostics::default(),
             group_by: "source".to_owned(),

@@ -57,6 +57,23 @@ fn write_header<W: Write>(report: &Report, out: &mut W) -> std::io::Result<()> {
         _ => "one per source-level call path (--group-by source)",
     };
     writeln!(out, "  rows:      {rows}")?;
+    if let Some(mean) = report.sample_bytes {
+        writeln!(
+            out,
+            "  sampled:   every {} on average (--sample-bytes): figures are estimates",
+            human_bytes(mean)
+        )?;
+    }
+    for e in &report.estimates {
+        writeln!(
+            out,
+            "  estimates: rows labelled ({}) come from {}, sampled every {} on average: {}",
+            e.allocator,
+            e.source,
+            human_bytes(e.sample_bytes),
+            e.note
+        )?;
+    }
     writeln!(out)?;
     if totals.lost_events > 0 {
         let causes: Vec<String> = report

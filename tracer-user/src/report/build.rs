@@ -29,6 +29,8 @@ pub struct Header {
     pub unwind: String,
     /// Mean bytes between sampled allocations, when sampling.
     pub sample_bytes: Option<u64>,
+    /// Rows other sources estimate.
+    pub estimates: Vec<crate::report::Estimate>,
 }
 
 /// Everything a report is made from.
@@ -96,6 +98,7 @@ pub fn build(header: Header, inputs: Inputs<'_>, diagnostics: Diagnostics) -> Re
         duration_s: header.duration_s,
         unwind: header.unwind,
         sample_bytes: header.sample_bytes,
+        estimates: header.estimates,
         totals: ReportTotals::new(inputs.totals, &diagnostics),
         diagnostics,
         group_by: inputs.stacks.group_by().name().to_owned(),

@@ -38,6 +38,19 @@ use crate::{
 /// Nanoseconds per second, for ages and durations.
 const NS_PER_S: f64 = 1e9;
 
+/// Rows a source estimates from samples rather than counts: which, how, and what they mean.
+#[derive(Serialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Estimate {
+    /// The rows' `allocator` label (`go`).
+    pub allocator: String,
+    /// What sampled them (`the Go runtime's heap profile (go1.19.8)`).
+    pub source: String,
+    /// Mean bytes between sampled allocations.
+    pub sample_bytes: u64,
+    /// How the figures are made, in one sentence.
+    pub note: String,
+}
+
 /// Everything one export contains.
 #[derive(Serialize, Clone, Debug, Default, PartialEq)]
 pub struct Report {
@@ -53,6 +66,10 @@ pub struct Report {
     /// figures are then unbiased estimates, not counts (absent when every allocation is traced).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sample_bytes: Option<u64>,
+    /// Rows whose figures are estimates from another sampler (a Go heap profile), one entry
+    /// per such source.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub estimates: Vec<Estimate>,
     /// Whole-process counters.
     pub totals: ReportTotals,
     /// Every loss and health counter.

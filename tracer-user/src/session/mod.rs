@@ -28,6 +28,7 @@ use crate::{
     source::{
         Batch, Health, HealthKind, Source,
         ebpf::{EbpfConfig, EbpfSource},
+        go::GoHeapSource,
         monotonic_now_ns,
     },
     symbolize::debuginfo::DebugDirs,
@@ -54,6 +55,8 @@ enum StopReason {
     Terminated,
     /// The user quit the live view.
     Quit,
+    /// A source failed for good ([`Source::failed`]).
+    SourceFailed,
 }
 
 impl StopReason {
@@ -64,6 +67,7 @@ impl StopReason {
             Self::Interrupted => "interrupted",
             Self::Terminated => "terminated",
             Self::Quit => "quit from the live view",
+            Self::SourceFailed => "a source failed",
         }
     }
 }
@@ -84,21 +88,42 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
     } else {
         target.initial_maps()
     };
-    let mut ebpf = EbpfSource::load(
-        pid,
-        target.allocators.clone(),
-        &initial_maps,
-        target.launched.is_none(),
-        EbpfConfig {
-            unwind: cli.unwind,
-            verify_every: cli.verify_unwind,
-            sample_bytes: cli.sample_bytes,
-            uprobe_session: !cli.no_uprobe_session,
-            ringbuf_bytes: cli.ringbuf_mib << 20,
-            floor: cli.probe_floor,
-            verbose: !live_view,
-        },
-    )?;
+    // A Go program's heap is read from its runtime; checked first, before anything loads, so
+    // a program with profiling off is told so at once.
+    let mut go = target.go.clone().map(|(binary, inode)| {
+        GoHeapSource::new(
+            pid.get(),
+            binary,
+            inode,
+            Duration::from_secs_f64(cli.interval),
+            cli.go_memprofile_rate,
+        )
+    });
+    let mut go_said = Vec::new();
+    if let Some(go) = &mut go
+        && target.launched.is_none()
+    {
+        go_said = go.prepare(&target.process.maps().unwrap_or_default())?;
+    }
+    let mut ebpf = if target.allocators.objects.is_empty() {
+        None
+    } else {
+        Some(EbpfSource::load(
+            pid,
+            target.allocators.clone(),
+            &initial_maps,
+            target.launched.is_none(),
+            EbpfConfig {
+                unwind: cli.unwind,
+                verify_every: cli.verify_unwind,
+                sample_bytes: cli.sample_bytes,
+                uprobe_session: !cli.no_uprobe_session,
+                ringbuf_bytes: cli.ringbuf_mib << 20,
+                floor: cli.probe_floor,
+                verbose: !live_view,
+            },
+        )?)
+    };
     // Ctrl-C and SIGTERM are caught from before the first probe is attached: one that arrives
     // while start-up finishes still ends the trace with a report and export.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -109,14 +134,21 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
         let _context = runtime.enter();
         StopSignals::install()?
     };
-    ebpf.attach()?;
+    if let Some(ebpf) = &mut ebpf {
+        ebpf.attach()?;
+    }
+    let through: Vec<String> = ebpf
+        .iter()
+        .map(|e| e.name())
+        .chain(go.iter().map(|g| g.name()))
+        .collect();
     eprintln!(
         "leaktrace: tracing pid {} ({}) through {}",
         target.process.pid,
         target.process.command,
-        ebpf.name()
+        through.join(" and ")
     );
-    for line in ebpf.describe() {
+    for line in ebpf.iter().flat_map(EbpfSource::describe).chain(go_said) {
         eprintln!("leaktrace:   {line}");
     }
     let dirs = DebugDirs::new(&cli.debuginfo_dir);
@@ -124,10 +156,15 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
         eprintln!("leaktrace:   {line}");
     }
     let allocator_inodes = target.allocator_inodes();
-    let not_traced = ebpf.allocators().left_out.clone();
+    let not_traced = target.allocators.left_out.clone();
     let mut session = Session::new(cli, target.process, target.launched, &dirs);
     session.not_traced = not_traced;
-    session.add_source(Box::new(ebpf));
+    if let Some(ebpf) = ebpf {
+        session.add_source(Box::new(ebpf));
+    }
+    if let Some(go) = go {
+        session.add_source(Box::new(go));
+    }
     session.release_launched(&allocator_inodes)?;
     session.anon = session.process.anon_bytes().map(|b| (b, b));
     if let Some((dir, every)) = checked.soak {
@@ -137,6 +174,9 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
     }
     session.live_view = live_view.then(|| LiveView::start(session.process.pid, cli));
     let reason = runtime.block_on(session.trace(signals))?;
+    if let Some(failure) = session.failure.take() {
+        return Err(failure);
+    }
     finish::finish(&mut session, reason, checked.export)
 }
 
@@ -218,6 +258,8 @@ struct Session {
     not_traced: Vec<String>,
     /// When tracing stopped: the clock of events, and the wall clock.
     stopped: Option<(u64, Instant)>,
+    /// Why a source stopped for good, ending the session.
+    failure: Option<Failure>,
 }
 
 impl Session {
@@ -258,6 +300,7 @@ impl Session {
             anon: None,
             not_traced: Vec::new(),
             stopped: None,
+            failure: None,
         }
     }
 
@@ -382,6 +425,9 @@ impl Session {
                 () = &mut deadline => break StopReason::Duration,
                 () = &mut user_quit => break StopReason::Quit,
             }
+            if self.failure.is_some() {
+                break StopReason::SourceFailed;
+            }
         };
         // The report describes the heap at this moment: events after it come while probes are
         // being removed one by one (allocations no longer seen, frees still seen) and are left
@@ -410,6 +456,9 @@ impl Session {
             };
             let id = *id;
             source.poll(&mut self.batch);
+            if let Some(failure) = source.failed() {
+                self.failure.get_or_insert(failure);
+            }
             if !self.batch.stacks.is_empty() && self.process.is_alive() {
                 self.refresh_maps();
             }
@@ -439,6 +488,11 @@ impl Session {
             duration_s: now.duration_since(self.started).as_secs_f64(),
             unwind: self.unwind.to_owned(),
             sample_bytes: self.sample_bytes,
+            estimates: self
+                .sources
+                .iter()
+                .filter_map(|(_, source)| source.estimate())
+                .collect(),
         };
         let sources = self.health();
         let session = vec![Health::new(

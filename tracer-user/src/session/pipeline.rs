@@ -165,6 +165,7 @@ mod tests {
         [(LEAK, leaky_path()), (CHURN, churning_path())]
             .into_iter()
             .map(|(key, function)| NewStack {
+                runtime_prefixes: &[],
                 key,
                 ips: vec![function + 1],
                 allocator: Arc::from("fake"),

@@ -12,10 +12,11 @@ use crate::{
     cli::Cli,
     error::{Failure, chain},
     export::{Format, soak::Soak},
+    source::go::binary::{self as go_binary, GoBinary},
     symbolize::debuginfo::{DebugDirs, SymbolFile},
     target::{
         Mapping, Process,
-        allocator::{self, Allocators, Selection},
+        allocator::{self, AllocatorError, Allocators, Selection},
         launch::{self, Launched},
     },
 };
@@ -71,8 +72,10 @@ pub(super) fn check(cli: &Cli) -> Result<Checked, Failure> {
 pub(super) struct Target {
     /// The process.
     pub(super) process: Process,
-    /// The allocators it uses.
+    /// The allocators it uses (none for a Go program without cgo).
     pub(super) allocators: Allocators,
+    /// A Go program: its runtime's addresses and its executable's inode.
+    pub(super) go: Option<(GoBinary, u64)>,
     /// In launch mode, the program started and held.
     pub(super) launched: Option<Launched>,
 }
@@ -87,9 +90,24 @@ impl Target {
                  allocator; --allocator PREFIX names another",
             )
         };
-        let selection = Selection {
-            only: cli.allocator.clone(),
-        };
+        let allocators_of =
+            |go: &Option<(GoBinary, u64)>,
+             find: &dyn Fn(&Selection) -> Result<Allocators, AllocatorError>| {
+                let selection = Selection {
+                    only: cli.allocator.clone(),
+                    go_runtime: go.is_some(),
+                };
+                match find(&selection) {
+                    Ok(found) => Ok(found),
+                    // A Go program without cgo has no malloc: its heap is the runtime's.
+                    Err(AllocatorError::NoMalloc { .. })
+                        if go.is_some() && cli.allocator.is_empty() =>
+                    {
+                        Ok(Allocators::default())
+                    }
+                    Err(err) => Err(no_malloc(&err)),
+                }
+            };
         match cli.pid {
             Some(pid) => {
                 if pid == std::process::id() {
@@ -100,11 +118,12 @@ impl Target {
                 }
                 let process = Process::open(pid)
                     .map_err(|err| Failure::usage(chain(&err), "check the pid with `ps -p PID`"))?;
-                let allocators = allocator::find_for_process(&process, &selection)
-                    .map_err(|err| no_malloc(&err))?;
+                let go = detect_go(Path::new(&format!("/proc/{pid}/exe")))?;
+                let allocators = allocators_of(&go, &|s| allocator::find_for_process(&process, s))?;
                 Ok(Self {
                     process,
                     allocators,
+                    go,
                     launched: None,
                 })
             }
@@ -114,8 +133,9 @@ impl Target {
                 let output = live_view_wanted(cli).then(|| target_log_path(&cli.command));
                 let launched = launch::spawn_held(&cli.command, output.as_deref())
                     .map_err(|err| Failure::usage(chain(&err), "check the command and its path"))?;
-                let allocators = allocator::find_for_executable(&launched.exe, &selection)
-                    .map_err(|err| no_malloc(&err))?;
+                let go = detect_go(&launched.exe)?;
+                let allocators =
+                    allocators_of(&go, &|s| allocator::find_for_executable(&launched.exe, s))?;
                 let command = cli
                     .command
                     .iter()
@@ -128,6 +148,7 @@ impl Target {
                         command,
                     },
                     allocators,
+                    go,
                     launched: Some(launched),
                 })
             }
@@ -158,6 +179,12 @@ impl Target {
         let build_id = symbols
             .build_id_hex()
             .map_or_else(String::new, |id| format!(", build id {id}"));
+        if symbols.go.is_some() {
+            return Some(format!(
+                "symbols of {path}: its Go symbol table (.gopclntab), with lines and inlined \
+                 calls{build_id}"
+            ));
+        }
         let hint = if symbols.origin.has_lines() {
             ""
         } else {
@@ -177,6 +204,19 @@ impl Target {
             .filter_map(|o| std::fs::metadata(&o.attach_path).map(|m| m.ino()).ok())
             .collect()
     }
+}
+
+/// Whether `exe` is a Go program, and if so where its runtime keeps its heap profile.
+fn detect_go(exe: &Path) -> Result<Option<(GoBinary, u64)>, Failure> {
+    let hint = "leaktrace reads the heap profile of Go 1.18 and later";
+    let Some(binary) = go_binary::detect(exe).map_err(|err| Failure::usage(chain(&err), hint))?
+    else {
+        return Ok(None);
+    };
+    let inode = std::fs::metadata(exe)
+        .map_err(|err| Failure::usage(format!("reading {}: {err}", exe.display()), hint))?
+        .ino();
+    Ok(Some((binary, inode)))
 }
 
 /// Whether the session will show the live view (a terminal, and not `--no-tui`).

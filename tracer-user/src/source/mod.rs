@@ -17,6 +17,7 @@ use tracer_common::AllocKind;
 use crate::target::Mapping;
 
 pub mod ebpf;
+pub mod go;
 
 /// Identifies a call stack within one source (the kernel stack map's id, for [`ebpf`]).
 pub type StackKey = u64;
@@ -107,6 +108,10 @@ pub struct NewStack {
     /// What allocated through it: an allocator (`glibc`) or a runtime (`go`). Rows of different
     /// allocators are never merged.
     pub allocator: Arc<str>,
+    /// Function name prefixes of the allocating runtime's own frames (`runtime.`): leading
+    /// frames in them are dropped when a frame of the program follows, as `runtime/pprof`
+    /// drops them, so the row starts where the program allocated. Empty: keep every frame.
+    pub runtime_prefixes: &'static [&'static str],
 }
 
 /// One stack's figures in a whole-heap snapshot.
@@ -270,6 +275,18 @@ pub trait Source {
 
     /// Its loss and health counters, every one of them, zero or not.
     fn health(&self) -> Vec<Health>;
+
+    /// Why it stopped yielding for good, if it did (what it reads is not what it expects, or
+    /// there is nothing to read): the session ends with this error rather than report on
+    /// without it.
+    fn failed(&self) -> Option<crate::error::Failure> {
+        None
+    }
+
+    /// When its figures are estimates from samples: how they were sampled, for every report.
+    fn estimate(&self) -> Option<crate::report::Estimate> {
+        None
+    }
 }
 
 /// The clock every event source stamps events with: `CLOCK_MONOTONIC`, the clock of the

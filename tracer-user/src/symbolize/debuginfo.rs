@@ -25,7 +25,7 @@ use std::{
 
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, ReadCache};
 
-use crate::target::host_path;
+use crate::{symbolize::gopclntab::GoTable, target::host_path};
 
 /// Where Debian (and most distributions) install separate debug files.
 pub const SYSTEM_DEBUG_DIR: &str = "/usr/lib/debug";
@@ -125,6 +125,9 @@ pub struct SymbolFile {
     /// The file to symbolize (the binary or its debug file), held open.
     file: Arc<File>,
     segments: Vec<Segment>,
+    /// A Go binary's own symbol table, which names its Go functions (inlined calls too) even
+    /// when it is stripped: preferred over the rest for the addresses it covers.
+    pub go: Option<Arc<GoTable>>,
 }
 
 /// What [`SymbolFile::locate`] reads of a binary.
@@ -134,6 +137,7 @@ struct Facts {
     has_debug_info: bool,
     has_symtab: bool,
     has_debugdata: bool,
+    has_gopclntab: bool,
     segments: Vec<Segment>,
 }
 
@@ -154,6 +158,7 @@ fn read_facts(binary: &File) -> Option<Facts> {
         has_debug_info: section_present(".debug_info"),
         has_symtab: elf.symbol_table().is_some(),
         has_debugdata: section_present(".gnu_debugdata"),
+        has_gopclntab: section_present(".gopclntab"),
         segments: elf
             .segments()
             .map(|s| {
@@ -166,6 +171,16 @@ fn read_facts(binary: &File) -> Option<Facts> {
             })
             .collect(),
     })
+}
+
+/// A Go binary's `.gopclntab`, read whole (a table the runtime itself keeps mapped, a few
+/// megabytes at most); `None` when it cannot be read or is not a layout leaktrace knows.
+fn read_go_table(binary: &File) -> Option<Arc<GoTable>> {
+    use std::os::unix::fs::FileExt as _;
+    let len = usize::try_from(binary.metadata().ok()?.len()).ok()?;
+    let mut data = vec![0u8; len];
+    binary.read_exact_at(&mut data, 0).ok()?;
+    GoTable::parse(&data).ok().flatten().map(Arc::new)
 }
 
 /// `DIR/.build-id/ab/cdef….debug` for build id `abcdef…`; `None` for ids too short to be real.
@@ -246,13 +261,19 @@ impl SymbolFile {
                 origin: Origin::DynamicOnly,
                 file: binary,
                 segments: Vec::new(),
+                go: None,
             };
         };
+        let go = facts
+            .has_gopclntab
+            .then(|| read_go_table(&binary))
+            .flatten();
         let own = |origin| Self {
             build_id: facts.build_id.clone(),
             origin,
             file: Arc::clone(&binary),
             segments: facts.segments.clone(),
+            go: go.clone(),
         };
         if facts.has_debug_info {
             return own(Origin::OwnDebugInfo);
@@ -262,6 +283,7 @@ impl SymbolFile {
             origin,
             file: Arc::new(file),
             segments: facts.segments.clone(),
+            go: go.clone(),
         };
         if let Some(id) = &facts.build_id {
             for dir in dirs.dirs() {

@@ -8,11 +8,13 @@
 //! A stack is tied to the modules mapped when it was first seen ([`ModuleMap::pin`]): each
 //! return address becomes a [`Pin`], a module id and a file offset. One long-lived blazesym
 //! [`Symbolizer`] resolves pins from the file [`crate::symbolize::debuginfo`] chose for the module (its
-//! own DWARF, a separate debug file, or its symbol tables): demangled, with inlined frames.
+//! own DWARF, a separate debug file, or its symbol tables): demangled, with inlined frames. Go
+//! functions are named from the binary's own `.gopclntab` ([`gopclntab`]), stripped or not.
 //! Answers are cached by module and offset, so a later module at the same address is never
 //! named from an earlier one's file.
 
 pub mod debuginfo;
+pub mod gopclntab;
 pub mod stacks;
 
 use std::{collections::HashMap, fs::File, path::PathBuf, sync::Arc};
@@ -188,8 +190,12 @@ impl ModuleMap {
 /// Symbolizes pinned return addresses, caching every answer by module and file offset.
 pub struct StackSymbolizer {
     symbolizer: Symbolizer,
-    cache: HashMap<(ModuleId, u64), Arc<[Frame]>>,
+    /// Frames by module and offset.
+    cache: HashMap<(ModuleId, u64), Resolved>,
 }
+
+/// The frames at one address, and whether a Go table named them.
+type Resolved = (Arc<[Frame]>, bool);
 
 impl std::fmt::Debug for StackSymbolizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -219,21 +225,36 @@ impl StackSymbolizer {
     /// the address looked up is one byte earlier, inside the call instruction. Inlined
     /// functions become their own frames, marked `inlined`, before the function they were
     /// inlined into.
+    ///
+    /// A Go stack the runtime recorded (its heap profile's) already holds one address per
+    /// inlined call: after the real return address come "fake" ones, one per enclosing
+    /// function, that name the call site of each inlined call. Those are dropped when they
+    /// repeat frames the previous address expanded to, as `runtime/pprof` drops them.
     pub fn frames(&mut self, modules: &ModuleMap, pins: &[Pin]) -> Vec<Frame> {
         let mut frames = Vec::with_capacity(pins.len());
+        let mut expanded: Option<Arc<[Frame]>> = None;
         for pin in pins {
             let Some(id) = pin.module else {
                 frames.push(Frame::unknown(pin.addr));
+                expanded = None;
                 continue;
             };
             let key = (id, pin.offset);
             if !self.cache.contains_key(&key) {
-                let resolved = self.resolve(modules, pin).into();
+                let resolved = self.resolve(modules, pin);
                 self.cache.insert(key, resolved);
             }
-            if let Some(cached) = self.cache.get(&key) {
-                frames.extend(cached.iter().cloned());
+            let Some((cached, from_go)) = self.cache.get(&key) else {
+                continue;
+            };
+            if *from_go
+                && let Some(previous) = &expanded
+                && repeats_inlined_frames(previous, cached)
+            {
+                continue;
             }
+            frames.extend(cached.iter().cloned());
+            expanded = (cached.len() > 1).then(|| Arc::clone(cached));
         }
         frames
     }
@@ -243,7 +264,13 @@ impl StackSymbolizer {
         self.cache.len()
     }
 
-    fn resolve(&self, modules: &ModuleMap, pin: &Pin) -> Vec<Frame> {
+    /// The frames at `pin`, and whether a Go table named them.
+    fn resolve(&self, modules: &ModuleMap, pin: &Pin) -> Resolved {
+        let (frames, from_go) = self.resolve_frames(modules, pin);
+        (frames.into(), from_go)
+    }
+
+    fn resolve_frames(&self, modules: &ModuleMap, pin: &Pin) -> (Vec<Frame>, bool) {
         let module = pin.module.and_then(|id| modules.get(id));
         let name = module.map(Module::name);
         let symbols = module.and_then(|m| m.symbols.as_ref());
@@ -254,11 +281,27 @@ impl StackSymbolizer {
             ..Frame::unknown(pin.addr)
         };
         let Some(symbols) = symbols else {
-            return vec![unknown()];
+            return (vec![unknown()], false);
         };
         let Some(vaddr) = symbols.vaddr(pin.offset.saturating_sub(1)) else {
-            return vec![unknown()];
+            return (vec![unknown()], false);
         };
+        if let Some(go) = &symbols.go {
+            let frames = go.frames(vaddr);
+            if !frames.is_empty() {
+                let frames = frames
+                    .into_iter()
+                    .map(|f| Frame {
+                        function: Some(f.function),
+                        file: f.file,
+                        line: f.line,
+                        inlined: f.inlined,
+                        ..unknown()
+                    })
+                    .collect();
+                return (frames, true);
+            }
+        }
         let source = Source::Elf(Elf {
             debug_syms: symbols.origin.has_lines(),
             ..Elf::new(symbols.open_path())
@@ -267,7 +310,7 @@ impl StackSymbolizer {
             .symbolizer
             .symbolize_single(&source, Input::VirtOffset(vaddr))
         else {
-            return vec![unknown()];
+            return (vec![unknown()], false);
         };
         let named = |function: &str, info: Option<&CodeInfo<'_>>, inlined: bool| {
             let (file, line) = location(info);
@@ -288,8 +331,22 @@ impl StackSymbolizer {
             .map(|i| named(&i.name, i.code_info.as_ref(), true))
             .collect();
         frames.push(named(&sym.name, sym.code_info.as_deref(), false));
-        frames
+        (frames, false)
     }
+}
+
+/// Whether `frames` are the outer part of the inlined chain `previous` expanded to: the same
+/// functions at the same lines as its last frames, fewer of them.
+fn repeats_inlined_frames(previous: &[Frame], frames: &[Frame]) -> bool {
+    let same =
+        |a: &Frame, b: &Frame| a.function == b.function && a.file == b.file && a.line == b.line;
+    !frames.is_empty()
+        && frames.len() < previous.len()
+        && previous
+            .iter()
+            .rev()
+            .zip(frames.iter().rev())
+            .all(|(a, b)| same(a, b))
 }
 
 /// A code location's file (joined with its directory) and line.
@@ -349,6 +406,43 @@ mod tests {
         assert!(last.build_id.as_ref().is_some_and(|id| id.len() >= 16));
         assert!(last.offset.is_some());
         assert_eq!(symbolizer.cached(), 1);
+    }
+
+    #[test]
+    fn the_go_runtimes_fake_inline_addresses_are_recognised() {
+        let frame = |function: &str, line: u32, inlined: bool, addr: u64| Frame {
+            function: Some(function.to_owned()),
+            file: Some("/src/main.go".to_owned()),
+            line: Some(line),
+            inlined,
+            ..Frame::unknown(addr)
+        };
+        // A return address inside two levels of inlining, then the runtime's fake addresses
+        // for the two call sites (other addresses, same lines)
+        let real = [
+            frame("main.leaf", 3, true, 0x10),
+            frame("main.middle", 9, true, 0x10),
+            frame("main.outer", 20, false, 0x10),
+        ];
+        let fake_middle = [
+            frame("main.middle", 9, true, 0x20),
+            frame("main.outer", 20, false, 0x20),
+        ];
+        let fake_outer = [frame("main.outer", 20, false, 0x30)];
+        assert!(repeats_inlined_frames(&real, &fake_middle));
+        assert!(repeats_inlined_frames(&real, &fake_outer));
+        // The real caller (another function, or the same at another line) is kept
+        assert!(!repeats_inlined_frames(
+            &real,
+            &[frame("main.main", 40, false, 0x40)]
+        ));
+        assert!(!repeats_inlined_frames(
+            &real,
+            &[frame("main.outer", 21, false, 0x40)]
+        ));
+        // and recursion, one frame calling itself at the same line, is never collapsed
+        let once = [frame("main.walk", 5, false, 0x50)];
+        assert!(!repeats_inlined_frames(&once, &once));
     }
 
     #[test]

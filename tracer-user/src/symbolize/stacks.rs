@@ -28,12 +28,39 @@ pub struct Entry {
     pub truncated: bool,
     /// The unwinder stopped before the outermost frame.
     pub incomplete: bool,
+    /// [`NewStack::runtime_prefixes`].
+    runtime_prefixes: &'static [&'static str],
     /// Its return addresses, pinned to their modules.
     pins: Vec<Pin>,
     /// Its frames, once symbolized.
     pub frames: Vec<Frame>,
     /// Its row, once symbolized.
     pub row: Option<u64>,
+}
+
+/// Drops the leading frames of a runtime's own functions (named with one of `prefixes`) when a
+/// frame of the program follows: whole return addresses at a time, judged by the function
+/// each address is in (the last of its inlined frames), as `runtime/pprof` judges them.
+fn hide_runtime_frames(frames: &mut Vec<Frame>, prefixes: &[&str]) {
+    if prefixes.is_empty() {
+        return;
+    }
+    let runtime = |f: &Frame| {
+        f.function
+            .as_deref()
+            .is_some_and(|name| prefixes.iter().any(|p| name.starts_with(p)))
+    };
+    let mut start = 0;
+    for (i, frame) in frames.iter().enumerate() {
+        if frame.inlined {
+            continue;
+        }
+        if !runtime(frame) {
+            frames.drain(..start);
+            return;
+        }
+        start = i + 1;
+    }
 }
 
 /// Every stack seen in this trace, by source and key.
@@ -73,6 +100,7 @@ impl Stacks {
                 allocator: Arc::clone(&stack.allocator),
                 truncated: stack.truncated,
                 incomplete: stack.incomplete,
+                runtime_prefixes: stack.runtime_prefixes,
                 pins: modules.pin(&stack.ips),
                 frames: Vec::new(),
                 row: None,
@@ -87,6 +115,7 @@ impl Stacks {
                 continue;
             };
             entry.frames = symbolizer.frames(modules, &entry.pins);
+            hide_runtime_frames(&mut entry.frames, entry.runtime_prefixes);
             let key = RowKey::of(entry.id, &entry.allocator, &entry.frames, self.group_by);
             entry.row = Some(self.rows.id(key));
         }
@@ -134,6 +163,43 @@ mod tests {
             allocator: allocator.into(),
             ..NewStack::default()
         }
+    }
+
+    #[test]
+    fn a_runtimes_leading_frames_are_hidden_when_the_program_follows() {
+        let frame = |name: &str, inlined: bool| Frame {
+            function: Some(name.to_owned()),
+            inlined,
+            ..Frame::unknown(0)
+        };
+        let names = |frames: &[Frame]| -> Vec<String> {
+            frames.iter().filter_map(|f| f.function.clone()).collect()
+        };
+        const GO: &[&str] = &["runtime.", "internal/runtime/"];
+        // The allocator's frames go; an inlined frame goes with the function it is in
+        let mut frames = vec![
+            frame("runtime.mallocgc", false),
+            frame("internal/runtime/maps.newarray", true),
+            frame("runtime.makeslice", false),
+            frame("main.newValue", true),
+            frame("main.remember", false),
+            frame("runtime.main", false),
+        ];
+        hide_runtime_frames(&mut frames, GO);
+        assert_eq!(
+            names(&frames),
+            ["main.newValue", "main.remember", "runtime.main"]
+        );
+        // A stack of the runtime alone keeps every frame, and without prefixes nothing goes
+        let mut runtime_only = vec![
+            frame("runtime.malg", false),
+            frame("runtime.newproc1", false),
+        ];
+        hide_runtime_frames(&mut runtime_only, GO);
+        assert_eq!(runtime_only.len(), 2);
+        let mut c = vec![frame("runtime.mallocgc", false), frame("main.x", false)];
+        hide_runtime_frames(&mut c, &[]);
+        assert_eq!(c.len(), 2);
     }
 
     fn at(source: u16, key: u64) -> StackRef {

@@ -102,6 +102,8 @@ pub struct Allocators {
     /// Allocators found but not traced because `--allocator` left them out: `mimalloc in
     /// /srv/app`.
     pub left_out: Vec<String>,
+    /// Allocation functions deliberately not probed, each with why.
+    pub not_probed: Vec<String>,
 }
 
 impl Allocators {
@@ -429,6 +431,10 @@ pub struct Selection {
     /// Allocator names (`glibc`, `jemalloc`, `mimalloc`, `tcmalloc`, `rust`, `malloc` for
     /// whatever the C API resolves to) or symbol prefixes (`_rjem_`); empty: all.
     pub only: Vec<String>,
+    /// The target is a Go program: the Go runtime maps its heap through `mmap` (via libc when
+    /// cgo is linked), and that heap is read from the runtime's profile, so `mmap` is left out
+    /// rather than counted twice.
+    pub go_runtime: bool,
 }
 
 impl Selection {
@@ -684,7 +690,12 @@ fn find_allocators(
         }
         if !mmap_seen && symbols.defines(&MMAP_FAMILY, "") {
             mmap_seen = true;
-            if selection.wants("mmap", "", false) {
+            if selection.go_runtime {
+                found.not_probed.push(format!(
+                    "mmap (anonymous maps) in {candidate}: the Go runtime maps its heap through \
+                     it, and that heap is read from its profile"
+                ));
+            } else if selection.wants("mmap", "", false) {
                 let label = label_index(&mut found.labels, "mmap");
                 merge_points(&mut points, symbols.points(&MMAP_FAMILY, "", label));
             } else {
@@ -957,6 +968,7 @@ mod tests {
     fn find(objects: &[String], only: &[&str]) -> Allocators {
         let selection = Selection {
             only: only.iter().map(|s| (*s).to_owned()).collect(),
+            go_runtime: false,
         };
         let exe = PathBuf::from(&objects[0]);
         find_allocators(objects, |p| PathBuf::from(p), &selection, "test", &exe)

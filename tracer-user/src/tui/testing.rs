@@ -308,6 +308,7 @@ pub(crate) fn sample_snapshot() -> Snapshot {
             duration_s: 12.75,
             unwind: "fp".to_owned(),
             sample_bytes: None,
+            estimates: Vec::new(),
             totals: ReportTotals {
                 allocs: 1_204_332,
                 frees: 1_204_287,

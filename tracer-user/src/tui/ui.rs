@@ -134,6 +134,22 @@ fn render_header(app: &App, frame: &mut Frame<'_>, area: Rect) {
         }
         None => health,
     };
+    let health = if report.estimates.is_empty() {
+        health
+    } else {
+        let mut spans = health.spans;
+        for e in &report.estimates {
+            spans.push(Span::styled(
+                format!(
+                    "   ({}) rows sampled every {} (estimates)",
+                    e.allocator,
+                    human_bytes(e.sample_bytes)
+                ),
+                Style::new().bold().yellow(),
+            ));
+        }
+        Line::from(spans)
+    };
     let coverage = &report.coverage;
     let health = if coverage.warning.is_some() {
         let mut spans = health.spans;

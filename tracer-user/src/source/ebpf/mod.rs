@@ -215,6 +215,9 @@ impl EbpfSource {
         for left_out in &self.allocators.left_out {
             lines.push(format!("NOT TRACED (--allocator): {left_out}"));
         }
+        for not_probed in &self.allocators.not_probed {
+            lines.push(format!("not probed: {not_probed}"));
+        }
         lines.push(self.probes.returns().describe());
         lines
     }
@@ -347,6 +350,7 @@ impl Source for EbpfSource {
                 .get(usize::from(allocator))
                 .map_or_else(|| Arc::from("?"), Arc::clone);
             out.stacks.push(NewStack {
+                runtime_prefixes: &[],
                 key,
                 ips: kernel.ips,
                 truncated: kernel.truncated,
