@@ -476,8 +476,8 @@ fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.try_into().ok()?))
 }
 
-/// An unsigned LEB128 varint and the bytes it took.
-fn uvarint(bytes: &[u8]) -> Option<(u64, usize)> {
+/// An unsigned LEB128 varint and the bytes it took (`None` when unterminated).
+pub(crate) fn uvarint(bytes: &[u8]) -> Option<(u64, usize)> {
     let mut value = 0u64;
     for (i, byte) in bytes.iter().enumerate().take(10) {
         value |= u64::from(byte & 0x7f) << (7 * i);
@@ -627,6 +627,13 @@ mod tests {
         old[8] = 0xff; // a million functions in 72 bytes
         old[9] = 0xff;
         assert!(GoTable::from_section(old.into(), 0).is_err());
+    }
+
+    #[test]
+    fn varints_decode() {
+        assert_eq!(uvarint(&[0x05]), Some((5, 1)));
+        assert_eq!(uvarint(&[0x96, 0x01]), Some((150, 2)));
+        assert_eq!(uvarint(&[0x80]), None);
     }
 
     #[test]

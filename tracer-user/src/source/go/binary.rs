@@ -7,7 +7,7 @@ use std::path::Path;
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _};
 
-use crate::symbolize::gopclntab::GoTable;
+use crate::symbolize::gopclntab::{GoTable, uvarint};
 
 /// Why a Go executable's heap profile cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -228,21 +228,9 @@ fn buildinfo_version(section: &[u8]) -> Option<String> {
         return None;
     }
     let rest = section.get(32..)?;
-    let (len, used) = varint(rest)?;
+    let (len, used) = uvarint(rest)?;
     let bytes = rest.get(used..used.checked_add(usize::try_from(len).ok()?)?)?;
     String::from_utf8(bytes.to_vec()).ok()
-}
-
-/// An unsigned LEB128 varint and the bytes it took.
-fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
-    let mut value = 0u64;
-    for (i, byte) in bytes.iter().enumerate().take(10) {
-        value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some((value, i + 1));
-        }
-    }
-    None
 }
 
 #[cfg(test)]
@@ -267,13 +255,6 @@ mod tests {
         short.resize(32, 0);
         short.push(50);
         assert_eq!(buildinfo_version(&short), None);
-    }
-
-    #[test]
-    fn varints_decode() {
-        assert_eq!(varint(&[0x05]), Some((5, 1)));
-        assert_eq!(varint(&[0x96, 0x01]), Some((150, 2)));
-        assert_eq!(varint(&[0x80]), None);
     }
 
     fn hex(text: &str) -> Vec<u8> {
