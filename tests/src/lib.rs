@@ -533,6 +533,24 @@ impl Fixture {
         assert_eq!(line.trim(), format!("ready {}", self.pid), "after exec");
     }
 
+    /// Reads the next reply line (of a command sent with [`Fixture::send`]).
+    pub fn reply(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim().to_owned()
+    }
+
+    /// Sends `signal` to the fixture.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: sends a signal to our own child.
+        assert_eq!(unsafe { libc::kill(self.pid as libc::pid_t, signal) }, 0);
+    }
+
+    /// Waits for the fixture to end (reaping it, as a service manager would).
+    pub fn wait(&mut self) -> ExitStatus {
+        self.child.wait().unwrap()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -683,6 +701,17 @@ impl Tracer {
         self.child.id()
     }
 
+    /// Sends `signal` without waiting (SIGSTOP, SIGCONT).
+    pub fn send_signal(&self, signal: i32) {
+        // SAFETY: sends a signal to our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+    }
+
+    /// Whether leaktrace is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Sends `signal` and waits for leaktrace to finish.
     pub fn signal(self, signal: i32) -> Finished {
         // SAFETY: sends a signal to our own child.
@@ -810,6 +839,58 @@ pub fn stacks_with<'a>(report: &'a Value, names: &[&str]) -> Vec<&'a Value> {
         .iter()
         .filter(|s| has_subsequence(&functions(s), names))
         .collect()
+}
+
+/// Where the code `pid` runs differs from its file: `(module, first differing address)` for
+/// each executable file mapping whose bytes in memory (read through `/proc/PID/mem`) are not
+/// the file's bytes. A uprobe is a breakpoint byte written into the code, so while probes are
+/// attached this lists the probed modules, and once they are all removed it is empty.
+pub fn code_changed_in_memory(pid: u32) -> Vec<(String, u64)> {
+    use std::{
+        io::{Seek as _, SeekFrom},
+        os::unix::fs::FileExt as _,
+    };
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut changed = Vec::new();
+    for line in maps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 6 || !fields[1].contains('x') || !fields[5].starts_with('/') {
+            continue;
+        }
+        let (start, end) = fields[0].split_once('-').unwrap();
+        let start = u64::from_str_radix(start, 16).unwrap();
+        let end = u64::from_str_radix(end, 16).unwrap();
+        let offset = u64::from_str_radix(fields[2], 16).unwrap();
+        let path = format!("/proc/{pid}/root{}", fields[5]);
+        let Ok(file) = std::fs::File::open(&path) else {
+            continue;
+        };
+        let file_len = file.metadata().unwrap().len();
+        // The last page of a mapping may run past the end of the file (zeros in memory).
+        let len = (end - start).min(file_len.saturating_sub(offset)) as usize;
+        let mut on_disk = vec![0; len];
+        file.read_exact_at(&mut on_disk, offset).unwrap();
+        let mut in_memory = vec![0; len];
+        mem.seek(SeekFrom::Start(start)).unwrap();
+        mem.read_exact(&mut in_memory).unwrap();
+        if let Some(at) = on_disk.iter().zip(&in_memory).position(|(a, b)| a != b) {
+            changed.push((fields[5].to_owned(), start + at as u64));
+        }
+    }
+    changed
+}
+
+/// CPU seconds (user + system) process `pid` has used so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / per_second
 }
 
 /// The names leaktrace gives its BPF programs.

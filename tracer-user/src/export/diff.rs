@@ -491,6 +491,7 @@ mod tests {
             command: "./server --port 8080".to_owned(),
             duration_s,
             unwind: "fp".to_owned(),
+            ended: None,
             sample_bytes: None,
             estimates: Vec::new(),
             totals: ReportTotals {

@@ -92,6 +92,7 @@ mod tests {
                 ("command", Str, false),
                 ("duration_s", F64, false),
                 ("unwind", Str, false),
+                ("ended", Str, false),
                 ("totals", Object, false),
                 ("diagnostics", Object, false),
                 ("group_by", Str, false),

@@ -308,6 +308,7 @@ mod tests {
             command: "./server --port 8080".to_owned(),
             duration_s: 12.75,
             unwind: "fp".to_owned(),
+            ended: Some("target killed by SIGKILL".to_owned()),
             sample_bytes: None,
             estimates: Vec::new(),
             totals: ReportTotals {
@@ -433,6 +434,7 @@ mod tests {
             command: String::new(),
             duration_s: 0.0,
             unwind: "fp".to_owned(),
+            ended: None,
             sample_bytes: None,
             estimates: Vec::new(),
             totals: ReportTotals::default(),

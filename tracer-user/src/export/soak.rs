@@ -171,6 +171,7 @@ mod tests {
             command: "app".to_owned(),
             duration_s: 1.0,
             unwind: "auto".to_owned(),
+            ended: None,
             sample_bytes: None,
             estimates: Vec::new(),
             totals: ReportTotals::default(),

@@ -51,6 +51,9 @@ fn write_header<W: Write>(report: &Report, out: &mut W) -> std::io::Result<()> {
     writeln!(out, "  pid:       {}", report.pid)?;
     writeln!(out, "  command:   {}", one_line(&report.command))?;
     writeln!(out, "  duration:  {}", human_seconds(report.duration_s))?;
+    if let Some(ended) = &report.ended {
+        writeln!(out, "  ended:     {}", one_line(ended))?;
+    }
     writeln!(out, "  unwinding: {}", one_line(&report.unwind))?;
     let rows = match report.group_by.as_str() {
         "address" => "one per stack of return addresses (--group-by address)",

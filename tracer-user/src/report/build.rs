@@ -97,6 +97,7 @@ pub fn build(header: Header, inputs: Inputs<'_>, diagnostics: Diagnostics) -> Re
         command: header.command,
         duration_s: header.duration_s,
         unwind: header.unwind,
+        ended: None,
         sample_bytes: header.sample_bytes,
         estimates: header.estimates,
         totals: ReportTotals::new(inputs.totals, &diagnostics),

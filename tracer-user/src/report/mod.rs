@@ -4,7 +4,7 @@
 //! Its JSON form (serde) is a contract for other tools:
 //!
 //! ```text
-//! {"pid", "command", "duration_s", "unwind",
+//! {"pid", "command", "duration_s", "unwind", "ended" (in a final report),
 //!  "totals": {"allocs", "frees", "live_bytes", "live_allocs", "unmatched_frees", "lost_events"},
 //!  "diagnostics": {"ringbuf_full", ..., "tracer_memory_bytes"},
 //!  "group_by", "omitted": {"rows", "live_bytes", "live_allocs", "total_allocs", "total_bytes"},
@@ -62,6 +62,10 @@ pub struct Report {
     pub duration_s: f64,
     /// How stacks were unwound: `"auto"`, `"dwarf"` or `"fp"`.
     pub unwind: String,
+    /// Why tracing ended (`"target killed by SIGKILL"`, `"interrupted"`); absent while it
+    /// goes on (live views, periodic snapshots).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
     /// With `--sample-bytes`: the mean bytes between sampled allocations. Live and total
     /// figures are then unbiased estimates, not counts (absent when every allocation is traced).
     #[serde(skip_serializing_if = "Option::is_none")]

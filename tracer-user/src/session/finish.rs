@@ -20,13 +20,15 @@ pub(super) fn finish(
     }
     // The export holds every row unless --top asks for fewer; stdout keeps a short list.
     let full = session.report();
+    let ended = reason.describe();
+    let mut full = full;
+    full.ended = Some(ended.clone());
     let mut report = full.clone();
     if let Some(top) = session.top {
         report.keep_top(top);
     }
     let mut messages = vec![format!(
-        "leaktrace: stopped ({}) after {:.1}s; probes detached",
-        reason.describe(),
+        "leaktrace: stopped ({ended}) after {:.1}s; probes detached",
         report.duration_s
     )];
     if let Some(warning) = &report.coverage.warning {
@@ -61,9 +63,6 @@ pub(super) fn finish(
                 "leaktrace: the program's output is in {}",
                 output.display()
             ));
-        }
-        if reason == StopReason::TargetExited {
-            messages.extend(launched.exit_status().map(|s| format!("leaktrace: {s}")));
         }
     }
     if let Some(view) = session.live_view.take() {

@@ -9,7 +9,7 @@
 use std::{
     future::poll_fn,
     num::NonZeroU32,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
     task::Poll,
     time::{Duration, Instant},
 };
@@ -50,7 +50,8 @@ const DRAIN_EVERY: Duration = Duration::from_millis(10);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum StopReason {
     Duration,
-    TargetExited,
+    /// The target exited; how, as a wait status, when the kernel says.
+    TargetExited(Option<i32>),
     Interrupted,
     Terminated,
     /// The user quit the live view.
@@ -60,14 +61,18 @@ enum StopReason {
 }
 
 impl StopReason {
-    fn describe(self) -> &'static str {
+    /// Why, as the report and stderr say it (`target killed by SIGKILL`).
+    fn describe(self) -> String {
         match self {
-            Self::Duration => "duration reached",
-            Self::TargetExited => "target exited",
-            Self::Interrupted => "interrupted",
-            Self::Terminated => "terminated",
-            Self::Quit => "quit from the live view",
-            Self::SourceFailed => "a source failed",
+            Self::Duration => "duration reached".to_owned(),
+            Self::TargetExited(None) => "target exited".to_owned(),
+            Self::TargetExited(Some(status)) => {
+                format!("target {}", crate::target::describe_wait_status(status))
+            }
+            Self::Interrupted => "interrupted".to_owned(),
+            Self::Terminated => "terminated".to_owned(),
+            Self::Quit => "quit from the live view".to_owned(),
+            Self::SourceFailed => "a source failed".to_owned(),
         }
     }
 }
@@ -421,7 +426,7 @@ impl Session {
                 _ = soak_tick.tick(), if self.soak.is_some() => self.write_soak_snapshot(),
                 _ = interrupt.recv() => break StopReason::Interrupted,
                 _ = terminate.recv() => break StopReason::Terminated,
-                () = &mut target_exit => break StopReason::TargetExited,
+                () = &mut target_exit => break StopReason::TargetExited(self.exit_status(exited.as_ref())),
                 () = &mut deadline => break StopReason::Duration,
                 () = &mut user_quit => break StopReason::Quit,
             }
@@ -440,6 +445,19 @@ impl Session {
         self.poll(None);
         self.pipeline.flush();
         Ok(reason)
+    }
+
+    /// How the target ended: a launched program is our child and is reaped here; any other
+    /// target's status comes through its pidfd once its parent has reaped it.
+    fn exit_status(&self, pidfd: Option<&AsyncFd<OwnedFd>>) -> Option<i32> {
+        /// How long a parent may take to reap the target before the report goes without.
+        const REAP_PATIENCE: Duration = Duration::from_millis(300);
+        match &self.launched {
+            Some(launched) => launched.wait_status(),
+            None => pidfd.and_then(|fd| {
+                crate::target::pidfd_exit_status(fd.get_ref().as_fd(), REAP_PATIENCE)
+            }),
+        }
     }
 
     /// Polls source `only` (every source when `None`) and feeds what it yields to the

@@ -167,28 +167,13 @@ pub fn spawn_held(command: &[OsString], output: Option<&Path>) -> Result<Launche
 }
 
 impl Launched {
-    /// Reaps the program once it has exited and says how it ended (`target exited with status
-    /// 3`, `target killed by signal 9`).
-    pub fn exit_status(&self) -> Option<String> {
+    /// Reaps the program once it has exited and returns its wait status
+    /// ([`super::describe_wait_status`] says it in words).
+    pub fn wait_status(&self) -> Option<i32> {
         let mut status = 0;
         // SAFETY: reaps our own child, which has exited; `status` is a valid out-pointer.
         let reaped = unsafe { libc::waitpid(self.pid as libc::pid_t, &raw mut status, 0) };
-        if reaped <= 0 {
-            return None;
-        }
-        if libc::WIFEXITED(status) {
-            Some(format!(
-                "target exited with status {}",
-                libc::WEXITSTATUS(status)
-            ))
-        } else if libc::WIFSIGNALED(status) {
-            Some(format!(
-                "target killed by signal {}",
-                libc::WTERMSIG(status)
-            ))
-        } else {
-            None
-        }
+        (reaped > 0).then_some(status)
     }
 
     /// Lets the child `exec` its command, then runs it system call by system call until `ready`

@@ -7,6 +7,7 @@ use std::{
     fs,
     io::ErrorKind,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 /// The value in bytes of a `Name:   1234 kB` line of a `/proc` status file.
@@ -282,5 +283,94 @@ garbage line
             Process::open(2),
             Err(ProcessError::KernelThread { .. })
         ));
+    }
+}
+
+/// How a process ended, from its wait status: `exited with status 3`, `killed by SIGKILL`.
+pub fn describe_wait_status(status: i32) -> String {
+    if libc::WIFSIGNALED(status) {
+        let signal = libc::WTERMSIG(status);
+        match signal_name(signal) {
+            Some(name) => format!("killed by {name}"),
+            None => format!("killed by signal {signal}"),
+        }
+    } else {
+        format!("exited with status {}", libc::WEXITSTATUS(status))
+    }
+}
+
+/// The usual name of a signal that ends a process.
+fn signal_name(signal: i32) -> Option<&'static str> {
+    Some(match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTERM => "SIGTERM",
+        _ => return None,
+    })
+}
+
+/// `struct pidfd_info` (`linux/pidfd.h`, kernel 6.15), up to `exit_code`.
+#[repr(C)]
+#[derive(Default)]
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    ids: [u32; 11],
+    exit_code: i32,
+}
+
+/// `PIDFD_INFO_EXIT`: the exit code is filled in (once the process has been reaped).
+const PIDFD_INFO_EXIT: u64 = 1 << 3;
+/// `PIDFD_GET_INFO`: `_IOWR(0xFF, 11, struct pidfd_info)`.
+const PIDFD_GET_INFO: libc::c_ulong = 0xC040_FF0B;
+
+/// The wait status of the exited process behind `pidfd`, which is not our child: the kernel
+/// keeps it for the pidfd once the process's parent has reaped it (kernel 6.15 or later).
+/// Waits up to `patience` for the parent to reap it; `None` on older kernels, or when the
+/// parent has not reaped it by then.
+pub fn pidfd_exit_status(pidfd: std::os::fd::BorrowedFd<'_>, patience: Duration) -> Option<i32> {
+    use std::os::fd::AsRawFd as _;
+    let start = Instant::now();
+    loop {
+        let mut info = PidfdInfo {
+            mask: PIDFD_INFO_EXIT,
+            ..PidfdInfo::default()
+        };
+        // SAFETY: `info` is a writable `struct pidfd_info` of the size the request encodes, and
+        // the descriptor is a pidfd the caller keeps open for the call.
+        let done = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO, &raw mut info) };
+        if done != 0 {
+            // ENOTTY or EINVAL: a kernel without PIDFD_GET_INFO or without exit info.
+            return None;
+        }
+        if info.mask & PIDFD_INFO_EXIT != 0 {
+            return Some(info.exit_code);
+        }
+        if start.elapsed() >= patience {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod exit_tests {
+    use super::*;
+
+    #[test]
+    fn wait_statuses_read_as_a_person_says_them() {
+        // A normal exit with status 3, and deaths by SIGKILL and by an unnamed signal.
+        assert_eq!(describe_wait_status(3 << 8), "exited with status 3");
+        assert_eq!(describe_wait_status(libc::SIGKILL), "killed by SIGKILL");
+        assert_eq!(describe_wait_status(40), "killed by signal 40");
     }
 }

@@ -15,6 +15,7 @@ pub(crate) fn filtered_report(report: &Report, filter: &str) -> Report {
         command: report.command.clone(),
         duration_s: report.duration_s,
         unwind: report.unwind.clone(),
+        ended: report.ended.clone(),
         sample_bytes: report.sample_bytes,
         estimates: report.estimates.clone(),
         totals: report.totals,

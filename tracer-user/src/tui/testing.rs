@@ -307,6 +307,7 @@ pub(crate) fn sample_snapshot() -> Snapshot {
             command: "./server --port 8080".to_owned(),
             duration_s: 12.75,
             unwind: "fp".to_owned(),
+            ended: None,
             sample_bytes: None,
             estimates: Vec::new(),
             totals: ReportTotals {

@@ -227,12 +227,16 @@ impl EbpfSource {
         let Some(ring) = self.verify.as_mut() else {
             return;
         };
-        let mappings = self.tables.reference_mappings(&self.last_maps);
+        // Built on the first record only: building reads every mapped binary, and this runs
+        // every poll (an idle target's tracer spent 5% of a core here).
+        let mut mappings = None;
         while let Some(item) = ring.next() {
             let Some(record) = verify::decode(&item) else {
                 continue;
             };
-            let verdict = verify::check(&record, &mappings);
+            let mappings =
+                mappings.get_or_insert_with(|| self.tables.reference_mappings(&self.last_maps));
+            let verdict = verify::check(&record, mappings);
             if let verify::Verdict::Mismatch {
                 kernel,
                 reference,
