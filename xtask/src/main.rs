@@ -7,12 +7,14 @@ use std::{
     ffi::OsString,
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod soak;
 mod tools;
 
 use tools::{Install, Need};
@@ -42,6 +44,13 @@ enum Task {
     },
     /// Lint the workspace and the eBPF crate with clippy, warnings denied.
     Clippy,
+    /// Run leaktrace for a long time on a churning, slowly leaking target with snapshots on,
+    /// printing its own memory and CPU over time; fails if either creeps or a figure is wrong.
+    Soak {
+        /// How long to run.
+        #[arg(long, default_value_t = 60.0)]
+        minutes: f64,
+    },
     /// Measure the cost of tracing: untraced vs leaktrace (vs bcc memleak when installed).
     Bench {
         /// Repetitions of each configuration (interleaved).
@@ -63,12 +72,23 @@ fn main() -> Result<()> {
             setup(Need::Test)?;
             clippy()
         }
+        Task::Soak { minutes } => {
+            setup(Need::Test)?;
+            let leaktrace = build_release()?;
+            soak(&leaktrace, Duration::from_secs_f64(minutes.max(0.1) * 60.0))
+        }
         Task::Bench { reps, ops } => {
             setup(Need::Bench)?;
             build_release()?;
             bench::run(&workspace(), reps, ops)
         }
     }
+}
+
+/// Runs the soak for `duration`, with about 20 samples.
+fn soak(leaktrace: &Path, duration: Duration) -> Result<()> {
+    let every = (duration / 20).max(Duration::from_secs(2));
+    soak::run(&workspace(), leaktrace, duration, every)
 }
 
 /// The workspace root.
@@ -369,5 +389,10 @@ fn test(filter: Option<&str>) -> Result<()> {
     }
     // Tests that measure rates or lost events run alone so they do not compete for the 2 cores.
     e2e.args(["--test-threads", "1"]);
-    run_cmd(&mut e2e)
+    run_cmd(&mut e2e)?;
+    if filter.is_none() {
+        // A short soak; `cargo xtask soak --minutes 60` is the long one.
+        soak(&leaktrace, Duration::from_secs(40))?;
+    }
+    Ok(())
 }
