@@ -16,6 +16,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod daemon;
+
 /// The workspace root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -696,6 +698,24 @@ impl Tracer {
         }
     }
 
+    /// Ids of the BPF programs this leaktrace holds (through program and link descriptors).
+    pub fn program_ids(&self) -> Vec<u32> {
+        let dir = format!("/proc/{}/fdinfo", self.child.id());
+        let mut ids: Vec<u32> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+            .flat_map(|info| {
+                info.lines()
+                    .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// Pid of the leaktrace process.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -926,6 +946,29 @@ pub fn assert_no_programs_left(context: &str) {
         assert!(
             start.elapsed() < Duration::from_secs(3),
             "{context}: programs left loaded: {loaded:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Asserts that none of the programs `ids` (from [`Tracer::program_ids`]) is still loaded:
+/// unlike [`assert_no_programs_left`], other leaktrace sessions may run meanwhile. Waits up
+/// to 3 s, as the kernel frees programs shortly after their last descriptor closes.
+pub fn assert_programs_released(ids: &[u32], context: &str) {
+    assert!(!ids.is_empty(), "{context}: no program ids to check");
+    let start = Instant::now();
+    loop {
+        let left: Vec<u32> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .map(|p| p.id())
+            .filter(|id| ids.contains(id))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{context}: programs {left:?} still loaded"
         );
         std::thread::sleep(Duration::from_millis(50));
     }

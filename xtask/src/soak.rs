@@ -148,7 +148,13 @@ pub(crate) fn run(
     let keep = 4;
     let snapshot_every = format!("{}s", (duration.as_secs() / 8).max(5));
     let mut tracer = Command::new(&binary)
-        .args(["--no-tui", "--interval", "5", "--snapshot-every", &snapshot_every])
+        .args([
+            "--no-tui",
+            "--interval",
+            "5",
+            "--snapshot-every",
+            &snapshot_every,
+        ])
         .arg("--snapshot-dir")
         .arg(dir.join("snapshots"))
         .args(["--keep", &keep.to_string()])
@@ -246,7 +252,8 @@ pub(crate) fn run(
     unsafe { libc::kill(tracer.id() as libc::pid_t, libc::SIGINT) };
     let status = tracer.wait()?;
     let report: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&export).with_context(|| format!("reading {}", export.display()))?,
+        &std::fs::read_to_string(&export)
+            .with_context(|| format!("reading {}", export.display()))?,
     )?;
     println!(
         "{:>7.0}s {:>10.1} {:>9.1} {:>13} {:>14} {:>6}",
@@ -257,7 +264,15 @@ pub(crate) fn run(
         "end",
         report["totals"]["lost_events"]
     );
-    judge(&report, &samples, ticks, &recursed, keep, &dir, status.success())
+    judge(
+        &report,
+        &samples,
+        ticks,
+        &recursed,
+        keep,
+        &dir,
+        status.success(),
+    )
 }
 
 /// The soak's verdicts: each failure is one line.
@@ -344,7 +359,9 @@ fn judge(
         };
         let early = per_event(&samples[0], quarter);
         let late = per_event(&samples[samples.len() * 3 / 4], last);
-        println!("leaktrace CPU per event: {early:.2} us in the first quarter, {late:.2} us in the last");
+        println!(
+            "leaktrace CPU per event: {early:.2} us in the first quarter, {late:.2} us in the last"
+        );
         if late > early * 1.5 + 0.2 {
             failures.push(format!(
                 "CPU per event crept from {early:.2} us to {late:.2} us"

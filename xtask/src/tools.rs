@@ -160,6 +160,12 @@ pub(crate) const TOOLS: &[Tool] = &[
         used_for: "the Go fixture built by the newest Go",
     },
     Tool {
+        command: "memcached",
+        install: Install::Apt("memcached"),
+        need: Need::Test,
+        used_for: "attach/detach cycles on a real daemon using glibc malloc",
+    },
+    Tool {
         command: "tmux",
         install: Install::Apt("tmux"),
         need: Need::Test,

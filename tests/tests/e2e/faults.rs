@@ -1,7 +1,7 @@
 //! Faults a production run meets: the target killed or stopped, leaktrace itself killed, two
 //! sessions on one target, a ring buffer too small for the event rate, a target that does not
 //! allocate for a long time, and threads ended in the middle of allocator calls.
-use leaktrace_tests::{code_changed_in_memory, cpu_seconds};
+use leaktrace_tests::{assert_programs_released, code_changed_in_memory, cpu_seconds};
 
 use super::*;
 
@@ -80,6 +80,7 @@ fn leaktrace_killed_leaves_no_program_and_no_probe_in_the_target() {
             "before attaching"
         );
         let tracer = Tracer::attach(target.pid, args);
+        let programs = tracer.program_ids();
         target.send("churn 3000000");
         std::thread::sleep(Duration::from_millis(300));
         // While attached, the breakpoints are there: the check below can see a probe.
@@ -94,7 +95,7 @@ fn leaktrace_killed_leaves_no_program_and_no_probe_in_the_target() {
             std::os::unix::process::ExitStatusExt::signal(&done.status),
             Some(libc::SIGKILL)
         );
-        assert_no_programs_left("after SIGKILL");
+        assert_programs_released(&programs, "after SIGKILL");
         assert_eq!(
             code_changed_in_memory(target.pid),
             vec![],
@@ -112,6 +113,8 @@ fn two_sessions_on_one_target_are_both_exact() {
     let mut target = Fixture::start(&fixture(Build::CFramePointers));
     let first = Tracer::attach(target.pid, &[]);
     let second = Tracer::attach(target.pid, &["--sample-bytes", "1"]);
+    let mut programs = first.program_ids();
+    programs.extend(second.program_ids());
     target.cmd("leak 4 1000");
     target.cmd("churn 20000");
     let second = second.interrupt();
@@ -133,7 +136,7 @@ fn two_sessions_on_one_target_are_both_exact() {
             .sum();
         assert_eq!(nodes, cached, "{name}");
     }
-    assert_no_programs_left("after both sessions");
+    assert_programs_released(&programs, "after both sessions");
     assert_eq!(code_changed_in_memory(target.pid), vec![]);
 }
 

@@ -41,6 +41,7 @@ mod allocators;
 mod analytics;
 mod bad_input;
 mod c_fixture;
+mod daemons;
 mod faults;
 mod go;
 mod lifecycle;
