@@ -51,6 +51,14 @@ enum Task {
         #[arg(long, default_value_t = 60.0)]
         minutes: f64,
     },
+    /// Feed corrupted and truncated ELF files to the parsers leaktrace runs on a target's files,
+    /// for longer than `cargo xtask test` does (batches of 20,000 cases per property, each
+    /// from a fresh random seed, until the time is up).
+    Fuzz {
+        /// How long to run.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+    },
     /// Measure the cost of tracing: untraced vs leaktrace (vs bcc memleak when installed).
     Bench {
         /// Repetitions of each configuration (interleaved).
@@ -77,12 +85,45 @@ fn main() -> Result<()> {
             let leaktrace = build_release()?;
             soak(&leaktrace, Duration::from_secs_f64(minutes.max(0.1) * 60.0))
         }
+        Task::Fuzz { minutes } => {
+            setup(Need::Test)?;
+            fuzz(Duration::from_secs_f64(minutes.max(0.0) * 60.0))
+        }
         Task::Bench { reps, ops } => {
             setup(Need::Bench)?;
             build_release()?;
             bench::run(&workspace(), reps, ops)
         }
     }
+}
+
+/// Runs the hostile-file properties in batches until `duration` has passed (at least one).
+fn fuzz(duration: Duration) -> Result<()> {
+    let start = std::time::Instant::now();
+    let mut batches = 0;
+    loop {
+        run_cmd(
+            cargo()
+                .args([
+                    "test",
+                    "--release",
+                    "-p",
+                    "leaktrace",
+                    "--test",
+                    "hostile_files",
+                ])
+                .env("PROPTEST_CASES", "20000"),
+        )?;
+        batches += 1;
+        if start.elapsed() >= duration {
+            break;
+        }
+    }
+    eprintln!(
+        "xtask: fuzz: {batches} batches of 20000 cases per property in {:.0} s, no failure",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Runs the soak for `duration`, with about 20 samples.

@@ -166,6 +166,8 @@ mod tests {
             "unsampled",
             "undecodable_events",
             "unwind_table_bytes",
+            "unwind_files_unreadable",
+            "unwind_tables_not_loaded",
             "unwind_verified",
             "unwind_mismatched",
             "tracer_memory_bytes",

@@ -57,13 +57,11 @@ pub(super) fn finish(
             }
         }
     }
-    if let Some(launched) = &session.launched {
-        if let Some(output) = &launched.output {
-            messages.push(format!(
-                "leaktrace: the program's output is in {}",
-                output.display()
-            ));
-        }
+    if let Some(output) = session.launched.as_ref().and_then(|l| l.output.as_ref()) {
+        messages.push(format!(
+            "leaktrace: the program's output is in {}",
+            output.display()
+        ));
     }
     if let Some(view) = session.live_view.take() {
         if reason != StopReason::Quit {

@@ -640,6 +640,9 @@ fn find_allocators(
             source,
         })?;
         let Some(symbols) = Symbols::parse(&data) else {
+            found.not_probed.push(format!(
+                "{candidate}: not a readable ELF file, so not searched for allocators"
+            ));
             continue;
         };
         let mut points: Vec<ProbePoint> = Vec::new();
@@ -876,6 +879,19 @@ pub fn find_for_executable(
     let objects = libraries_of(exe)?;
     let candidates = lookup_order(&exe_str, &objects);
     find_allocators(&candidates, |p| PathBuf::from(p), selection, &exe_str, exe)
+}
+
+/// Finds the allocators one object file defines, on its own (no libraries looked up): how
+/// discovery reads any file, for the tests that feed it corrupted ones.
+pub fn find_in_object(path: &Path, selection: &Selection) -> Result<Allocators, AllocatorError> {
+    let name = path.to_string_lossy().into_owned();
+    find_allocators(
+        std::slice::from_ref(&name),
+        |p| PathBuf::from(p),
+        selection,
+        &name,
+        path,
+    )
 }
 
 /// The shared objects a program will load, in load order, with its interpreter last: what

@@ -44,6 +44,11 @@ pub struct TableSummary {
     pub rows: usize,
     /// Bytes the rows take in the kernel.
     pub bytes: usize,
+    /// Mapped files that could not be read or are not valid ELF files for this machine
+    /// (skipped: frame pointers there).
+    pub unreadable: usize,
+    /// Binaries with tables that did not fit in the kernel's rows map (frame pointers there).
+    pub not_loaded: usize,
 }
 
 /// All tables of one target.
@@ -55,6 +60,8 @@ pub struct UnwindTables {
     keys: HashMap<(String, u64), Option<BinaryKey>>,
     next_row: u32,
     capacity: u32,
+    /// Files skipped as unreadable or malformed, with why, in the order met.
+    unreadable: Vec<(String, String)>,
 }
 
 fn build_id(data: &[u8]) -> Option<Vec<u8>> {
@@ -99,24 +106,41 @@ impl UnwindTables {
             let host = host_path(self.pid, &path);
             let name = path.rsplit('/').next().unwrap_or(&path).to_owned();
             progress(done, total, &name);
-            let key = fs::read(&host).ok().and_then(|data| {
-                let key = build_id(&data)
-                    .map_or_else(|| BinaryKey::Path(path.clone(), inode), BinaryKey::BuildId);
-                if !self.binaries.contains_key(&key) {
-                    let table: UnwindTable = unwind::compile(&data).ok()?;
-                    self.binaries.insert(
-                        key.clone(),
-                        Binary {
-                            name: name.clone(),
-                            rows: table.rows.clone(),
-                            table,
-                            rows_start: None,
-                            host,
-                        },
-                    );
+            let data = match fs::read(&host) {
+                Ok(data) => data,
+                Err(err) => {
+                    self.unreadable.push((name, err.to_string()));
+                    self.keys.insert((path, inode), None);
+                    continue;
                 }
+            };
+            let key = build_id(&data)
+                .map_or_else(|| BinaryKey::Path(path.clone(), inode), BinaryKey::BuildId);
+            let key = if self.binaries.contains_key(&key) {
                 Some(key)
-            });
+            } else {
+                match unwind::compile(&data) {
+                    Ok(table) => {
+                        self.binaries.insert(
+                            key.clone(),
+                            Binary {
+                                name: name.clone(),
+                                rows: table.rows.clone(),
+                                table,
+                                rows_start: None,
+                                host,
+                            },
+                        );
+                        Some(key)
+                    }
+                    // A binary without CFI is not malformed: frame pointers unwind it.
+                    Err(unwind::UnwindError::NoCfi) => None,
+                    Err(err) => {
+                        self.unreadable.push((name, err.to_string()));
+                        None
+                    }
+                }
+            };
             self.keys.insert((path, inode), key);
         }
         progress(total, total, "");
@@ -134,7 +158,19 @@ impl UnwindTables {
             binaries: self.binaries.len(),
             rows,
             bytes: rows * size_of::<UnwindRow>(),
+            unreadable: self.unreadable.len(),
+            not_loaded: self
+                .binaries
+                .values()
+                .filter(|b| b.rows_start.is_none() && !b.rows.is_empty())
+                .count(),
         }
+    }
+
+    /// The files skipped as unreadable or malformed since `from` (an index into all of them),
+    /// as `(name, why)`.
+    pub fn unreadable_since(&self, from: usize) -> &[(String, String)] {
+        self.unreadable.get(from..).unwrap_or_default()
     }
 
     /// Writes every binary not yet loaded into the rows map (of `capacity` entries) and returns
@@ -281,4 +317,52 @@ pub fn update_batch<T: Copy>(fd: BorrowedFd<'_>, first: u32, values: &[T]) -> st
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn mapping(path: &Path, inode: u64) -> Mapping {
+        Mapping {
+            start: 0x1000 * inode,
+            end: 0x1000 * (inode + 1),
+            perms: "r-xp".to_owned(),
+            offset: 0,
+            inode,
+            path: path.to_string_lossy().into_owned(),
+        }
+    }
+
+    #[test]
+    fn malformed_and_missing_files_are_counted_skips() {
+        // Given a mapped file that is not ELF, one that is gone, and a real binary
+        let dir = tempfile::tempdir().expect("temp dir");
+        let garbage = dir.path().join("garbage.so");
+        std::fs::write(&garbage, b"\x7fELF but not really").expect("writing");
+        let missing = dir.path().join("deleted.so");
+        let maps = [
+            mapping(&garbage, 1),
+            mapping(&missing, 2),
+            mapping(Path::new("/usr/bin/true"), 3),
+        ];
+        // When their tables are compiled (the files read as this process sees them)
+        let mut tables = UnwindTables::new(std::process::id());
+        tables.compile_mappings(&maps, |_, _, _| {});
+        // Then the two bad ones are skipped, counted and named; the real one has a table
+        let summary = tables.summary();
+        assert_eq!((summary.unreadable, summary.binaries), (2, 1));
+        let names: Vec<&str> = tables
+            .unreadable_since(0)
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        assert_eq!(names, ["garbage.so", "deleted.so"]);
+        assert!(tables.unreadable_since(2).is_empty());
+        // And seeing them again does not count them twice
+        tables.compile_mappings(&maps, |_, _, _| {});
+        assert_eq!(tables.summary().unreadable, 2);
+    }
 }

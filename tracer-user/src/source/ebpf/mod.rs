@@ -26,7 +26,7 @@ use crate::{
     source::{Batch, Health, HealthKind, NewStack, Source, Yields},
     target::{Mapping, allocator::Allocators},
     unwind::{
-        tables::UnwindTables,
+        tables::{TableSummary, UnwindTables},
         verify::{self, VerifyCounts},
     },
 };
@@ -403,7 +403,7 @@ impl Source for EbpfSource {
         health_of(
             &counters,
             self.undecodable,
-            self.tables.summary().bytes as u64,
+            &self.tables.summary(),
             &self.verified,
         )
     }
@@ -413,7 +413,7 @@ impl Source for EbpfSource {
 pub(crate) fn health_of(
     counters: &KernelCounters,
     undecodable: u64,
-    unwind_table_bytes: u64,
+    tables: &TableSummary,
     verified: &VerifyCounts,
 ) -> Vec<Health> {
     let mut health: Vec<Health> = counters
@@ -422,7 +422,17 @@ pub(crate) fn health_of(
         .collect();
     health.extend([
         Health::new("undecodable_events", undecodable, HealthKind::Lost),
-        Health::new("unwind_table_bytes", unwind_table_bytes, HealthKind::Info),
+        Health::new("unwind_table_bytes", tables.bytes as u64, HealthKind::Info),
+        Health::new(
+            "unwind_files_unreadable",
+            tables.unreadable as u64,
+            HealthKind::Degraded,
+        ),
+        Health::new(
+            "unwind_tables_not_loaded",
+            tables.not_loaded as u64,
+            HealthKind::Degraded,
+        ),
         Health::new(
             "unwind_verified",
             verified.equal + verified.prefix_equal,
@@ -441,7 +451,12 @@ pub(crate) fn health_of(
 /// session's), every one zero but those in `set`: for tests of what reads them.
 #[cfg(test)]
 pub(crate) fn diagnostics_with(set: &[(&str, u64)]) -> crate::source::Diagnostics {
-    let mut health = health_of(&KernelCounters::default(), 0, 0, &VerifyCounts::default());
+    let mut health = health_of(
+        &KernelCounters::default(),
+        0,
+        &TableSummary::default(),
+        &VerifyCounts::default(),
+    );
     health.extend(crate::heap::Heap::new().health());
     health.push(Health::new("tracer_memory_bytes", 0, HealthKind::Info));
     let mut diagnostics = crate::source::Diagnostics(health);
@@ -490,6 +505,10 @@ fn build_tables(tables: &mut UnwindTables, maps: &[Mapping], show: bool) {
         }
     });
     let after = tables.summary();
+    for (name, why) in tables.unreadable_since(before.unreadable) {
+        // Always said: a skipped file means stacks through it may be cut short.
+        eprintln!("leaktrace: skipping the unwind table of {name}: {why}");
+    }
     if show && after.binaries > before.binaries {
         eprintln!(
             "leaktrace: unwind tables ready: {} binaries, {} rows ({}) in {:.2}s",
