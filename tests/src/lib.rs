@@ -509,6 +509,34 @@ impl Fixture {
         }
     }
 
+    /// Starts `path` as the first process of a new pid namespace (as in a container without
+    /// `--pid=host`): it says `ready 1`, and [`Fixture::pid`] is its pid on the host.
+    pub fn start_in_pid_namespace(path: &Path) -> Self {
+        let mut child = Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", "--mount-proc"])
+            .arg(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("unshare {}: {e}", path.display()));
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready 1", "in its own pid namespace");
+        let unshare = child.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).unwrap();
+        let pid = children.trim().parse().unwrap();
+        Self {
+            child,
+            stdin,
+            stdout,
+            pid,
+        }
+    }
+
     /// Sends one command and returns its `ok...` reply.
     pub fn cmd(&mut self, command: &str) -> String {
         self.send(command);

@@ -141,6 +141,10 @@ pub struct Cli {
     #[arg(long, value_name = "MIB", default_value_t = 32, value_parser = ringbuf_mib)]
     pub ringbuf_mib: u32,
 
+    /// Under sudo, run the launched command as root rather than as the user who ran sudo.
+    #[arg(long)]
+    pub as_root: bool,
+
     /// Command to start with the probes attached before it runs (instead of -p).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,

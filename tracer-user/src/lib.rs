@@ -28,3 +28,4 @@ pub mod symbolize;
 pub mod target;
 pub mod tui;
 pub mod unwind;
+pub mod user;

@@ -166,6 +166,12 @@ pub(crate) const TOOLS: &[Tool] = &[
         used_for: "attach/detach cycles on a real daemon using glibc malloc",
     },
     Tool {
+        command: "unshare",
+        install: Install::Apt("util-linux"),
+        need: Need::Test,
+        used_for: "a target in a pid namespace of its own, and leaktrace in one",
+    },
+    Tool {
         command: "tmux",
         install: Install::Apt("tmux"),
         need: Need::Test,

@@ -49,5 +49,6 @@ mod live_view;
 mod rows;
 mod rust_fixture;
 mod sampling;
+mod security;
 mod symbols;
 mod unwinding;

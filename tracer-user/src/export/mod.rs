@@ -21,6 +21,7 @@ use std::{borrow::Cow, fmt, io::Write, str::FromStr};
 use crate::report::{Omitted, Report};
 
 pub mod diff;
+pub mod file;
 pub mod folded;
 #[cfg(test)]
 pub(crate) mod golden;

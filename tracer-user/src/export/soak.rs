@@ -98,7 +98,13 @@ impl Soak {
         // Write then rename, so a reader never sees a half-written snapshot.
         let partial = path.with_extension("partial");
         {
-            let mut out = std::io::BufWriter::new(fs::File::create(&partial)?);
+            // A stale partial file (or a link planted under its name) goes first.
+            match fs::remove_file(&partial) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
+                _ => {}
+            }
+            let file = super::file::create_new_private(&partial)?;
+            let mut out = std::io::BufWriter::new(file);
             export::write_report(report, self.format, &mut out)?;
             out.flush()?;
         }

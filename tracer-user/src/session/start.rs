@@ -1,7 +1,7 @@
 //! Before anything is attached: the command line checked, and the target opened (a running
 //! process, or a program started and held until it can be traced from its first allocation).
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::IsTerminal as _,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -40,6 +40,12 @@ pub(super) fn check(cli: &Cli) -> Result<Checked, Failure> {
         ));
     }
     check_privileges()?;
+    if !crate::target::in_initial_pid_namespace() {
+        return Err(Failure::usage(
+            "started in a pid namespace of its own (a container?): its pids are not the ones the kernel's probes see",
+            "run it in the host's pid namespace (docker run --pid=host, or on the host itself)",
+        ));
+    }
     let soak = match (&cli.snapshot_dir, cli.snapshot_every) {
         (Some(dir), Some(every)) => {
             Soak::new(dir, cli.keep, cli.export_format(), 0).map_err(|err| {
@@ -131,7 +137,21 @@ impl Target {
                 // In the live view the program's own output would draw over the screen: it
                 // goes to a log file instead, named at the end.
                 let output = live_view_wanted(cli).then(|| target_log_path(&cli.command));
-                let launched = launch::spawn_held(&cli.command, output.as_deref())
+                let run_as = if cli.as_root {
+                    None
+                } else {
+                    crate::user::invoking_user()
+                };
+                if let Some(user) = &run_as {
+                    eprintln!(
+                        "leaktrace: running the command as {} (uid {}), who ran sudo; --as-root runs it as root",
+                        user.name
+                            .as_ref()
+                            .map_or_else(|| "that user".into(), |n| n.to_string_lossy()),
+                        user.uid
+                    );
+                }
+                let launched = launch::spawn_held(&cli.command, output.as_deref(), run_as.as_ref())
                     .map_err(|err| Failure::usage(chain(&err), "check the command and its path"))?;
                 let go = detect_go(&launched.exe)?;
                 let allocators =
@@ -292,16 +312,12 @@ fn check_export_path(path: &Path) -> Result<File, Failure> {
             "give a file name, e.g. --export heap.json",
         ));
     }
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|err| {
-            Failure::usage(
-                format!("cannot write export file {}: {err}", path.display()),
-                "choose a writable path for --export",
-            )
-        })
+    crate::export::file::open_private(path).map_err(|err| {
+        Failure::usage(
+            format!("cannot write export file {}: {err}", path.display()),
+            "choose a writable path for --export",
+        )
+    })
 }
 
 #[cfg(test)]

@@ -13,10 +13,12 @@ use std::{
     ffi::{CString, OsStr, OsString},
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-        unix::ffi::OsStrExt as _,
+        unix::ffi::{OsStrExt as _, OsStringExt as _},
     },
     path::{Path, PathBuf},
 };
+
+use crate::user::User;
 
 /// Why a command could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -88,9 +90,45 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Forks a child that will run `command` once [`Launched::release`] is called. With `output`,
-/// the command's stdout and stderr go to that file (so they do not draw over the live view).
-pub fn spawn_held(command: &[OsString], output: Option<&Path>) -> Result<Launched, LaunchError> {
+/// What the child was doing when it failed, as it reports it over the error pipe.
+const STAGE_EXEC: i32 = 0;
+const STAGE_USER: i32 = 1;
+const STAGE_OUTPUT: i32 = 2;
+
+/// The environment for a program run as `user`: ours, with `USER`, `LOGNAME` and `HOME` of
+/// that user.
+fn environment_for(user: Option<&User>) -> Result<Vec<CString>, LaunchError> {
+    let mut vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    if let Some(user) = user {
+        let mut set = |key: &str, value: &Option<OsString>| {
+            if let Some(value) = value {
+                vars.retain(|(k, _)| k != key);
+                vars.push((key.into(), value.clone()));
+            }
+        };
+        set("USER", &user.name);
+        set("LOGNAME", &user.name);
+        set("HOME", &user.home);
+    }
+    vars.into_iter()
+        .map(|(key, value)| {
+            let mut pair = key.into_vec();
+            pair.push(b'=');
+            pair.extend_from_slice(value.as_bytes());
+            CString::new(pair).map_err(|err| LaunchError::Nul(OsString::from_vec(err.into_vec())))
+        })
+        .collect()
+}
+
+/// Forks a child that will run `command` once [`Launched::release`] is called: as `run_as`
+/// when given (its groups, group and user set before `exec`), else as leaktrace's own user.
+/// With `output`, the command's stdout and stderr go to that file, created private (0600) by
+/// the user it runs as, never through a symbolic link (so they do not draw over the live view).
+pub fn spawn_held(
+    command: &[OsString],
+    output: Option<&Path>,
+    run_as: Option<&User>,
+) -> Result<Launched, LaunchError> {
     let c_output = output
         .map(|path| {
             CString::new(path.as_os_str().as_bytes())
@@ -109,10 +147,15 @@ pub fn spawn_held(command: &[OsString], output: Option<&Path>) -> Result<Launche
         .collect::<Result<_, _>>()?;
     let mut argv: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
+    let c_env = environment_for(run_as)?;
+    let mut envp: Vec<*const libc::c_char> = c_env.iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let groups: Vec<libc::gid_t> = run_as.map(|u| u.groups.clone()).unwrap_or_default();
     let (go_read, go_write) = pipe()?;
     let (err_read, err_write) = pipe()?;
     // SAFETY: fork has no preconditions; the child below only calls async-signal-safe functions
-    // (read, write, close, execv, _exit) on data prepared before the fork.
+    // (read, write, close, open, dup2, setgroups, setgid, setuid, ptrace, execve, _exit) on
+    // data prepared before the fork.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(LaunchError::Os {
@@ -128,18 +171,31 @@ pub fn spawn_held(command: &[OsString], output: Option<&Path>) -> Result<Launche
             libc::close(err_read.as_raw_fd());
             let mut byte = 0u8;
             let n = libc::read(go_read.as_raw_fd(), (&raw mut byte).cast(), 1);
+            let fail = |stage: i32| {
+                let report = [stage, *libc::__errno_location()];
+                libc::write(err_write.as_raw_fd(), report.as_ptr().cast(), 8);
+                libc::_exit(127);
+            };
             if n == 1 {
+                if let Some(user) = run_as
+                    && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                        || libc::setgid(user.gid) != 0
+                        || libc::setuid(user.uid) != 0)
+                {
+                    fail(STAGE_USER);
+                }
                 if let Some(path) = &c_output {
                     let fd = libc::open(
                         path.as_ptr(),
-                        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
-                        0o644,
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW,
+                        0o600,
                     );
-                    if fd >= 0 {
-                        libc::dup2(fd, 1);
-                        libc::dup2(fd, 2);
-                        libc::close(fd);
+                    if fd < 0 {
+                        fail(STAGE_OUTPUT);
                     }
+                    libc::dup2(fd, 1);
+                    libc::dup2(fd, 2);
+                    libc::close(fd);
                 }
                 // Stop at exec (SIGTRAP) for the parent; see the module docs.
                 libc::ptrace(
@@ -148,9 +204,8 @@ pub fn spawn_held(command: &[OsString], output: Option<&Path>) -> Result<Launche
                     std::ptr::null_mut::<libc::c_void>(),
                     std::ptr::null_mut::<libc::c_void>(),
                 );
-                libc::execv(c_exe.as_ptr(), argv.as_ptr());
-                let errno = *libc::__errno_location();
-                libc::write(err_write.as_raw_fd(), (&raw const errno).cast(), 4);
+                libc::execve(c_exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
+                fail(STAGE_EXEC);
             }
             libc::_exit(127);
         }
@@ -194,17 +249,22 @@ impl Launched {
             });
         }
         drop(go);
-        let mut errno = 0i32;
-        // SAFETY: reads at most 4 bytes into a 4-byte buffer; EOF means exec succeeded (the
+        let mut report = [0i32; 2];
+        // SAFETY: reads at most 8 bytes into an 8-byte buffer; EOF means exec succeeded (the
         // descriptor is close-on-exec).
-        let n = unsafe { libc::read(self.exec_error.as_raw_fd(), (&raw mut errno).cast(), 4) };
+        let n = unsafe { libc::read(self.exec_error.as_raw_fd(), report.as_mut_ptr().cast(), 8) };
         let pid = self.pid as libc::pid_t;
         let mut status = 0;
-        if n == 4 {
+        if n == 8 {
             // SAFETY: reaps our own child, which exits after a failed exec.
             unsafe { libc::waitpid(pid, &raw mut status, 0) };
+            let [stage, errno] = report;
             return Err(LaunchError::Os {
-                what: "exec",
+                what: match stage {
+                    STAGE_USER => "running the program as the user who ran sudo",
+                    STAGE_OUTPUT => "creating the program's output file",
+                    _ => "exec",
+                },
                 source: std::io::Error::from_raw_os_error(errno),
             });
         }
@@ -284,7 +344,7 @@ mod tests {
         let marker = dir.path().join("ran");
         let script = format!("touch {}", marker.display());
         let mut child =
-            spawn_held(&["sh".into(), "-c".into(), script.into()], None).expect("spawn");
+            spawn_held(&["sh".into(), "-c".into(), script.into()], None, None).expect("spawn");
         std::thread::sleep(std::time::Duration::from_millis(100));
         assert!(!marker.exists(), "the command ran before release");
         child.release(|| true).expect("release");
@@ -299,7 +359,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let marker = dir.path().join("ran");
         let script = format!("touch {}", marker.display());
-        let child = spawn_held(&["sh".into(), "-c".into(), script.into()], None).expect("spawn");
+        let child =
+            spawn_held(&["sh".into(), "-c".into(), script.into()], None, None).expect("spawn");
         drop(child);
         assert!(!marker.exists());
     }

@@ -206,6 +206,19 @@ impl Process {
     }
 }
 
+/// The inode of the initial pid namespace (`PROC_PID_INIT_INO`, fixed by the kernel).
+const INITIAL_PID_NAMESPACE: u64 = 0xEFFF_FFFC;
+
+/// Whether leaktrace runs in the host's (initial) pid namespace. The probes identify processes
+/// by their pids there; in a nested namespace (a container without `--pid=host`) the pids
+/// leaktrace is given and sees name other processes, or none. Assumed so when it cannot tell.
+pub fn in_initial_pid_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::metadata("/proc/self/ns/pid")
+        .ok()
+        .is_none_or(|m| m.ino() == INITIAL_PID_NAMESPACE)
+}
+
 /// `target_path` seen through `/proc/PID/root`.
 pub fn host_path(pid: u32, target_path: &str) -> PathBuf {
     Path::new(&format!("/proc/{pid}/root")).join(target_path.trim_start_matches('/'))

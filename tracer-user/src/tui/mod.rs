@@ -14,7 +14,6 @@
 //! `e` exports, `?` shows them all, `q` or Ctrl-C quits.
 
 use std::{
-    fs::File,
     io::{self, BufWriter, Write},
     path::{Path, PathBuf},
     sync::mpsc::{Receiver, TryRecvError},
@@ -252,7 +251,9 @@ fn apply(
 
 /// Writes `report` to a new file at `path` (replacing any).
 fn write_export(report: &Report, format: Format, path: &Path) -> io::Result<()> {
-    let mut out = BufWriter::new(File::create(path)?);
+    let file = crate::export::file::open_private(path)?;
+    file.set_len(0)?;
+    let mut out = BufWriter::new(file);
     write_report(report, format, &mut out)?;
     out.flush()
 }
@@ -355,7 +356,7 @@ mod tests {
         assert!(screen.contains("exported 2 stacks to"), "{screen}");
         // And the file holds the two filtered stacks
         let json: serde_json::Value =
-            serde_json::from_reader(File::open(&path).expect("the export exists"))
+            serde_json::from_reader(std::fs::File::open(&path).expect("the export exists"))
                 .expect("the export is JSON");
         let stacks = json["stacks"].as_array().expect("a stacks array");
         assert_eq!(stacks.len(), 2);
