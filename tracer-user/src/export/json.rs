@@ -158,6 +158,8 @@ mod tests {
             "dropped_over_limit",
             "late_events",
             "released_by_exec",
+            "history_rows",
+            "history_rows_dropped",
             "unwind_no_mapping",
             "unwind_unsupported",
             "unwind_read_failed",

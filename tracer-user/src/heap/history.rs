@@ -1,24 +1,40 @@
 //! Live bytes over time, per report row: bounded series sampled once per interval, which
 //! growth and verdicts are fitted to ([`crate::report::analytics`]).
+//!
+//! Bounded for runs of days: at most [`MAX_SAMPLES`] per series; a row that held nothing for
+//! a whole series' worth of samples loses its series (it has nothing to fit); and beyond
+//! [`MAX_ROWS`] series, the rows holding least lose theirs, counted as
+//! `history_rows_dropped`.
 use std::collections::{HashMap, VecDeque};
+
+use crate::source::{Health, HealthKind};
 
 /// Samples kept per row (at one per second: ten minutes).
 pub const MAX_SAMPLES: usize = 600;
+
+/// Rows with a series at most (a full series takes about 10 KiB).
+pub const MAX_ROWS: usize = 10_000;
 
 /// One row's live bytes over time, oldest first.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Series {
     /// `(seconds since attach, live bytes)`.
     pub samples: VecDeque<(f64, u64)>,
+    /// Samples of 0 bytes in a row at the end.
+    zeros: usize,
 }
 
 impl Series {
     /// Appends a sample, dropping the oldest beyond [`MAX_SAMPLES`].
     pub fn push(&mut self, t_s: f64, live_bytes: u64) {
+        if self.samples.capacity() == 0 {
+            self.samples.reserve_exact(MAX_SAMPLES);
+        }
         if self.samples.len() == MAX_SAMPLES {
             self.samples.pop_front();
         }
         self.samples.push_back((t_s, live_bytes));
+        self.zeros = if live_bytes == 0 { self.zeros + 1 } else { 0 };
     }
 
     /// The last `n` live-byte values, oldest first (for a sparkline).
@@ -32,6 +48,8 @@ impl Series {
 #[derive(Clone, Debug, Default)]
 pub struct History {
     series: HashMap<u64, Series>,
+    /// Series dropped at [`MAX_ROWS`] while their row still held memory.
+    dropped: u64,
 }
 
 impl History {
@@ -48,6 +66,30 @@ impl History {
                 series.push(t_s, 0);
             }
         }
+        self.series.retain(|_, s| s.zeros < MAX_SAMPLES);
+        if self.series.len() > MAX_ROWS {
+            let mut by_live: Vec<(u64, u64)> = self
+                .series
+                .iter()
+                .map(|(id, s)| (s.samples.back().map_or(0, |(_, b)| *b), *id))
+                .collect();
+            let excess = self.series.len() - MAX_ROWS;
+            by_live.select_nth_unstable(excess - 1);
+            for (live, id) in &by_live[..excess] {
+                self.series.remove(id);
+                if *live > 0 {
+                    self.dropped += 1;
+                }
+            }
+        }
+    }
+
+    /// Its counters: rows with a series, and series dropped at the bound.
+    pub fn health(&self) -> Vec<Health> {
+        vec![
+            Health::new("history_rows", self.series.len() as u64, HealthKind::Info),
+            Health::new("history_rows_dropped", self.dropped, HealthKind::Degraded),
+        ]
     }
 
     /// The series of one row.
@@ -78,6 +120,34 @@ mod tests {
         }
         assert_eq!(series.samples.len(), MAX_SAMPLES);
         assert_eq!(series.last(3), vec![647, 648, 649]);
+    }
+
+    #[test]
+    fn rows_that_hold_nothing_for_a_window_lose_their_series() {
+        let mut history = History::default();
+        history.record(0.0, [(1, 100), (2, 50)]);
+        for t in 1..MAX_SAMPLES {
+            history.record(t as f64, [(1, 100)]);
+        }
+        // Row 2 has held nothing for 599 samples: kept; one more and it goes
+        assert_eq!(history.len(), 2);
+        history.record(MAX_SAMPLES as f64, [(1, 100)]);
+        assert_eq!(history.len(), 1);
+        assert!(history.get(2).is_none());
+        assert_eq!(history.health()[1].value, 0, "nothing held was dropped");
+    }
+
+    #[test]
+    fn beyond_the_row_bound_the_rows_holding_least_lose_their_series() {
+        let mut history = History::default();
+        let rows = (0..MAX_ROWS as u64 + 3).map(|id| (id, id * 10));
+        history.record(0.0, rows);
+        assert_eq!(history.len(), MAX_ROWS);
+        // Rows 0, 1 and 2 held least: 0 bytes (not a loss), 10 and 20 bytes (counted)
+        assert!((0..3).all(|id| history.get(id).is_none()));
+        assert!(history.get(3).is_some());
+        let health = history.health();
+        assert_eq!((health[0].value, health[1].value), (MAX_ROWS as u64, 2));
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub(super) fn finish(
                 .collect::<Vec<_>>()
                 .join("; ");
             let snapshot = session.snapshot(Some(ended));
-            view.send(snapshot);
+            view.send_last(snapshot);
         }
         if let Err(err) = view.join() {
             messages.push(format!("leaktrace: {err}"));

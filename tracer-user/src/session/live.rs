@@ -2,7 +2,7 @@
 //! the snapshots the session sends it.
 use std::{
     path::{Path, PathBuf},
-    sync::mpsc::Sender,
+    sync::mpsc::SyncSender,
     thread::JoinHandle,
 };
 
@@ -19,7 +19,7 @@ const SNAPSHOT_STACKS: usize = 500;
 /// The live view's thread and the channel that feeds it.
 #[derive(Debug)]
 pub(super) struct LiveView {
-    snapshots: Sender<Snapshot>,
+    snapshots: SyncSender<Snapshot>,
     thread: JoinHandle<std::io::Result<()>>,
     quit: Option<tokio::sync::oneshot::Receiver<()>>,
 }
@@ -27,7 +27,9 @@ pub(super) struct LiveView {
 impl LiveView {
     /// Starts the live view for the process `pid`.
     pub(super) fn start(pid: u32, cli: &Cli) -> Self {
-        let (snapshots, receiver) = std::sync::mpsc::channel();
+        // Room for one waiting snapshot: a view that draws slower than snapshots come keeps
+        // the newest, rather than a queue that grows for as long as it lags.
+        let (snapshots, receiver) = std::sync::mpsc::sync_channel(1);
         let (quit_sender, quit) = tokio::sync::oneshot::channel();
         let options = TuiOptions {
             pid,
@@ -56,8 +58,15 @@ impl LiveView {
         self.quit.take()
     }
 
-    /// Shows `snapshot`. A view that is gone drops it (the quit signal ends the loop).
+    /// Shows `snapshot`, unless the view has not yet taken the previous one (then the next
+    /// interval's replaces it). A view that is gone drops it (the quit signal ends the loop).
     pub(super) fn send(&self, snapshot: Snapshot) {
+        // Full or gone: either way this snapshot is not shown.
+        let _ = self.snapshots.try_send(snapshot);
+    }
+
+    /// Shows the last snapshot (tracing has ended), waiting for room.
+    pub(super) fn send_last(&self, snapshot: Snapshot) {
         let _ = self.snapshots.send(snapshot);
     }
 

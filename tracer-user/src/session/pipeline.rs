@@ -107,6 +107,7 @@ impl Pipeline {
         let totals = self.heap.totals(&stats);
         let mut diagnostics = sources;
         diagnostics.extend(self.heap.health());
+        diagnostics.extend(self.history.health());
         diagnostics.extend(session);
         build::build(
             header,

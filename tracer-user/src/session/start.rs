@@ -40,6 +40,7 @@ pub(super) fn check(cli: &Cli) -> Result<Checked, Failure> {
         ));
     }
     check_privileges()?;
+    raise_open_file_limit();
     if !crate::target::in_initial_pid_namespace() {
         return Err(Failure::usage(
             "started in a pid namespace of its own (a container?): its pids are not the ones the kernel's probes see",
@@ -300,6 +301,25 @@ fn check_privileges() -> Result<(), Failure> {
             "not permitted to load BPF programs",
             "run as root (sudo leaktrace ...) or grant CAP_BPF and CAP_PERFMON",
         ))
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: every module of the target the
+/// symbolizer and the unwinder read stays open while it is mapped (and a while after), and a
+/// target that loads and unloads many libraries would otherwise exhaust the usual 1024.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for getrlimit to fill and setrlimit to read.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0
+            && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit);
+        }
     }
 }
 

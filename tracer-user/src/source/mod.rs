@@ -231,6 +231,14 @@ impl Diagnostics {
             .filter(|h| h.kind == HealthKind::Lost && h.value > 0)
     }
 
+    /// The counters of degraded figures (not lost events) that are not zero: stacks without
+    /// frames, rows without history, files skipped and the like.
+    pub fn degradations(&self) -> impl Iterator<Item = &Health> {
+        self.0
+            .iter()
+            .filter(|h| h.kind == HealthKind::Degraded && h.value > 0)
+    }
+
     /// Every counter, in order.
     pub fn iter(&self) -> impl Iterator<Item = &Health> {
         self.0.iter()

@@ -366,3 +366,29 @@ fn merged_call_sites_and_rows_not_sent_to_the_view() {
     );
     assert_snapshot!(screen.backend());
 }
+
+#[test]
+fn degraded_figures_are_named_in_the_header() {
+    // Given a snapshot whose stack map filled up and one of whose files could not be read
+    let mut snapshot = sample_snapshot();
+    for (name, value) in [("stack_map_full", 12), ("unwind_files_unreadable", 1)] {
+        if let Some(health) = snapshot
+            .report
+            .diagnostics
+            .0
+            .iter_mut()
+            .find(|h| h.name == name)
+        {
+            health.value = value;
+        }
+    }
+    let clock = Clock::new();
+    let mut app = app(&clock, 200, 24);
+    update(&mut app, Action::Snapshot(Box::new(snapshot)));
+    // When drawn, then the header names both counters with their values
+    let text = format!("{}", draw(&app).backend());
+    assert!(
+        text.contains("degraded: stack_map_full 12, unwind_files_unreadable 1"),
+        "{text}"
+    );
+}

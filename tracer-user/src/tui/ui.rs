@@ -168,6 +168,22 @@ fn render_header(app: &App, frame: &mut Frame<'_>, area: Rect) {
     } else {
         health
     };
+    // Figures made worse at a bound or by a skipped file: named, so nothing degrades unseen.
+    let degraded: Vec<String> = report
+        .diagnostics
+        .degradations()
+        .map(|h| format!("{} {}", h.name, h.value))
+        .collect();
+    let health = if degraded.is_empty() {
+        health
+    } else {
+        let mut spans = health.spans;
+        spans.push(Span::styled(
+            format!("   degraded: {}", degraded.join(", ")),
+            Style::new().bold().yellow(),
+        ));
+        Line::from(spans)
+    };
     let baseline = app.baseline.as_ref().map_or_else(Line::default, |b| {
         Line::from(Span::styled(
             format!("Δ since {}", format::age(b.at_s)),
