@@ -31,9 +31,21 @@ pub struct Cli {
     #[command(subcommand)]
     pub action: Option<Action>,
 
-    /// Trace the running process with this pid.
-    #[arg(short, long, value_name = "PID", conflicts_with = "command")]
-    pub pid: Option<u32>,
+    /// Trace the running process with this pid; repeat it, or give a comma-separated list, to
+    /// trace several processes at once (each row says its pid).
+    #[arg(
+        short,
+        long,
+        value_name = "PID",
+        conflicts_with = "command",
+        value_delimiter = ','
+    )]
+    pub pid: Vec<u32>,
+
+    /// Also trace the children of every traced process, those running now and those forked
+    /// later (a pre-fork server's workers), each with its own probes.
+    #[arg(long)]
+    pub children: bool,
 
     /// Stop after this many seconds (default: until the target exits or Ctrl-C).
     #[arg(short, long, value_name = "SECS", value_parser = positive_secs)]
@@ -242,7 +254,7 @@ mod tests {
     #[test]
     fn parses_pid_and_command_modes() {
         let cli = Cli::try_parse_from(["leaktrace", "-p", "42", "--duration", "1.5"]).expect("pid");
-        assert_eq!(cli.pid, Some(42));
+        assert_eq!(cli.pid, vec![42]);
         assert_eq!(cli.duration, Some(1.5));
         let cli = Cli::try_parse_from(["leaktrace", "--no-tui", "--", "./app", "-x"]).expect("cmd");
         assert_eq!(

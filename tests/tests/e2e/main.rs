@@ -46,6 +46,7 @@ mod faults;
 mod go;
 mod lifecycle;
 mod live_view;
+mod processes;
 mod rows;
 mod rust_fixture;
 mod sampling;

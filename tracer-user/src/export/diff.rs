@@ -492,6 +492,7 @@ mod tests {
             duration_s,
             unwind: "fp".to_owned(),
             ended: None,
+            processes: Vec::new(),
             sample_bytes: None,
             estimates: Vec::new(),
             totals: ReportTotals {

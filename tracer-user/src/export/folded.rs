@@ -37,7 +37,11 @@ pub fn lines(report: &Report) -> Vec<(String, u64)> {
     let mut lines: Vec<(String, u64)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     for stack in report.stacks.iter().filter(|s| s.live_bytes > 0) {
-        let folded = fold(stack);
+        let mut folded = fold(stack);
+        // Several processes: each is a root of its own in the flame graph.
+        if !report.processes.is_empty() {
+            folded = format!("pid {};{folded}", stack.pid);
+        }
         match index.get(&folded) {
             Some(&i) => {
                 if let Some((_, bytes)) = lines.get_mut(i) {
@@ -119,6 +123,38 @@ mod tests {
             frame_name(&named(Some(" \n"), None, 0xabc)),
             "[unknown] 0xabc"
         );
+    }
+
+    #[test]
+    fn several_processes_are_roots_of_their_own() {
+        // Given the sample's rows split between two traced processes
+        let mut report = sample_report();
+        report.processes = vec![
+            crate::report::TracedProcess {
+                pid: 10,
+                ..Default::default()
+            },
+            crate::report::TracedProcess {
+                pid: 11,
+                ..Default::default()
+            },
+        ];
+        for (i, stack) in report.stacks.iter_mut().enumerate() {
+            stack.pid = 10 + (i % 2) as u32;
+        }
+        // Then every line starts at its process
+        let lines = lines(&report);
+        let roots: Vec<&str> = lines
+            .iter()
+            .filter_map(|(stack, _)| stack.split(';').next())
+            .filter(|root| *root != OMITTED_FRAME)
+            .collect();
+        assert!(!roots.is_empty());
+        assert!(
+            roots.iter().all(|r| *r == "pid 10" || *r == "pid 11"),
+            "{roots:?}"
+        );
+        assert!(roots.contains(&"pid 11"));
     }
 
     #[test]

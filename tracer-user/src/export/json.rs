@@ -195,6 +195,7 @@ mod tests {
                     ("total_allocs", U64, false),
                     ("total_bytes", U64, false),
                     ("oldest_age_s", F64, true),
+                    ("pid", U32, false),
                     ("truncated", Bool, false),
                     ("incomplete", Bool, false),
                     ("verdict", Str, false),

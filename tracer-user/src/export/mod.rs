@@ -310,6 +310,7 @@ mod tests {
             duration_s: 12.75,
             unwind: "fp".to_owned(),
             ended: Some("target killed by SIGKILL".to_owned()),
+            processes: Vec::new(),
             sample_bytes: None,
             estimates: Vec::new(),
             totals: ReportTotals {
@@ -436,6 +437,7 @@ mod tests {
             duration_s: 0.0,
             unwind: "fp".to_owned(),
             ended: None,
+            processes: Vec::new(),
             sample_bytes: None,
             estimates: Vec::new(),
             totals: ReportTotals::default(),

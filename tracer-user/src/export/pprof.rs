@@ -439,6 +439,15 @@ impl Builder {
                 num_unit: 0,
             });
         }
+        // The process, so `-tagfocus pid=1234` selects one of several traced at once.
+        if stack.pid != 0 {
+            label.push(Label {
+                key: self.string("pid"),
+                str: self.string(&stack.pid.to_string()),
+                num: 0,
+                num_unit: 0,
+            });
+        }
         // As runtime/pprof labels a heap sample: its mean allocation size.
         if let Some(mean) = stack.total_bytes.checked_div(stack.total_allocs) {
             label.push(Label {

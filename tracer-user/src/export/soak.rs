@@ -178,6 +178,7 @@ mod tests {
             duration_s: 1.0,
             unwind: "auto".to_owned(),
             ended: None,
+            processes: Vec::new(),
             sample_bytes: None,
             estimates: Vec::new(),
             totals: ReportTotals::default(),

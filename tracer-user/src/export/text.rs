@@ -31,7 +31,7 @@ pub fn write<W: Write>(report: &Report, mut out: W) -> std::io::Result<()> {
         }
         for (rank, stack) in report.stacks.iter().enumerate() {
             writeln!(out)?;
-            write_stack(rank + 1, stack, &mut out)?;
+            write_stack(rank + 1, stack, !report.processes.is_empty(), &mut out)?;
         }
     }
     write_unnamed(report, &mut out)?;
@@ -51,6 +51,17 @@ fn write_header<W: Write>(report: &Report, out: &mut W) -> std::io::Result<()> {
     writeln!(out, "  pid:       {}", report.pid)?;
     writeln!(out, "  command:   {}", one_line(&report.command))?;
     writeln!(out, "  duration:  {}", human_seconds(report.duration_s))?;
+    if !report.processes.is_empty() {
+        let list: Vec<String> = report
+            .processes
+            .iter()
+            .map(|p| match p.parent {
+                Some(parent) => format!("{} (child of {parent})", p.pid),
+                None => p.pid.to_string(),
+            })
+            .collect();
+        writeln!(out, "  processes: {}", list.join(", "))?;
+    }
     if let Some(ended) = &report.ended {
         writeln!(out, "  ended:     {}", one_line(ended))?;
     }
@@ -181,15 +192,24 @@ fn write_unnamed<W: Write>(report: &Report, out: &mut W) -> std::io::Result<()> 
     Ok(())
 }
 
-fn write_stack<W: Write>(rank: usize, stack: &StackReport, out: &mut W) -> std::io::Result<()> {
+/// One row; `pid` says whose heap it is when several processes are traced.
+fn write_stack<W: Write>(
+    rank: usize,
+    stack: &StackReport,
+    pid: bool,
+    out: &mut W,
+) -> std::io::Result<()> {
     let oldest = stack
         .oldest_age_s
         .map_or_else(|| "-".to_owned(), human_seconds);
-    let through = if stack.allocator.is_empty() {
+    let mut through = if stack.allocator.is_empty() {
         String::new()
     } else {
         format!(" ({})", one_line(&stack.allocator))
     };
+    if pid {
+        through.push_str(&format!(" in pid {}", stack.pid));
+    }
     writeln!(
         out,
         "#{rank}: {} ({} bytes) live in {}, oldest {oldest}{through}",

@@ -23,6 +23,8 @@ pub struct Header {
     pub pid: u32,
     /// Its command line.
     pub command: String,
+    /// Every process traced, when there are several (the target first).
+    pub processes: Vec<crate::report::TracedProcess>,
     /// Seconds traced so far.
     pub duration_s: f64,
     /// How stacks were unwound.
@@ -61,6 +63,7 @@ pub fn build(header: Header, inputs: Inputs<'_>, diagnostics: Diagnostics) -> Re
         };
         rows.entry(row).or_default().push(Member {
             stack_id: entry.id,
+            pid: entry.pid,
             allocator: &entry.allocator,
             stats: *stats,
             frames: &entry.frames,
@@ -98,6 +101,7 @@ pub fn build(header: Header, inputs: Inputs<'_>, diagnostics: Diagnostics) -> Re
         duration_s: header.duration_s,
         unwind: header.unwind,
         ended: None,
+        processes: header.processes,
         sample_bytes: header.sample_bytes,
         estimates: header.estimates,
         totals: ReportTotals::new(inputs.totals, &diagnostics),

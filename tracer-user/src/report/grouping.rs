@@ -104,18 +104,26 @@ impl std::fmt::Display for FrameKey {
 /// What makes two stacks one row.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum RowKey {
-    /// [`GroupBy::Source`]: what allocated (the stack's allocator) and the frames' keys,
-    /// innermost first.
-    Source(Arc<str>, Vec<FrameKey>),
+    /// [`GroupBy::Source`]: the process, what allocated (the stack's allocator) and the
+    /// frames' keys, innermost first.
+    Source(u32, Arc<str>, Vec<FrameKey>),
     /// [`GroupBy::Address`]: the stack's own id.
     Stack(u64),
 }
 
 impl RowKey {
-    /// The row of stack `stack_id` of `allocator`, symbolized as `frames`, under `by`.
-    pub fn of(stack_id: u64, allocator: &Arc<str>, frames: &[Frame], by: GroupBy) -> Self {
+    /// The row of stack `stack_id` of process `pid` and `allocator`, symbolized as `frames`,
+    /// under `by`.
+    pub fn of(
+        stack_id: u64,
+        pid: u32,
+        allocator: &Arc<str>,
+        frames: &[Frame],
+        by: GroupBy,
+    ) -> Self {
         match by {
             GroupBy::Source => Self::Source(
+                pid,
                 Arc::clone(allocator),
                 frames.iter().map(FrameKey::of).collect(),
             ),
@@ -153,6 +161,8 @@ impl RowIds {
 pub struct Member<'a> {
     /// The stack's id.
     pub stack_id: u64,
+    /// The process it ran in.
+    pub pid: u32,
     /// What allocated through it.
     pub allocator: &'a str,
     /// Its figures.
@@ -194,6 +204,7 @@ pub fn merge(row_id: u64, mut members: Vec<Member<'_>>) -> StackReport {
         .collect();
     StackReport {
         id: row_id,
+        pid: members.first().map_or(0, |m| m.pid),
         allocator: members
             .first()
             .map(|m| m.allocator.to_owned())
@@ -267,7 +278,9 @@ mod tests {
         let mut ids = RowIds::default();
         let rows: Vec<u64> = stacks
             .iter()
-            .map(|(id, frames)| ids.id(RowKey::of(*id, &"glibc".into(), frames, GroupBy::Source)))
+            .map(|(id, frames)| {
+                ids.id(RowKey::of(*id, 1, &"glibc".into(), frames, GroupBy::Source))
+            })
             .collect();
 
         // Then the three from line 40 share a row, line 41 has its own
@@ -278,7 +291,13 @@ mod tests {
         let rows: Vec<u64> = stacks
             .iter()
             .map(|(id, frames)| {
-                by_address.id(RowKey::of(*id, &"glibc".into(), frames, GroupBy::Address))
+                by_address.id(RowKey::of(
+                    *id,
+                    1,
+                    &"glibc".into(),
+                    frames,
+                    GroupBy::Address,
+                ))
             })
             .collect();
         assert_eq!(rows, [1, 2, 3, 4]);
@@ -292,18 +311,18 @@ mod tests {
 
         // Then they are two rows, though every frame is "[relay] ?"
         assert_ne!(
-            RowKey::of(1, &"glibc".into(), &a, GroupBy::Source),
-            RowKey::of(2, &"glibc".into(), &b, GroupBy::Source)
+            RowKey::of(1, 1, &"glibc".into(), &a, GroupBy::Source),
+            RowKey::of(2, 1, &"glibc".into(), &b, GroupBy::Source)
         );
         // while the same offsets are one row, and offsets do not matter once named
         assert_eq!(
-            RowKey::of(1, &"glibc".into(), &a, GroupBy::Source),
-            RowKey::of(3, &"glibc".into(), &a, GroupBy::Source)
+            RowKey::of(1, 1, &"glibc".into(), &a, GroupBy::Source),
+            RowKey::of(3, 1, &"glibc".into(), &a, GroupBy::Source)
         );
         let named = |addr| [frame(Some("f"), Some(1), addr)];
         assert_eq!(
-            RowKey::of(1, &"glibc".into(), &named(0x2000), GroupBy::Source),
-            RowKey::of(2, &"glibc".into(), &named(0x2008), GroupBy::Source)
+            RowKey::of(1, 1, &"glibc".into(), &named(0x2000), GroupBy::Source),
+            RowKey::of(2, 1, &"glibc".into(), &named(0x2008), GroupBy::Source)
         );
     }
 
@@ -332,6 +351,7 @@ mod tests {
     fn member(stack_id: u64, stats: StackStats, frames: &[Frame]) -> Member<'_> {
         Member {
             stack_id,
+            pid: 1,
             allocator: "glibc",
             stats,
             frames,

@@ -5,10 +5,11 @@
 //!
 //! ```text
 //! {"pid", "command", "duration_s", "unwind", "ended" (in a final report),
+//!  "processes": [{"pid", "command", "parent"}] (when several are traced),
 //!  "totals": {"allocs", "frees", "live_bytes", "live_allocs", "unmatched_frees", "lost_events"},
 //!  "diagnostics": {"ringbuf_full", ..., "tracer_memory_bytes"},
 //!  "group_by", "omitted": {"rows", "live_bytes", "live_allocs", "total_allocs", "total_bytes"},
-//!  "stacks": [{"live_bytes", "live_allocs", "total_allocs", "total_bytes", "oldest_age_s",
+//!  "stacks": [{"pid", "live_bytes", "live_allocs", "total_allocs", "total_bytes", "oldest_age_s",
 //!              "truncated", ..., "frames": [{"function", "module", "file", "line", "addr",
 //!                                            "offset", "build_id", "inlined"}],
 //!              "call_sites": [{"live_bytes", "live_allocs", "total_allocs", "total_bytes",
@@ -51,6 +52,18 @@ pub struct Estimate {
     pub note: String,
 }
 
+/// A process traced besides (or as) the target.
+#[derive(Serialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct TracedProcess {
+    /// Its pid.
+    pub pid: u32,
+    /// Its command line.
+    pub command: String,
+    /// The traced process it was found as a child of (`--children`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<u32>,
+}
+
 /// Everything one export contains.
 #[derive(Serialize, Clone, Debug, Default, PartialEq)]
 pub struct Report {
@@ -66,6 +79,10 @@ pub struct Report {
     /// goes on (live views, periodic snapshots).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended: Option<String>,
+    /// Every process traced, when there are several (`-p` given more than once, or
+    /// `--children`): the target first. Each row's `pid` says whose heap it is.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<TracedProcess>,
     /// With `--sample-bytes`: the mean bytes between sampled allocations. Live and total
     /// figures are then unbiased estimates, not counts (absent when every allocation is traced).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -173,6 +190,8 @@ pub struct StackReport {
     /// which differs between runs).
     #[serde(skip)]
     pub id: u64,
+    /// The process whose heap it is.
+    pub pid: u32,
     /// What allocated: an allocator (`glibc`) or a runtime; rows of different allocators are
     /// never merged.
     pub allocator: String,

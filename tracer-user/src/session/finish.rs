@@ -15,9 +15,7 @@ pub(super) fn finish(
     reason: StopReason,
     export: Option<(PathBuf, Format, File)>,
 ) -> Result<(), Failure> {
-    if session.process.is_alive() {
-        session.refresh_maps();
-    }
+    session.refresh_maps();
     // The export holds every row unless --top asks for fewer; stdout keeps a short list.
     let full = session.report();
     let ended = reason.describe();

@@ -1,10 +1,11 @@
 //! One tracing session: wires the target, its sources, the pipeline and the outputs together.
 //!
 //! [`run`] checks the command line ([`start`]), opens the target, loads and attaches the eBPF
-//! source, then runs one loop that polls every source (when its descriptor is readable, and
-//! on a short timer), feeds what they yield to the [`pipeline::Pipeline`], samples the history
-//! and shows status every interval, writes snapshots, and stops on the first of: duration over,
-//! target exited, Ctrl-C, SIGTERM, or the live view quit. Then every source stops at one
+//! source (and one per other process traced, [`processes`]), then runs one loop that polls
+//! every source (when its descriptor is readable, and on a short timer), feeds what they yield
+//! to the [`pipeline::Pipeline`], samples the history, shows status and follows new children
+//! every interval, writes snapshots, and stops on the first of: duration over, every traced
+//! process exited, Ctrl-C, SIGTERM, or the live view quit. Then every source stops at one
 //! cutoff, the rest is drained, and [`finish`] writes the report.
 use std::{
     future::poll_fn,
@@ -38,10 +39,12 @@ use crate::{
 mod finish;
 mod live;
 pub mod pipeline;
+mod processes;
 mod start;
 
 use live::LiveView;
 use pipeline::{Pipeline, PipelineConfig};
+use processes::Processes;
 
 /// How often sources are polled when no descriptor woke the loop.
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
@@ -110,6 +113,19 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
     {
         go_said = go.prepare(&target.process.maps().unwrap_or_default())?;
     }
+    let ebpf_config = EbpfConfig {
+        unwind: cli.unwind,
+        verify_every: cli.verify_unwind,
+        sample_bytes: cli.sample_bytes,
+        uprobe_session: !cli.no_uprobe_session,
+        ringbuf_bytes: cli.ringbuf_mib << 20,
+        floor: cli.probe_floor,
+        verbose: !live_view,
+    };
+    let child_config = ChildConfig {
+        ebpf: ebpf_config,
+        allocators: cli.allocator.clone(),
+    };
     let mut ebpf = if target.allocators.objects.is_empty() {
         None
     } else {
@@ -118,15 +134,7 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
             target.allocators.clone(),
             &initial_maps,
             target.launched.is_none(),
-            EbpfConfig {
-                unwind: cli.unwind,
-                verify_every: cli.verify_unwind,
-                sample_bytes: cli.sample_bytes,
-                uprobe_session: !cli.no_uprobe_session,
-                ringbuf_bytes: cli.ringbuf_mib << 20,
-                floor: cli.probe_floor,
-                verbose: !live_view,
-            },
+            ebpf_config,
         )?)
     };
     // Ctrl-C and SIGTERM are caught from before the first probe is attached: one that arrives
@@ -142,6 +150,15 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
     if let Some(ebpf) = &mut ebpf {
         ebpf.attach()?;
     }
+    // The other pids given, each with its own probes, attached before anything is said to be
+    // traced.
+    let mut others = Vec::new();
+    for &other in cli.pid.iter().skip(1) {
+        if other == pid.get() || others.iter().any(|(p, _): &(Process, _)| p.pid == other) {
+            continue;
+        }
+        others.push(attach_process(other, &child_config)?);
+    }
     let through: Vec<String> = ebpf
         .iter()
         .map(|e| e.name())
@@ -156,6 +173,14 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
     for line in ebpf.iter().flat_map(EbpfSource::describe).chain(go_said) {
         eprintln!("leaktrace:   {line}");
     }
+    for (process, source) in &others {
+        eprintln!(
+            "leaktrace: tracing pid {} ({}) through {}",
+            process.pid,
+            process.command,
+            source.name()
+        );
+    }
     let dirs = DebugDirs::new(&cli.debuginfo_dir);
     if let Some(line) = target.describe_symbols(&dirs) {
         eprintln!("leaktrace:   {line}");
@@ -165,24 +190,70 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
     let mut session = Session::new(cli, target.process, target.launched, &dirs);
     session.not_traced = not_traced;
     if let Some(ebpf) = ebpf {
-        session.add_source(Box::new(ebpf));
+        session.add_source(pid.get(), Box::new(ebpf));
     }
     if let Some(go) = go {
-        session.add_source(Box::new(go));
+        session.add_source(pid.get(), Box::new(go));
+    }
+    for (process, source) in others {
+        session.add_process(process, None, source);
+    }
+    if cli.children {
+        session.child_config = Some(child_config);
     }
     session.release_launched(&allocator_inodes)?;
-    session.anon = session.process.anon_bytes().map(|b| (b, b));
+    session.processes.start_anon();
     if let Some((dir, every)) = checked.soak {
-        let soak = Soak::new(&dir, cli.keep, cli.export_format(), session.process.pid)
+        let soak = Soak::new(&dir, cli.keep, cli.export_format(), pid.get())
             .map_err(|err| Failure::runtime(format!("snapshot directory: {err}"), None))?;
         session.soak = Some((soak, every));
     }
-    session.live_view = live_view.then(|| LiveView::start(session.process.pid, cli));
+    session.live_view = live_view.then(|| LiveView::start(pid.get(), cli));
     let reason = runtime.block_on(session.trace(signals))?;
     if let Some(failure) = session.failure.take() {
         return Err(failure);
     }
     finish::finish(&mut session, reason, checked.export)
+}
+
+/// How a process other than the target is traced: the target's eBPF settings and
+/// `--allocator`.
+#[derive(Clone, Debug)]
+struct ChildConfig {
+    ebpf: EbpfConfig,
+    allocators: Vec<String>,
+}
+
+/// Opens process `pid`, finds its allocators and attaches probes to them (its own eBPF
+/// source: another process may map its libraries elsewhere).
+fn attach_process(pid: u32, config: &ChildConfig) -> Result<(Process, EbpfSource), Failure> {
+    let Some(nonzero) = NonZeroU32::new(pid).filter(|_| pid != std::process::id()) else {
+        return Err(Failure::usage(
+            format!("pid {pid} cannot be traced"),
+            "give another pid",
+        ));
+    };
+    let process = Process::open(pid)
+        .map_err(|err| Failure::usage(chain(&err), "check the pid with `ps -p PID`"))?;
+    let selection = crate::target::allocator::Selection {
+        only: config.allocators.clone(),
+        go_runtime: false,
+    };
+    let allocators =
+        crate::target::allocator::find_for_process(&process, &selection).map_err(|err| {
+            Failure::usage(
+                chain(&err),
+                "every process traced besides the target is traced through its allocators",
+            )
+        })?;
+    let maps = if config.ebpf.unwind == crate::probe::UnwindMode::Fp {
+        Vec::new()
+    } else {
+        process.maps().unwrap_or_default()
+    };
+    let mut source = EbpfSource::load(nonzero, allocators, &maps, true, config.ebpf)?;
+    source.attach()?;
+    Ok((process, source))
 }
 
 /// The signals that stop a trace (Ctrl-C and SIGTERM), caught from installation on: one that
@@ -235,9 +306,12 @@ fn own_rss_bytes() -> u64 {
 
 /// The state of one run.
 struct Session {
-    process: Process,
+    processes: Processes,
     launched: Option<Launched>,
-    sources: Vec<(SourceId, Box<dyn Source>)>,
+    /// Every source, with the process it reads.
+    sources: Vec<(SourceId, u32, Box<dyn Source>)>,
+    /// How a child found by `--children` is traced (the target's eBPF settings).
+    child_config: Option<ChildConfig>,
     pipeline: Pipeline,
     /// Reused for every poll.
     batch: Batch,
@@ -256,9 +330,6 @@ struct Session {
     last_status: (Instant, u64, u64),
     /// Allocations and frees per second at the last status.
     rates: (f64, f64),
-    /// The target's anonymous memory at attach and when last read, to tell whether the
-    /// trace sees its growth ([`crate::report::coverage`]).
-    anon: Option<(u64, u64)>,
     /// Allocators found but left out by `--allocator`.
     not_traced: Vec<String>,
     /// When tracing stopped: the clock of events, and the wall clock.
@@ -270,7 +341,6 @@ struct Session {
 impl Session {
     fn new(cli: &Cli, process: Process, launched: Option<Launched>, dirs: &DebugDirs) -> Self {
         let mut pipeline = Pipeline::new(
-            process.pid,
             dirs,
             PipelineConfig {
                 group_by: cli.group_by,
@@ -283,13 +353,14 @@ impl Session {
         if launched.is_none()
             && let Ok(maps) = process.maps()
         {
-            pipeline.mappings_changed(&maps);
+            pipeline.mappings_changed(process.pid, &maps);
         }
         let now = Instant::now();
         Self {
-            process,
+            processes: Processes::new(process, cli.children),
             launched,
             sources: Vec::new(),
+            child_config: None,
             pipeline,
             batch: Batch::default(),
             started: now,
@@ -302,16 +373,56 @@ impl Session {
             sample_bytes: cli.sample_bytes,
             last_status: (now, 0, 0),
             rates: (0.0, 0.0),
-            anon: None,
             not_traced: Vec::new(),
             stopped: None,
             failure: None,
         }
     }
 
-    fn add_source(&mut self, source: Box<dyn Source>) {
-        let id = self.pipeline.add_source(source.yields());
-        self.sources.push((id, source));
+    /// Adds a source reading process `pid`.
+    fn add_source(&mut self, pid: u32, source: Box<dyn Source>) {
+        let id = self.pipeline.add_source(pid, source.yields());
+        self.sources.push((id, pid, source));
+    }
+
+    /// Traces `process` too (another `-p` pid, or a child of `parent`): its own eBPF source,
+    /// its own mappings.
+    fn add_process(&mut self, process: Process, parent: Option<u32>, source: EbpfSource) {
+        let pid = process.pid;
+        if let Ok(maps) = process.maps() {
+            self.pipeline.mappings_changed(pid, &maps);
+        }
+        self.processes.add(process, parent);
+        self.add_source(pid, Box::new(source));
+    }
+
+    /// `--children`: traces every child of a traced process not traced yet. A child that
+    /// cannot be traced is said and left out.
+    fn follow_children(&mut self) {
+        let Some(config) = self.child_config.clone() else {
+            return;
+        };
+        for (child, parent) in self.processes.new_children() {
+            match attach_process(child, &config) {
+                Ok((process, source)) => {
+                    if config.ebpf.verbose {
+                        eprintln!(
+                            "leaktrace: tracing pid {child} ({}), a child of {parent}, through {}",
+                            process.command,
+                            source.name()
+                        );
+                    }
+                    self.add_process(process, Some(parent), source);
+                }
+                Err(failure) => {
+                    if config.ebpf.verbose {
+                        eprintln!(
+                            "leaktrace: not tracing pid {child}, a child of {parent}: {failure}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     /// Launch mode: holds the program at its system calls until every allocator's object is
@@ -321,7 +432,7 @@ impl Session {
             return Ok(());
         };
         let released = launched.release(|| {
-            let mapped = self.process.maps().is_ok_and(|maps| {
+            let mapped = self.processes.target().maps().is_ok_and(|maps| {
                 allocator_inodes
                     .iter()
                     .all(|inode| maps.iter().any(|m| m.is_exec() && m.inode == *inode))
@@ -335,13 +446,34 @@ impl Session {
         released.map_err(|err| Failure::usage(chain(&err), "check the command and its path"))
     }
 
-    /// Re-reads the target's mappings (new libraries, exec) while it is alive, for the
-    /// symbolizer and every source.
+    /// Re-reads the mappings (new libraries, exec) of every traced process still alive, for
+    /// the symbolizer and every source.
     fn refresh_maps(&mut self) {
-        if let Ok(maps) = self.process.maps() {
-            self.pipeline.mappings_changed(&maps);
-            for (_, source) in &mut self.sources {
-                source.mappings_changed(&maps);
+        let pids: Vec<u32> = self
+            .processes
+            .iter()
+            .filter(|w| !w.exited)
+            .map(|w| w.process.pid)
+            .collect();
+        for pid in pids {
+            self.refresh_maps_of(pid);
+        }
+    }
+
+    /// Re-reads the mappings of process `pid`, for the symbolizer and its sources.
+    fn refresh_maps_of(&mut self, pid: u32) {
+        let Some(process) = self.processes.get(pid) else {
+            return;
+        };
+        if !process.is_alive() {
+            return;
+        }
+        if let Ok(maps) = process.maps() {
+            self.pipeline.mappings_changed(pid, &maps);
+            for (_, of, source) in &mut self.sources {
+                if *of == pid {
+                    source.mappings_changed(&maps);
+                }
             }
         }
     }
@@ -356,7 +488,7 @@ impl Session {
             .sources
             .iter()
             .enumerate()
-            .filter_map(|(i, (_, source))| {
+            .filter_map(|(i, (_, _, source))| {
                 let fd = Readiness(source.ready_fd()?.as_raw_fd());
                 // SAFETY: the source owns the descriptor and keeps it open, unchanged, for as
                 // long as the session holds the source, which outlives this registration.
@@ -375,7 +507,7 @@ impl Session {
                 Poll::Pending
             })
         };
-        let exited = pidfd(self.process.pid)
+        let exited = pidfd(self.processes.target().pid)
             // SAFETY: the `AsyncFd` owns the pidfd, which stays open until it is dropped.
             .and_then(|fd| unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok());
         let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
@@ -418,6 +550,8 @@ impl Session {
         };
         tokio::pin!(user_quit);
 
+        // How the target ended, once it has: the trace goes on while other processes run.
+        let mut target_ended: Option<Option<i32>> = None;
         let reason = loop {
             tokio::select! {
                 source = readable() => self.poll(Some(source)),
@@ -426,12 +560,19 @@ impl Session {
                 _ = soak_tick.tick(), if self.soak.is_some() => self.write_soak_snapshot(),
                 _ = interrupt.recv() => break StopReason::Interrupted,
                 _ = terminate.recv() => break StopReason::Terminated,
-                () = &mut target_exit => break StopReason::TargetExited(self.exit_status(exited.as_ref())),
+                () = &mut target_exit, if target_ended.is_none() => {
+                    target_ended = Some(self.exit_status(exited.as_ref()));
+                }
                 () = &mut deadline => break StopReason::Duration,
                 () = &mut user_quit => break StopReason::Quit,
             }
             if self.failure.is_some() {
                 break StopReason::SourceFailed;
+            }
+            if let Some(status) = target_ended
+                && !self.processes.others_alive()
+            {
+                break StopReason::TargetExited(status);
             }
         };
         // The report describes the heap at this moment: events after it come while probes are
@@ -439,7 +580,7 @@ impl Session {
         // out. Stop every source, then take everything still buffered.
         let cutoff_ns = monotonic_now_ns();
         self.stopped = Some((cutoff_ns, Instant::now()));
-        for (_, source) in &mut self.sources {
+        for (_, _, source) in &mut self.sources {
             source.stop(cutoff_ns);
         }
         self.poll(None);
@@ -469,16 +610,16 @@ impl Session {
                 continue;
             }
             self.batch.clear();
-            let Some((id, source)) = self.sources.get_mut(index) else {
+            let Some((id, pid, source)) = self.sources.get_mut(index) else {
                 continue;
             };
-            let id = *id;
+            let (id, pid) = (*id, *pid);
             source.poll(&mut self.batch);
             if let Some(failure) = source.failed() {
                 self.failure.get_or_insert(failure);
             }
-            if !self.batch.stacks.is_empty() && self.process.is_alive() {
-                self.refresh_maps();
+            if !self.batch.stacks.is_empty() {
+                self.refresh_maps_of(pid);
             }
             self.pipeline.ingest(id, &self.batch, monotonic_now_ns());
         }
@@ -487,10 +628,17 @@ impl Session {
 
     /// Every source's counters.
     fn health(&self) -> Vec<Health> {
-        self.sources
-            .iter()
-            .flat_map(|(_, source)| source.health())
-            .collect()
+        let mut health: Vec<Health> = Vec::new();
+        for (_, _, source) in &self.sources {
+            // Several processes: one counter per name, added up.
+            for counter in source.health() {
+                match health.iter_mut().find(|h| h.name == counter.name) {
+                    Some(sum) => sum.value = sum.value.saturating_add(counter.value),
+                    None => health.push(counter),
+                }
+            }
+        }
+        health
     }
 
     /// Builds the report of every row, sorted (callers cut it with [`Report::keep_top`]).
@@ -500,16 +648,29 @@ impl Session {
         let (now_ns, now) = self
             .stopped
             .unwrap_or_else(|| (monotonic_now_ns(), Instant::now()));
+        let target = self.processes.target();
         let header = Header {
-            pid: self.process.pid,
-            command: self.process.command.clone(),
+            pid: target.pid,
+            command: target.command.clone(),
+            processes: if self.processes.several() {
+                self.processes
+                    .iter()
+                    .map(|w| crate::report::TracedProcess {
+                        pid: w.process.pid,
+                        command: w.process.command.clone(),
+                        parent: w.parent,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
             duration_s: now.duration_since(self.started).as_secs_f64(),
             unwind: self.unwind.to_owned(),
             sample_bytes: self.sample_bytes,
             estimates: self
                 .sources
                 .iter()
-                .filter_map(|(_, source)| source.estimate())
+                .filter_map(|(_, _, source)| source.estimate())
                 .collect(),
         };
         let sources = self.health();
@@ -519,13 +680,10 @@ impl Session {
             HealthKind::Info,
         )];
         let mut report = self.pipeline.report(header, now_ns, sources, session);
-        if let Some((at_attach, last)) = &mut self.anon {
-            if let Some(now) = self.process.anon_bytes() {
-                *last = now;
-            }
+        if let Some((at_attach, now)) = self.processes.anon() {
             report.coverage = Coverage::judge(
-                *at_attach,
-                *last,
+                at_attach,
+                now,
                 report.totals.live_bytes,
                 self.not_traced.clone(),
             );
@@ -538,9 +696,8 @@ impl Session {
     fn status(&mut self) {
         let t_s = self.started.elapsed().as_secs_f64();
         self.pipeline.sample(t_s, monotonic_now_ns());
-        if self.process.is_alive() {
-            self.refresh_maps();
-        }
+        self.refresh_maps();
+        self.follow_children();
         let counts = self.pipeline.counts();
         let (then, allocs_then, frees_then) = self.last_status;
         let dt = then.elapsed().as_secs_f64().max(1e-3);
@@ -594,7 +751,7 @@ impl Session {
         live::snapshot(
             report,
             self.pipeline.history(),
-            self.process.rss_bytes(),
+            self.processes.target().rss_bytes(),
             self.rates,
             ended,
         )

@@ -36,29 +36,33 @@ pub struct Pipeline {
     symbolizer: StackSymbolizer,
     stacks: Stacks,
     history: History,
+    /// The process of each source, by [`SourceId`].
+    source_pids: Vec<u32>,
 }
 
 impl Pipeline {
-    /// An empty pipeline for the process `pid`, finding debug files in `dirs`.
-    pub fn new(pid: u32, dirs: &DebugDirs, config: PipelineConfig) -> Self {
+    /// An empty pipeline, finding debug files in `dirs`.
+    pub fn new(dirs: &DebugDirs, config: PipelineConfig) -> Self {
         Self {
             config,
             heap: Heap::new(),
-            modules: ModuleMap::new(pid, dirs.clone()),
+            modules: ModuleMap::new(dirs.clone()),
             symbolizer: StackSymbolizer::new(dirs),
             stacks: Stacks::new(config.group_by),
             history: History::default(),
+            source_pids: Vec::new(),
         }
     }
 
-    /// Adds a source whose figures are kept as `yields` says.
-    pub fn add_source(&mut self, yields: Yields) -> SourceId {
+    /// Adds a source of process `pid` whose figures are kept as `yields` says.
+    pub fn add_source(&mut self, pid: u32, yields: Yields) -> SourceId {
+        self.source_pids.push(pid);
         self.heap.add_source(yields)
     }
 
-    /// The target's mappings as read now: the modules new stacks are pinned to.
-    pub fn mappings_changed(&mut self, maps: &[Mapping]) {
-        self.modules.update(maps);
+    /// Process `pid`'s mappings as read now: the modules its new stacks are pinned to.
+    pub fn mappings_changed(&mut self, pid: u32, maps: &[Mapping]) {
+        self.modules.update(pid, maps);
     }
 
     /// Takes in one batch of `source` at `now_ns`: its new stacks are pinned to the modules
@@ -70,7 +74,12 @@ impl Pipeline {
                 source,
                 key: stack.key,
             };
-            self.stacks.insert(at, stack, &self.modules);
+            let pid = self
+                .source_pids
+                .get(usize::from(source.0))
+                .copied()
+                .unwrap_or_default();
+            self.stacks.insert(at, pid, stack, &self.modules);
         }
         self.heap.ingest(source, batch, now_ns);
     }
@@ -258,7 +267,6 @@ mod tests {
     fn drive(mut source: impl Source, seconds: u64) -> (Report, crate::tui::snapshot::Snapshot) {
         let me = Process::open(std::process::id()).expect("this process");
         let mut pipeline = Pipeline::new(
-            me.pid,
             &DebugDirs::default(),
             PipelineConfig {
                 group_by: GroupBy::Source,
@@ -266,8 +274,8 @@ mod tests {
                 min_age_ns: 0,
             },
         );
-        pipeline.mappings_changed(&me.maps().expect("own maps"));
-        let id = pipeline.add_source(source.yields());
+        pipeline.mappings_changed(me.pid, &me.maps().expect("own maps"));
+        let id = pipeline.add_source(me.pid, source.yields());
         let mut batch = Batch::default();
         for second in 1..=seconds {
             batch.clear();

@@ -33,7 +33,7 @@ pub(super) struct Checked {
 /// Checks the command line, privileges and paths before anything is attached, so a long
 /// session does not end in an error it could have had at the start.
 pub(super) fn check(cli: &Cli) -> Result<Checked, Failure> {
-    if cli.pid.is_none() && cli.command.is_empty() {
+    if cli.pid.is_empty() && cli.command.is_empty() {
         return Err(Failure::usage(
             "nothing to trace",
             "give -p PID for a running process, or -- CMD ARGS... to start one",
@@ -115,7 +115,7 @@ impl Target {
                     Err(err) => Err(no_malloc(&err)),
                 }
             };
-        match cli.pid {
+        match cli.pid.first().copied() {
             Some(pid) => {
                 if pid == std::process::id() {
                     return Err(Failure::usage(

@@ -38,10 +38,12 @@ const MAX_RETIRED: usize = 4096;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ModuleId(u32);
 
-/// An executable mapping of the target.
+/// An executable mapping of a traced process.
 #[derive(Debug)]
 struct Module {
     id: ModuleId,
+    /// The process that maps it.
+    pid: u32,
     start: u64,
     end: u64,
     offset: u64,
@@ -79,10 +81,10 @@ pub struct Pin {
     pub offset: u64,
 }
 
-/// The target's executable file mappings, accumulated across refreshes.
+/// The traced processes' executable file mappings, accumulated across refreshes; module ids
+/// are unique across processes.
 #[derive(Debug, Default)]
 pub struct ModuleMap {
-    pid: u32,
     dirs: DebugDirs,
     modules: Vec<Module>,
     /// Modules no longer mapped, oldest first, still naming the stacks pinned to them.
@@ -91,10 +93,9 @@ pub struct ModuleMap {
 }
 
 impl ModuleMap {
-    /// An empty map for `pid`, finding separate debug files in `dirs`.
-    pub fn new(pid: u32, dirs: DebugDirs) -> Self {
+    /// An empty map, finding separate debug files in `dirs`.
+    pub fn new(dirs: DebugDirs) -> Self {
         Self {
-            pid,
             dirs,
             modules: Vec::new(),
             retired: Vec::new(),
@@ -102,15 +103,23 @@ impl ModuleMap {
         }
     }
 
-    /// Records the executable file mappings in `maps`. A mapping not seen before (a new range,
-    /// or another file in a known range after `exec` or `dlclose`/`dlopen`) becomes a new module
-    /// and retires the modules it overlaps. Returns how many modules were added.
-    pub fn update(&mut self, maps: &[Mapping]) -> usize {
+    /// Records the executable file mappings in `maps`, those of process `pid`. A mapping not
+    /// seen before (a new range, or another file in a known range after `exec` or
+    /// `dlclose`/`dlopen`) becomes a new module and retires the modules of `pid` it overlaps.
+    /// Returns how many modules were added.
+    pub fn update(&mut self, pid: u32, maps: &[Mapping]) -> usize {
+        self.update_opening_through(pid, pid, maps)
+    }
+
+    /// [`Self::update`], opening the files through `/proc/{files_pid}` (tests use a pid that
+    /// does not exist, to map a file leaktrace cannot open).
+    fn update_opening_through(&mut self, pid: u32, files_pid: u32, maps: &[Mapping]) -> usize {
         let mut added = 0;
         for mapping in maps.iter().filter(|m| m.is_exec() && m.is_file()) {
             let path = mapping.path.trim_end_matches(" (deleted)").to_owned();
             if self.modules.iter().any(|m| {
-                m.start == mapping.start
+                m.pid == pid
+                    && m.start == mapping.start
                     && m.end == mapping.end
                     && m.offset == mapping.offset
                     && m.inode == mapping.inode
@@ -120,23 +129,24 @@ impl ModuleMap {
             }
             let (overlapping, kept): (Vec<Module>, Vec<Module>) = std::mem::take(&mut self.modules)
                 .into_iter()
-                .partition(|m| m.end > mapping.start && m.start < mapping.end);
+                .partition(|m| m.pid == pid && m.end > mapping.start && m.start < mapping.end);
             self.modules = kept;
             self.retire(overlapping);
             // map_files names the very file mapped (even if deleted or in another mount
             // namespace); the target's root is the fallback.
             let map_file = format!(
-                "/proc/{}/map_files/{:x}-{:x}",
-                self.pid, mapping.start, mapping.end
+                "/proc/{files_pid}/map_files/{:x}-{:x}",
+                mapping.start, mapping.end
             );
             let symbols = File::open(&map_file)
-                .or_else(|_| File::open(host_path(self.pid, &path)))
+                .or_else(|_| File::open(host_path(files_pid, &path)))
                 .ok()
-                .map(|file| SymbolFile::locate(Arc::new(file), &path, self.pid, &self.dirs));
+                .map(|file| SymbolFile::locate(Arc::new(file), &path, files_pid, &self.dirs));
             let id = ModuleId(self.next_id);
             self.next_id = self.next_id.wrapping_add(1);
             self.modules.push(Module {
                 id,
+                pid,
                 start: mapping.start,
                 end: mapping.end,
                 offset: mapping.offset,
@@ -157,8 +167,10 @@ impl ModuleMap {
         }
     }
 
-    fn current(&self, addr: u64) -> Option<&Module> {
-        self.modules.iter().find(|m| m.contains(addr))
+    fn current(&self, pid: u32, addr: u64) -> Option<&Module> {
+        self.modules
+            .iter()
+            .find(|m| m.pid == pid && m.contains(addr))
     }
 
     fn get(&self, id: ModuleId) -> Option<&Module> {
@@ -168,10 +180,10 @@ impl ModuleMap {
             .find(|m| m.id == id)
     }
 
-    /// Ties each address of a stack to the module mapped there now.
-    pub fn pin(&self, ips: &[u64]) -> Vec<Pin> {
+    /// Ties each address of a stack of process `pid` to the module mapped there now.
+    pub fn pin(&self, pid: u32, ips: &[u64]) -> Vec<Pin> {
         ips.iter()
-            .map(|&addr| match self.current(addr) {
+            .map(|&addr| match self.current(pid, addr) {
                 Some(m) => Pin {
                     addr,
                     module: Some(m.id),
@@ -373,8 +385,8 @@ mod tests {
 
     fn own_modules() -> ModuleMap {
         let me = Process::open(std::process::id()).expect("own process");
-        let mut modules = ModuleMap::new(me.pid, DebugDirs::default());
-        modules.update(&me.maps().expect("maps"));
+        let mut modules = ModuleMap::new(DebugDirs::default());
+        modules.update(me.pid, &me.maps().expect("maps"));
         modules
     }
 
@@ -384,7 +396,7 @@ mod tests {
         let mut symbolizer = StackSymbolizer::new(&DebugDirs::default());
         // +1: the symbolizer looks one byte before a return address.
         let addr = marker_function_for_symbolize_test() + 1;
-        let frames = symbolizer.frames(&modules, &modules.pin(&[addr]));
+        let frames = symbolizer.frames(&modules, &modules.pin(std::process::id(), &[addr]));
         let last = frames.last().expect("a frame");
         assert!(
             last.function
@@ -447,9 +459,9 @@ mod tests {
 
     #[test]
     fn unknown_addresses_keep_their_address() {
-        let modules = ModuleMap::new(std::process::id(), DebugDirs::default());
+        let modules = ModuleMap::new(DebugDirs::default());
         let mut symbolizer = StackSymbolizer::new(&DebugDirs::default());
-        let frames = symbolizer.frames(&modules, &modules.pin(&[0x10]));
+        let frames = symbolizer.frames(&modules, &modules.pin(std::process::id(), &[0x10]));
         assert_eq!(frames, [Frame::unknown(0x10)]);
     }
 
@@ -467,17 +479,20 @@ mod tests {
     #[test]
     fn newer_mappings_replace_overlapping_ones_and_pins_keep_the_old() {
         // Given two modules, and a stack pinned while the first was mapped
-        let mut modules = ModuleMap::new(1, DebugDirs::default());
+        let mut modules = ModuleMap::new(DebugDirs::default());
         assert_eq!(
-            modules.update(&[mapping(0x1000, 7, "/old"), mapping(0x5000, 8, "/kept")]),
+            modules.update(
+                1,
+                &[mapping(0x1000, 7, "/old"), mapping(0x5000, 8, "/kept")]
+            ),
             2
         );
-        let before = modules.pin(&[0x1800]);
+        let before = modules.pin(1, &[0x1800]);
 
         // When another file is mapped over the first, and the same maps are read again
-        assert_eq!(modules.update(&[mapping(0x1000, 9, "/new")]), 1);
-        assert_eq!(modules.update(&[mapping(0x1000, 9, "/new")]), 0);
-        let after = modules.pin(&[0x1800]);
+        assert_eq!(modules.update(1, &[mapping(0x1000, 9, "/new")]), 1);
+        assert_eq!(modules.update(1, &[mapping(0x1000, 9, "/new")]), 0);
+        let after = modules.pin(1, &[0x1800]);
 
         // Then new pins name the new module, old pins still the old one
         let path = |pin: &Pin| {
@@ -489,9 +504,12 @@ mod tests {
         assert_eq!(path(&before[0]).as_deref(), Some("/old"));
         assert_eq!((before[0].offset, after[0].offset), (0x800, 0x800));
         assert_ne!(before[0].module, after[0].module);
-        assert_eq!(path(&modules.pin(&[0x5000])[0]).as_deref(), Some("/kept"));
+        assert_eq!(
+            path(&modules.pin(1, &[0x5000])[0]).as_deref(),
+            Some("/kept")
+        );
         // A file replaced on disk (same path and range, another inode) is a new module too
-        assert_eq!(modules.update(&[mapping(0x1000, 10, "/new")]), 1);
+        assert_eq!(modules.update(1, &[mapping(0x1000, 10, "/new")]), 1);
     }
 
     #[test]
@@ -500,28 +518,32 @@ mod tests {
         let mut modules = own_modules();
         let mut symbolizer = StackSymbolizer::new(&DebugDirs::default());
         let addr = marker_function_for_symbolize_test() + 1;
-        let pinned_before = modules.pin(&[addr]);
+        let me = std::process::id();
+        let pinned_before = modules.pin(me, &[addr]);
         let first = symbolizer.frames(&modules, &pinned_before);
         assert!(first[0].function.is_some());
 
         // When another module is mapped over that address (a file leaktrace cannot open: no
         // such process, so no map_files either)
-        modules.pid = u32::MAX;
         let (start, end) = modules
-            .current(addr)
+            .current(me, addr)
             .map(|m| (m.start, m.end))
             .expect("own text mapping");
-        modules.update(&[Mapping {
-            start,
-            end,
-            perms: "r-xp".to_owned(),
-            offset: 0,
-            inode: 1,
-            path: "/nonexistent/libreplaced.so".to_owned(),
-        }]);
+        modules.update_opening_through(
+            me,
+            u32::MAX,
+            &[Mapping {
+                start,
+                end,
+                perms: "r-xp".to_owned(),
+                offset: 0,
+                inode: 1,
+                path: "/nonexistent/libreplaced.so".to_owned(),
+            }],
+        );
 
         // Then the same address, pinned now, is not named from the old file's cache
-        let second = symbolizer.frames(&modules, &modules.pin(&[addr]));
+        let second = symbolizer.frames(&modules, &modules.pin(me, &[addr]));
         assert_eq!(second.len(), 1);
         assert_eq!(second[0].function, None);
         assert_eq!(second[0].module.as_deref(), Some("libreplaced.so"));

@@ -22,6 +22,8 @@ use crate::{
 pub struct Entry {
     /// Its id in this run, unique across sources, handed out from 1 in order of first sight.
     pub id: u64,
+    /// The process it ran in.
+    pub pid: u32,
     /// What allocated through it ([`NewStack::allocator`]).
     pub allocator: Arc<str>,
     /// It filled every frame slot and may continue beyond its frames.
@@ -89,19 +91,20 @@ impl Stacks {
         self.group_by
     }
 
-    /// Records `stack`, yielded for the first time as `at`, pinned to the modules mapped now.
-    /// A stack yielded again keeps what it was first recorded as.
-    pub fn insert(&mut self, at: StackRef, stack: &NewStack, modules: &ModuleMap) {
+    /// Records `stack` of process `pid`, yielded for the first time as `at`, pinned to the
+    /// modules mapped now. A stack yielded again keeps what it was first recorded as.
+    pub fn insert(&mut self, at: StackRef, pid: u32, stack: &NewStack, modules: &ModuleMap) {
         let next_id = self.entries.len() as u64 + 1;
         self.entries.entry(at).or_insert_with(|| {
             self.pending.push(at);
             Entry {
                 id: next_id,
+                pid,
                 allocator: Arc::clone(&stack.allocator),
                 truncated: stack.truncated,
                 incomplete: stack.incomplete,
                 runtime_prefixes: stack.runtime_prefixes,
-                pins: modules.pin(&stack.ips),
+                pins: modules.pin(pid, &stack.ips),
                 frames: Vec::new(),
                 row: None,
             }
@@ -116,7 +119,13 @@ impl Stacks {
             };
             entry.frames = symbolizer.frames(modules, &entry.pins);
             hide_runtime_frames(&mut entry.frames, entry.runtime_prefixes);
-            let key = RowKey::of(entry.id, &entry.allocator, &entry.frames, self.group_by);
+            let key = RowKey::of(
+                entry.id,
+                entry.pid,
+                &entry.allocator,
+                &entry.frames,
+                self.group_by,
+            );
             entry.row = Some(self.rows.id(key));
         }
     }
@@ -213,14 +222,14 @@ mod tests {
     fn stacks_get_rows_when_symbolized_and_rows_sum_their_stacks() {
         // Given stacks in no module: 1 and 2 at the same address, 3 elsewhere, the same key
         // from another source, and one at 1's address from another allocator
-        let modules = ModuleMap::new(1, DebugDirs::default());
+        let modules = ModuleMap::new(DebugDirs::default());
         let mut symbolizer = StackSymbolizer::new(&DebugDirs::default());
         let mut stacks = Stacks::new(GroupBy::Source);
-        stacks.insert(at(0, 1), &stack(&[0x10], "glibc"), &modules);
-        stacks.insert(at(0, 2), &stack(&[0x10], "glibc"), &modules);
-        stacks.insert(at(0, 3), &stack(&[0x20], "glibc"), &modules);
-        stacks.insert(at(1, 1), &stack(&[0x30], "glibc"), &modules);
-        stacks.insert(at(0, 4), &stack(&[0x10], "mimalloc"), &modules);
+        stacks.insert(at(0, 1), 1, &stack(&[0x10], "glibc"), &modules);
+        stacks.insert(at(0, 2), 1, &stack(&[0x10], "glibc"), &modules);
+        stacks.insert(at(0, 3), 1, &stack(&[0x20], "glibc"), &modules);
+        stacks.insert(at(1, 1), 1, &stack(&[0x30], "glibc"), &modules);
+        stacks.insert(at(0, 4), 1, &stack(&[0x10], "mimalloc"), &modules);
         assert_eq!(stacks.get(at(0, 1)).and_then(|e| e.row), None);
 
         // When symbolizing
@@ -250,8 +259,8 @@ mod tests {
 
         // and by address, every stack is its own row
         let mut raw = Stacks::new(GroupBy::Address);
-        raw.insert(at(0, 1), &stack(&[0x10], "glibc"), &modules);
-        raw.insert(at(0, 2), &stack(&[0x10], "glibc"), &modules);
+        raw.insert(at(0, 1), 1, &stack(&[0x10], "glibc"), &modules);
+        raw.insert(at(0, 2), 1, &stack(&[0x10], "glibc"), &modules);
         raw.symbolize(&mut symbolizer, &modules);
         assert_ne!(
             raw.get(at(0, 1)).and_then(|e| e.row),

@@ -16,6 +16,7 @@ pub(crate) fn filtered_report(report: &Report, filter: &str) -> Report {
         duration_s: report.duration_s,
         unwind: report.unwind.clone(),
         ended: report.ended.clone(),
+        processes: report.processes.clone(),
         sample_bytes: report.sample_bytes,
         estimates: report.estimates.clone(),
         totals: report.totals,

@@ -17,9 +17,11 @@ pub(crate) const SPARK_SAMPLES: usize = 256;
 /// How stacks are gathered into rows (key `g`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) enum Grouping {
-    /// One row per stack.
+    /// One row per stack (per process, when several are traced).
     #[default]
     Stack,
+    /// One row per call path, the same path in every traced process merged.
+    Path,
     /// One row per allocating function (the allocator's caller, `frames[0]`).
     Function,
     /// One row per module of the allocating function.
@@ -30,7 +32,8 @@ impl Grouping {
     /// The next grouping in the `g` cycle.
     pub(crate) const fn next(self) -> Self {
         match self {
-            Self::Stack => Self::Function,
+            Self::Stack => Self::Path,
+            Self::Path => Self::Function,
             Self::Function => Self::Module,
             Self::Module => Self::Stack,
         }
@@ -41,6 +44,8 @@ impl Grouping {
         let noun = match (self, count) {
             (Self::Stack, 1) => "stack",
             (Self::Stack, _) => "stacks",
+            (Self::Path, 1) => "call path (processes merged)",
+            (Self::Path, _) => "call paths (processes merged)",
             (Self::Function, 1) => "allocating function",
             (Self::Function, _) => "allocating functions",
             (Self::Module, 1) => "module",
@@ -133,6 +138,8 @@ impl Baseline {
 pub(crate) enum RowKey {
     /// A stack, by id.
     Stack(u64),
+    /// A call path in any process: its allocator and frame labels.
+    Path(String, Vec<String>),
     /// An allocating function, by its label ([`Frame::label`]).
     Function(String),
     /// A module, by its path (`[unknown]` when the frame has none).
@@ -206,6 +213,10 @@ pub(crate) fn group_key(stack: &StackReport, grouping: Grouping) -> RowKey {
     let first = stack.frames.first();
     match grouping {
         Grouping::Stack => RowKey::Stack(stack.id),
+        Grouping::Path => RowKey::Path(
+            stack.allocator.clone(),
+            stack.frames.iter().map(Frame::label).collect(),
+        ),
         Grouping::Function => {
             RowKey::Function(first.map_or_else(|| "[no stack]".to_owned(), Frame::label))
         }
@@ -284,12 +295,38 @@ fn describe(report: &Report, row: &Row) -> String {
             .members
             .first()
             .and_then(|&i| report.stacks.get(i))
-            .map(|stack| match stack.call_sites.len() {
-                0 | 1 => stack_description(stack),
-                // First, so a narrow column does not cut it off.
-                n => format!("[{n} sites] {}", stack_description(stack)),
+            .map(|stack| {
+                let sites = match stack.call_sites.len() {
+                    0 | 1 => stack_description(stack),
+                    // First, so a narrow column does not cut it off.
+                    n => format!("[{n} sites] {}", stack_description(stack)),
+                };
+                if report.processes.is_empty() {
+                    sites
+                } else {
+                    format!("[pid {}] {sites}", stack.pid)
+                }
             })
             .unwrap_or_default(),
+        RowKey::Path(_, _) => {
+            let path = row
+                .members
+                .first()
+                .and_then(|&i| report.stacks.get(i))
+                .map(stack_description)
+                .unwrap_or_default();
+            let mut pids: Vec<u32> = row
+                .members
+                .iter()
+                .filter_map(|&i| report.stacks.get(i).map(|s| s.pid))
+                .collect();
+            pids.sort_unstable();
+            pids.dedup();
+            match pids.len() {
+                1 => path,
+                n => format!("[{n} processes] {path}"),
+            }
+        }
         RowKey::Function(label) => format!("{label}  [{stacks}]"),
         RowKey::Module(path) => {
             let name = path.rsplit('/').next().unwrap_or(path);
@@ -407,6 +444,51 @@ mod tests {
     }
 
     #[test]
+    fn rows_of_several_processes_say_their_pid_and_merge_by_path() {
+        // Given the sample's top stack, and the same call path in a second process
+        let mut snapshot = sample_snapshot();
+        let top = stack_index(&snapshot, 1);
+        let mut twin = snapshot.report.stacks[top].clone();
+        twin.id = 99;
+        twin.pid = 4343;
+        snapshot.report.stacks.push(twin);
+        snapshot.series.push(Series::default());
+        snapshot.report.processes = vec![
+            crate::report::TracedProcess {
+                pid: 4242,
+                command: "server".to_owned(),
+                parent: None,
+            },
+            crate::report::TracedProcess {
+                pid: 4343,
+                command: "server".to_owned(),
+                parent: Some(4242),
+            },
+        ];
+        snapshot.report.stacks[top].pid = 4242;
+
+        // When rows are by stack, then each process has its row, saying its pid
+        let rows = build_rows(&snapshot, view(Grouping::Stack, SortKey::LiveBytes));
+        let described: Vec<&str> = rows[..2].iter().map(|r| r.description.as_str()).collect();
+        assert_eq!(
+            described,
+            [
+                "[pid 4242] grow_buffer ← buffer_append (buffer.c:42)",
+                "[pid 4343] grow_buffer ← buffer_append (buffer.c:42)"
+            ]
+        );
+
+        // And by call path, the two are one row holding both
+        let merged = build_rows(&snapshot, view(Grouping::Path, SortKey::LiveBytes));
+        assert_eq!(merged.len(), rows.len() - 1);
+        assert_eq!(merged[0].live_bytes, 2 * 1_572_864);
+        assert_eq!(
+            merged[0].description,
+            "[2 processes] grow_buffer ← buffer_append (buffer.c:42)"
+        );
+    }
+
+    #[test]
     fn sort_orders_are_descending_with_unknown_last() {
         let snapshot = sample_snapshot();
         let sorted = |sort| stack_ids(&build_rows(&snapshot, view(Grouping::Stack, sort)));
@@ -505,9 +587,11 @@ mod tests {
         );
         let g = Grouping::default();
         assert_eq!(g, Grouping::Stack);
-        assert_eq!(g.next(), Grouping::Function);
-        assert_eq!(g.next().next(), Grouping::Module);
-        assert_eq!(g.next().next().next(), Grouping::Stack);
+        assert_eq!(g.next(), Grouping::Path);
+        assert_eq!(g.next().next(), Grouping::Function);
+        assert_eq!(g.next().next().next(), Grouping::Module);
+        assert_eq!(g.next().next().next().next(), Grouping::Stack);
+        assert_eq!(Grouping::Path.count(2), "2 call paths (processes merged)");
         assert_eq!(Grouping::Stack.count(1), "1 stack");
         assert_eq!(Grouping::Function.count(0), "0 allocating functions");
         assert_eq!(Grouping::Module.count(1), "1 module");

@@ -308,6 +308,7 @@ pub(crate) fn sample_snapshot() -> Snapshot {
             duration_s: 12.75,
             unwind: "fp".to_owned(),
             ended: None,
+            processes: Vec::new(),
             sample_bytes: None,
             estimates: Vec::new(),
             totals: ReportTotals {

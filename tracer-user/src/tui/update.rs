@@ -8,7 +8,7 @@ use super::{
     detail::detail_lines,
     export::filtered_report,
     format, layout,
-    rows::{Baseline, View, build_rows},
+    rows::{Baseline, Grouping, View, build_rows},
 };
 use crate::{report::Report, tui::snapshot::Snapshot};
 
@@ -92,6 +92,14 @@ pub(crate) fn update(app: &mut App, action: Action) -> Option<Effect> {
         }
         Action::CycleGrouping => {
             app.grouping = app.grouping.next();
+            // Merging processes means nothing when one is traced.
+            let one_process = app
+                .snapshot
+                .as_ref()
+                .is_none_or(|s| s.report.processes.is_empty());
+            if app.grouping == Grouping::Path && one_process {
+                app.grouping = app.grouping.next();
+            }
             refresh(app);
         }
         Action::TogglePause => {
