@@ -121,9 +121,13 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
         ringbuf_bytes: cli.ringbuf_mib << 20,
         floor: cli.probe_floor,
         verbose: !live_view,
+        progress: true,
     };
     let child_config = ChildConfig {
-        ebpf: ebpf_config,
+        ebpf: EbpfConfig {
+            progress: false,
+            ..ebpf_config
+        },
         allocators: cli.allocator.clone(),
     };
     let mut ebpf = if target.allocators.objects.is_empty() {

@@ -74,6 +74,10 @@ fn render_header(app: &App, frame: &mut Frame<'_>, area: Rect) {
         value(format::age(report.duration_s)),
     ]);
     let mut title = title;
+    if report.processes.len() > 1 {
+        title.push(value(format!(" +{}", report.processes.len() - 1)));
+        title.push(label(" processes"));
+    }
     title.push(Span::raw("  "));
     title.push(Span::raw(
         crate::export::one_line(&report.command).into_owned(),

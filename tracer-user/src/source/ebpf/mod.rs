@@ -48,6 +48,9 @@ pub struct EbpfConfig {
     pub floor: bool,
     /// Say on stderr what tables are built and what fails (not while the live view draws).
     pub verbose: bool,
+    /// Say on stderr how building the tables at load goes (before the live view starts, even
+    /// when not `verbose`; not for a process found while it draws).
+    pub progress: bool,
 }
 
 /// The eBPF allocator probes on one target.
@@ -101,7 +104,7 @@ impl EbpfSource {
     ) -> Result<Self, Failure> {
         let mut tables = UnwindTables::new(pid.get());
         if config.unwind != UnwindMode::Fp {
-            build_tables(&mut tables, maps, true);
+            build_tables(&mut tables, maps, config.progress || config.verbose);
         }
         // Room for libraries loaded later: half again as many rows, at least 256k.
         let rows = tables.total_rows();
@@ -506,9 +509,11 @@ fn build_tables(tables: &mut UnwindTables, maps: &[Mapping], show: bool) {
         }
     });
     let after = tables.summary();
-    for (name, why) in tables.unreadable_since(before.unreadable) {
-        // Always said: a skipped file means stacks through it may be cut short.
-        eprintln!("leaktrace: skipping the unwind table of {name}: {why}");
+    if show {
+        // Counted too (`unwind_files_unreadable`), for when this cannot be said.
+        for (name, why) in tables.unreadable_since(before.unreadable) {
+            eprintln!("leaktrace: skipping the unwind table of {name}: {why}");
+        }
     }
     if show && after.binaries > before.binaries {
         eprintln!(
