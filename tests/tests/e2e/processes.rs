@@ -110,3 +110,33 @@ fn a_pre_fork_servers_workers_are_followed_with_children() {
             .all(|p| *p == Some(u64::from(server.pid)))
     );
 }
+
+#[test]
+fn the_trace_goes_on_until_every_traced_process_has_exited() {
+    require_root();
+    let mut a = Fixture::start(&fixture(Build::CFramePointers));
+    let mut b = Fixture::start(&fixture(Build::CFramePointers));
+    let b_pid = b.pid.to_string();
+    let mut tracer = Tracer::attach(a.pid, &["-p", &b_pid, "--interval", "0.2"]);
+    tracer.wait_for_stderr(&format!("tracing pid {b_pid}"), Duration::from_secs(20));
+    a.cmd("leak 1 100");
+    assert!(a.exit().success());
+    // The target is gone; the other process is still traced.
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(tracer.is_running(), "{}", tracer.stderr());
+    b.cmd("leak 2 300");
+    assert!(b.exit().success());
+    let done = tracer.wait();
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(
+        done.stderr
+            .contains("stopped (target exited with status 0)"),
+        "{}",
+        done.stderr
+    );
+    let report = done.report.unwrap();
+    assert_eq!(
+        by_pid(&report, "alloc_buffer"),
+        [(u64::from(a.pid), 100, 1), (u64::from(b.pid), 600, 2)]
+    );
+}
