@@ -129,36 +129,42 @@ pub(crate) fn submit(event: Event) {
 
 /// The first four arguments of a probed call, from the registers the attach cookie says
 /// they are in at the probed instruction.
-///
-/// Every candidate register is read first, each at its own constant offset: the verifier
-/// refuses a load through a pointer into the context computed at run time, which is what a
-/// `match` over fields compiles to.
 #[inline(always)]
 pub(crate) fn args(regs: *const pt_regs, cookie: u64) -> [u64; 4] {
+    let pick = |index: u32| register(regs, u64::from(cookie::arg(cookie, index)));
+    [pick(0), pick(1), pick(2), pick(3)]
+}
+
+/// Register number `wanted` ([`cookie::Reg`]) of `regs` (0 for a number no register has).
+///
+/// Each register is read at its own constant offset (the verifier refuses a load through a
+/// pointer into the context computed at run time, which is what a `match` over fields
+/// compiles to) and kept only if it is the one wanted, by a mask: picking from an array of them
+/// by an index computed at run time is a variable-offset stack read, which older kernels refuse
+/// (Debian 12's 6.1: "invalid variable-offset read from stack"). A function of its own (a BPF
+/// subprogram), so its fifteen reads take no room on the probes' stacks.
+#[inline(never)]
+fn register(regs: *const pt_regs, wanted: u64) -> u64 {
+    use cookie::Reg;
+    // All of `value` if `reg` is the wanted register, else nothing.
+    let keep = |value: u64, reg: Reg| value & 0u64.wrapping_sub(u64::from(wanted == reg as u64));
     // SAFETY: `regs` is the kernel-provided `pt_regs` of this probe hit; each field is read in
     // place.
-    let all: [u64; 15] = unsafe {
-        [
-            (&raw const (*regs).rdi).read_volatile(),
-            (&raw const (*regs).rsi).read_volatile(),
-            (&raw const (*regs).rdx).read_volatile(),
-            (&raw const (*regs).rcx).read_volatile(),
-            (&raw const (*regs).r8).read_volatile(),
-            (&raw const (*regs).r9).read_volatile(),
-            (&raw const (*regs).rax).read_volatile(),
-            (&raw const (*regs).rbx).read_volatile(),
-            (&raw const (*regs).r10).read_volatile(),
-            (&raw const (*regs).r11).read_volatile(),
-            (&raw const (*regs).r12).read_volatile(),
-            (&raw const (*regs).r13).read_volatile(),
-            (&raw const (*regs).r14).read_volatile(),
-            (&raw const (*regs).r15).read_volatile(),
-            (&raw const (*regs).rbp).read_volatile(),
-        ]
-    };
-    let pick = |index: u32| {
-        let reg = usize::from(cookie::arg(cookie, index));
-        if reg < all.len() { all[reg] } else { 0 }
-    };
-    [pick(0), pick(1), pick(2), pick(3)]
+    unsafe {
+        keep((&raw const (*regs).rdi).read_volatile(), Reg::Rdi)
+            | keep((&raw const (*regs).rsi).read_volatile(), Reg::Rsi)
+            | keep((&raw const (*regs).rdx).read_volatile(), Reg::Rdx)
+            | keep((&raw const (*regs).rcx).read_volatile(), Reg::Rcx)
+            | keep((&raw const (*regs).r8).read_volatile(), Reg::R8)
+            | keep((&raw const (*regs).r9).read_volatile(), Reg::R9)
+            | keep((&raw const (*regs).rax).read_volatile(), Reg::Rax)
+            | keep((&raw const (*regs).rbx).read_volatile(), Reg::Rbx)
+            | keep((&raw const (*regs).r10).read_volatile(), Reg::R10)
+            | keep((&raw const (*regs).r11).read_volatile(), Reg::R11)
+            | keep((&raw const (*regs).r12).read_volatile(), Reg::R12)
+            | keep((&raw const (*regs).r13).read_volatile(), Reg::R13)
+            | keep((&raw const (*regs).r14).read_volatile(), Reg::R14)
+            | keep((&raw const (*regs).r15).read_volatile(), Reg::R15)
+            | keep((&raw const (*regs).rbp).read_volatile(), Reg::Rbp)
+    }
 }

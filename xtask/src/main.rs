@@ -14,6 +14,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod kernel;
 mod soak;
 mod tools;
 
@@ -41,6 +42,13 @@ enum Task {
     Test {
         /// Only run tests whose name contains this.
         filter: Option<String>,
+        /// Instead, boot this kernel under qemu and run end-to-end tests in it: `debian`
+        /// (Debian 12's stock kernel, fetched and unpacked, not installed), or the
+        /// `vmlinuz-VERSION` of an unpacked kernel package. With a filter, the tests it names;
+        /// else a subset (attach, launch, exact figures, unwinding, sampling, the live view,
+        /// detach).
+        #[arg(long, value_name = "debian|PATH")]
+        kernel: Option<String>,
     },
     /// Lint the workspace and the eBPF crate with clippy, warnings denied.
     Clippy,
@@ -75,7 +83,21 @@ fn main() -> Result<()> {
     match args.task {
         Task::Setup => setup(Need::Bench),
         Task::Run { args } => run(&args),
-        Task::Test { filter } => test(filter.as_deref()),
+        Task::Test {
+            filter,
+            kernel: Some(kernel),
+        } => {
+            setup(Need::Test)?;
+            if !is_root() {
+                bail!("the end-to-end tests load eBPF programs: run `sudo -E cargo xtask test`");
+            }
+            let leaktrace = build_release()?;
+            kernel_test(&leaktrace, &kernel, filter.as_slice())
+        }
+        Task::Test {
+            filter,
+            kernel: None,
+        } => test(filter.as_deref()),
         Task::Clippy => {
             setup(Need::Test)?;
             clippy()
@@ -434,6 +456,30 @@ fn test(filter: Option<&str>) -> Result<()> {
     if filter.is_none() {
         // A short soak; `cargo xtask soak --minutes 60` is the long one.
         soak(&leaktrace, Duration::from_secs(40))?;
+        // The kernel production hosts run: Debian 12's own.
+        kernel_test(&leaktrace, "debian", &[])?;
     }
     Ok(())
+}
+
+/// Builds the end-to-end test binary and runs it (the tests `filters` name, else a subset)
+/// inside kernel `which` under qemu.
+fn kernel_test(leaktrace: &Path, which: &str, filters: &[String]) -> Result<()> {
+    let built = output(cargo().args([
+        "test",
+        "--release",
+        "-p",
+        "leaktrace-tests",
+        "--test",
+        "e2e",
+        "--no-run",
+        "--message-format=json",
+    ]))?;
+    let e2e = built
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["target"]["name"] == "e2e")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .context("cargo built no e2e test binary")?;
+    kernel::test(&workspace(), which, &e2e, leaktrace, filters)
 }

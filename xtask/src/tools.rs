@@ -172,6 +172,18 @@ pub(crate) const TOOLS: &[Tool] = &[
         used_for: "a target in a pid namespace of its own, and leaktrace in one",
     },
     Tool {
+        command: "qemu-system-x86_64",
+        install: Install::Apt("qemu-system-x86"),
+        need: Need::Test,
+        used_for: "booting Debian 12's kernel for the kernel matrix (cargo xtask test --kernel)",
+    },
+    Tool {
+        command: "busybox",
+        install: Install::Apt("busybox-static"),
+        need: Need::Test,
+        used_for: "the kernel matrix's initramfs",
+    },
+    Tool {
         command: "tmux",
         install: Install::Apt("tmux"),
         need: Need::Test,

@@ -84,6 +84,9 @@ impl StopReason {
 pub fn run(cli: &Cli) -> Result<(), Failure> {
     let checked = start::check(cli)?;
     let target = start::Target::open(cli)?;
+    // Opened now, while the target surely exists: one that exits during start-up (attaching
+    // takes a while) is still seen to exit.
+    let target_exit = pidfd(target.process.pid);
     let Some(pid) = NonZeroU32::new(target.process.pid) else {
         return Err(Failure::usage(
             "pid 0 cannot be traced",
@@ -192,6 +195,7 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
     let allocator_inodes = target.allocator_inodes();
     let not_traced = target.allocators.left_out.clone();
     let mut session = Session::new(cli, target.process, target.launched, &dirs);
+    session.target_exit = target_exit;
     session.not_traced = not_traced;
     if let Some(ebpf) = ebpf {
         session.add_source(pid.get(), Box::new(ebpf));
@@ -316,6 +320,8 @@ struct Session {
     sources: Vec<(SourceId, u32, Box<dyn Source>)>,
     /// How a child found by `--children` is traced (the target's eBPF settings).
     child_config: Option<ChildConfig>,
+    /// A pidfd of the target, readable once it exits (taken by the main loop).
+    target_exit: Option<OwnedFd>,
     pipeline: Pipeline,
     /// Reused for every poll.
     batch: Batch,
@@ -365,6 +371,7 @@ impl Session {
             launched,
             sources: Vec::new(),
             child_config: None,
+            target_exit: None,
             pipeline,
             batch: Batch::default(),
             started: now,
@@ -511,7 +518,9 @@ impl Session {
                 Poll::Pending
             })
         };
-        let exited = pidfd(self.processes.target().pid)
+        let exited = self
+            .target_exit
+            .take()
             // SAFETY: the `AsyncFd` owns the pidfd, which stays open until it is dropped.
             .and_then(|fd| unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok());
         let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
@@ -560,7 +569,17 @@ impl Session {
             tokio::select! {
                 source = readable() => self.poll(Some(source)),
                 _ = drain_tick.tick() => self.poll(None),
-                _ = status_tick.tick() => self.status(),
+                _ = status_tick.tick() => {
+                    self.status();
+                    // Without a pidfd (the target gone before it could be opened), its exit is
+                    // seen here.
+                    if exited.is_none()
+                        && target_ended.is_none()
+                        && !self.processes.target().is_alive()
+                    {
+                        target_ended = Some(self.exit_status(None));
+                    }
+                }
                 _ = soak_tick.tick(), if self.soak.is_some() => self.write_soak_snapshot(),
                 _ = interrupt.recv() => break StopReason::Interrupted,
                 _ = terminate.recv() => break StopReason::Terminated,
