@@ -102,7 +102,14 @@ struct Kernel {
 
 /// Fetches and unpacks Debian 12's stock kernel into `dir` (once).
 fn debian_kernel(dir: &Path) -> Result<Kernel> {
-    let depends = output(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
+    let depends = match output(Command::new("apt-cache").args(["depends", "linux-image-amd64"])) {
+        Ok(text) if text.contains("Depends: ") => text,
+        // A machine whose package lists were never fetched.
+        _ => {
+            run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
+            output(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?
+        }
+    };
     let package = depends
         .lines()
         .find_map(|l| l.trim().strip_prefix("Depends: "))

@@ -194,13 +194,13 @@ fn an_overflowing_ring_buffer_is_counted_and_the_report_says_so() {
 }
 
 #[test]
-fn a_target_idle_for_a_minute_costs_almost_nothing_and_is_exact_after() {
+fn a_target_idle_for_two_minutes_costs_almost_nothing_and_is_exact_after() {
     require_root();
     let mut target = Fixture::start(&fixture(Build::CFramePointers));
     let mut tracer = Tracer::attach(target.pid, &["--interval", "0.5"]);
     target.cmd("leak 2 100");
     tracer.wait_for_next_status();
-    let idle = Duration::from_secs(60);
+    let idle = Duration::from_secs(120);
     let cpu_before = cpu_seconds(tracer.pid());
     std::thread::sleep(idle);
     let cpu = cpu_seconds(tracer.pid()) - cpu_before;
@@ -216,7 +216,7 @@ fn a_target_idle_for_a_minute_costs_almost_nothing_and_is_exact_after() {
     assert_clean(&report);
     assert_stack(&report, "alloc_buffer", 500, 5, &["alloc_buffer"]);
     let statuses = done.stderr.matches("] live ").count();
-    assert!(statuses >= 100, "{statuses} status lines in a minute");
+    assert!(statuses >= 200, "{statuses} status lines in two minutes");
 }
 
 #[test]

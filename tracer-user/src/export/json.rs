@@ -160,6 +160,7 @@ mod tests {
             "released_by_exec",
             "history_rows",
             "history_rows_dropped",
+            "modules_retired_dropped",
             "unwind_no_mapping",
             "unwind_unsupported",
             "unwind_read_failed",

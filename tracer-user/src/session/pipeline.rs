@@ -117,6 +117,7 @@ impl Pipeline {
         let mut diagnostics = sources;
         diagnostics.extend(self.heap.health());
         diagnostics.extend(self.history.health());
+        diagnostics.extend(self.modules.health());
         diagnostics.extend(session);
         build::build(
             header,

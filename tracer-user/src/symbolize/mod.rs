@@ -89,6 +89,8 @@ pub struct ModuleMap {
     modules: Vec<Module>,
     /// Modules no longer mapped, oldest first, still naming the stacks pinned to them.
     retired: Vec<Module>,
+    /// Retired modules dropped beyond [`MAX_RETIRED`] (their stacks' frames lose their names).
+    retired_dropped: u64,
     next_id: u32,
 }
 
@@ -99,6 +101,7 @@ impl ModuleMap {
             dirs,
             modules: Vec::new(),
             retired: Vec::new(),
+            retired_dropped: 0,
             next_id: 1,
         }
     }
@@ -164,6 +167,7 @@ impl ModuleMap {
         if self.retired.len() > MAX_RETIRED {
             let excess = self.retired.len() - MAX_RETIRED;
             self.retired.drain(..excess);
+            self.retired_dropped += excess as u64;
         }
     }
 
@@ -178,6 +182,15 @@ impl ModuleMap {
             .iter()
             .chain(self.retired.iter().rev())
             .find(|m| m.id == id)
+    }
+
+    /// Its counters: retired modules dropped at the bound.
+    pub fn health(&self) -> Vec<crate::source::Health> {
+        vec![crate::source::Health::new(
+            "modules_retired_dropped",
+            self.retired_dropped,
+            crate::source::HealthKind::Degraded,
+        )]
     }
 
     /// Ties each address of a stack of process `pid` to the module mapped there now.
@@ -474,6 +487,18 @@ mod tests {
             inode,
             path: path.to_owned(),
         }
+    }
+
+    #[test]
+    fn retired_modules_beyond_the_bound_are_counted() {
+        // Given a library replaced at one address again and again (dlclose, dlopen)
+        let mut modules = ModuleMap::new(DebugDirs::default());
+        for inode in 1..=(MAX_RETIRED as u64 + 3) {
+            modules.update_opening_through(1, u32::MAX, &[mapping(0x1000, inode, "/lib.so")]);
+        }
+        // Then all but the current one retired, and the two beyond the bound are counted
+        assert_eq!(modules.retired.len(), MAX_RETIRED);
+        assert_eq!(modules.health()[0].value, 2);
     }
 
     #[test]

@@ -462,6 +462,7 @@ pub(crate) fn diagnostics_with(set: &[(&str, u64)]) -> crate::source::Diagnostic
     );
     health.extend(crate::heap::Heap::new().health());
     health.extend(crate::heap::history::History::default().health());
+    health.extend(crate::symbolize::ModuleMap::default().health());
     health.push(Health::new("tracer_memory_bytes", 0, HealthKind::Info));
     let mut diagnostics = crate::source::Diagnostics(health);
     for &(name, value) in set {
