@@ -134,6 +134,23 @@ impl Client {
             && self.line().is_ok_and(|l| l.starts_with(want))
     }
 
+    /// redis's `used_memory` (`INFO memory`): the bytes its allocator handed out.
+    pub fn redis_used_memory(&mut self) -> std::io::Result<u64> {
+        assert_eq!(self.kind, Kind::Redis, "INFO is redis's");
+        self.conn
+            .write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nmemory\r\n")?;
+        let head = self.line()?;
+        let len = head
+            .strip_prefix('$')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let info = String::from_utf8_lossy(&self.body(len)?).into_owned();
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("no used_memory in {info:?}")))
+    }
+
     /// Stores `value` under `key`; whether the daemon said it did.
     pub fn set(&mut self, key: &str, value: &[u8]) -> std::io::Result<bool> {
         let mut request = Vec::new();

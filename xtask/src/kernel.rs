@@ -185,6 +185,12 @@ fn initramfs(kernel: &Kernel, dir: &Path) -> Result<PathBuf> {
     for sub in ["bin", "dev", "proc", "sys", "modules"] {
         std::fs::create_dir_all(tree.join(sub))?;
     }
+    // The guest has no libraries of its own at this point: busybox must be the static one
+    // (busybox-static), not Debian's dynamically linked busybox package.
+    let linked = Command::new("ldd").arg("/bin/busybox").output()?;
+    if linked.status.success() {
+        run_cmd(Command::new("apt-get").args(["install", "-y", "-q", "busybox-static"]))?;
+    }
     std::fs::copy("/bin/busybox", tree.join("bin/busybox")).context("copying busybox")?;
     let mut order = String::new();
     for name in MODULES {

@@ -1,4 +1,6 @@
 //! Every allocator a process uses, several at once, each row labelled with its allocator.
+use leaktrace_tests::daemon::{Daemon, Kind};
+
 use super::*;
 
 /// The rows through `function` (anywhere in their frames), with their summed live bytes and
@@ -154,92 +156,20 @@ fn an_allocator_left_out_is_said_and_the_growth_it_hides_is_flagged() {
     );
 }
 
-/// A redis-server on a free loopback port, stopped when dropped.
-struct Redis {
-    child: std::process::Child,
-    conn: std::net::TcpStream,
-}
-
-impl Redis {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let conn = loop {
-            match std::net::TcpStream::connect(("127.0.0.1", port)) {
-                Ok(conn) => break conn,
-                Err(_) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(err) => panic!("redis-server did not start: {err}"),
-            }
-        };
-        let mut redis = Self { child, conn };
-        assert_eq!(redis.command(&["PING"]), "+PONG");
-        redis
-    }
-
-    /// Sends one command (RESP) and returns the reply's first line, or a bulk string's body.
-    fn command(&mut self, args: &[&str]) -> String {
-        use std::io::{BufRead as _, Read as _, Write as _};
-        let mut request = format!("*{}\r\n", args.len());
-        for arg in args {
-            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-        }
-        self.conn.write_all(request.as_bytes()).unwrap();
-        let mut reader = std::io::BufReader::new(&self.conn);
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        let line = line.trim_end().to_owned();
-        if let Some(len) = line.strip_prefix('$') {
-            let len: usize = len.parse().unwrap();
-            let mut body = vec![0u8; len + 2];
-            reader.read_exact(&mut body).unwrap();
-            body.truncate(len);
-            return String::from_utf8(body).unwrap();
-        }
-        line
-    }
-
-    /// A field of `INFO memory`.
-    fn used_memory(&mut self) -> u64 {
-        let info = self.command(&["INFO", "memory"]);
-        info.lines()
-            .find_map(|l| l.strip_prefix("used_memory:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn redis_under_a_client_agrees_with_its_own_accounting() {
     require_root();
-    let mut redis = Redis::start();
-    let before = redis.used_memory();
-    let tracer = Tracer::attach(redis.child.id(), &[]);
+    let redis = Daemon::start(Kind::Redis);
+    let mut client = redis.client();
+    let before = client.redis_used_memory().unwrap();
+    let tracer = Tracer::attach(redis.pid(), &[]);
     // A client that SETs keys that are never deleted, checking every reply
     let value = "v".repeat(1000);
     for i in 0..5000 {
-        assert_eq!(redis.command(&["SET", &format!("key:{i}"), &value]), "+OK");
+        assert!(client.set(&format!("key:{i}"), value.as_bytes()).unwrap());
     }
-    assert_eq!(redis.command(&["GET", "key:4999"]), value);
-    let grown = redis.used_memory() - before;
+    assert_eq!(client.get("key:4999").unwrap(), Some(value.into_bytes()));
+    let grown = client.redis_used_memory().unwrap() - before;
     let done = tracer.interrupt();
     let report = done.report.unwrap();
     assert_clean(&report);
@@ -259,7 +189,7 @@ fn redis_under_a_client_agrees_with_its_own_accounting() {
         "{report:#}"
     );
     // and the daemon goes on answering, with no probe of leaktrace's left
-    assert_eq!(redis.command(&["PING"]), "+PONG");
+    assert!(client.ping());
     assert_no_programs_left("after tracing redis-server");
 }
 

@@ -150,6 +150,9 @@ fn an_overflowing_ring_buffer_is_counted_and_the_report_says_so() {
     let (threads, per_thread, every) = (8u64, 50_000u64, 100u64);
     target.cmd(&format!("threads {threads} {per_thread} {every}"));
     tracer.send_signal(libc::SIGCONT);
+    // Two status lines: by then the backlog is read, and the buffer has room again.
+    tracer.wait_for_next_status();
+    tracer.wait_for_next_status();
     target.cmd("leak 2 100");
     tracer.wait_for_next_status();
     let done = tracer.interrupt();
