@@ -1107,3 +1107,37 @@ pub fn foreign_uretprobe(binary: &Path, symbol: &str, pid: u32) -> std::os::fd::
     // SAFETY: a fresh descriptor nothing else owns.
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
 }
+
+/// The kernel log's records of faults so far (oopses, `BUG:` and `WARNING:` lines, general
+/// protection faults), read from `/dev/kmsg` as root.
+pub fn kernel_faults() -> Vec<String> {
+    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
+    let Ok(mut kmsg) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+    else {
+        panic!("cannot read /dev/kmsg (root needed)");
+    };
+    let mut faults = Vec::new();
+    let mut record = vec![0u8; 16 << 10];
+    loop {
+        // One record per read; EPIPE: records were overwritten before we read them.
+        match kmsg.read(&mut record) {
+            Ok(0) => break,
+            Ok(n) => {
+                let text = String::from_utf8_lossy(&record[..n]);
+                let message = text.split_once(';').map_or(&*text, |(_, m)| m);
+                if ["Oops", "BUG:", "WARNING:", "general protection fault"]
+                    .iter()
+                    .any(|needle| message.contains(needle))
+                {
+                    faults.push(message.trim().to_owned());
+                }
+            }
+            Err(err) if err.raw_os_error() == Some(libc::EPIPE) => continue,
+            Err(_) => break,
+        }
+    }
+    faults
+}

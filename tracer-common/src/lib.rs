@@ -10,6 +10,17 @@
 /// `kernel.perf_event_max_stack`.
 pub const MAX_FRAMES: usize = 127;
 
+/// Placeholders for the `bpf_preempt_disable` and `bpf_preempt_enable` kfuncs in the eBPF
+/// object: calls to helper ids no kernel has, which user space rewrites before loading (into
+/// kfunc calls, or into `r0 = 0` where the kernel has no such kfunc). aya 0.14 cannot emit
+/// kfunc calls itself.
+pub mod preempt {
+    /// The call standing for `bpf_preempt_disable()`.
+    pub const DISABLE: i32 = 0x7fff_ff01;
+    /// The call standing for `bpf_preempt_enable()`.
+    pub const ENABLE: i32 = 0x7fff_ff02;
+}
+
 /// Names of the programs and maps, shared so user space looks them up by the same strings.
 pub mod names {
     /// Entry program for every allocating function; the attach cookie carries its [`crate::AllocKind`].

@@ -17,6 +17,7 @@ use aya_ebpf::{
 use tracer_common::{AllocKind, Counter, Event, EventOp, PENDING_SLOTS, Pending, cookie};
 
 use crate::{
+    preempt,
     sampling::{SAMPLED, may_release_sampled, requested_bytes, sample_bytes, take_sample},
     stack::{capture_stack, verify_sample},
     state::{
@@ -26,7 +27,13 @@ use crate::{
 
 #[uprobe]
 pub(crate) fn alloc_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, false);
+    preempt::guarded(ctx.as_ptr(), alloc_enter_body)
+}
+
+/// `alloc_enter`'s body, a subprogram run with preemption disabled (see [`preempt`]).
+#[inline(never)]
+fn alloc_enter_body(ctx: *mut c_void) -> u32 {
+    enter(&ProbeContext::new(ctx), false);
     0
 }
 
@@ -263,7 +270,13 @@ fn outcome(kind: u32, args: &[u64; 4], ret: u64) -> Option<Outcome> {
 
 #[uretprobe]
 pub(crate) fn alloc_exit(ctx: RetProbeContext) -> u32 {
-    leave(&ctx);
+    preempt::guarded(ctx.as_ptr(), alloc_exit_body)
+}
+
+/// `alloc_exit`'s body, a subprogram run with preemption disabled (see [`preempt`]).
+#[inline(never)]
+fn alloc_exit_body(ctx: *mut c_void) -> u32 {
+    leave(&RetProbeContext::new(ctx));
     0
 }
 
@@ -276,6 +289,12 @@ pub(crate) fn alloc_exit(ctx: RetProbeContext) -> u32 {
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "uprobe")]
 pub(crate) fn alloc_session(ctx: *mut c_void) -> u32 {
+    preempt::guarded(ctx, alloc_session_body)
+}
+
+/// `alloc_session`'s body, a subprogram run with preemption disabled (see [`preempt`]).
+#[inline(never)]
+fn alloc_session_body(ctx: *mut c_void) -> u32 {
     let ctx = ProbeContext::new(ctx);
     // SAFETY: `ctx.regs` is the kernel-provided `pt_regs` for this probe hit.
     let ip = unsafe { (*ctx.regs).rip };

@@ -1,16 +1,26 @@
 //! `free_enter` (uprobe): one free event per released block the trace follows.
+use core::ffi::c_void;
+
 use aya_ebpf::{
     EbpfContext as _, helpers::bpf_get_attach_cookie, macros::uprobe, programs::ProbeContext,
 };
 use tracer_common::{AllocKind, Counter, Event, EventOp};
 
 use crate::{
+    preempt,
     sampling::{SAMPLED, sample_bytes},
     state::{args, count, current_tid, inside_outer_call, now_ns, submit, thread_state},
 };
 
 #[uprobe]
 pub(crate) fn free_enter(ctx: ProbeContext) -> u32 {
+    preempt::guarded(ctx.as_ptr(), free_body)
+}
+
+/// `free_enter`'s body, a subprogram run with preemption disabled (see [`preempt`]).
+#[inline(never)]
+fn free_body(ctx: *mut c_void) -> u32 {
+    let ctx = ProbeContext::new(ctx);
     // SAFETY: `ctx.regs` is the kernel-provided `pt_regs` for this probe hit.
     let regs = unsafe { &*ctx.regs };
     // SAFETY: a helper reading this program's attach cookie.

@@ -13,9 +13,13 @@
 //! Nothing is lost silently: every failure (ring buffer full, stack capture or stack map
 //! failure, pending-state overflow) increments a per-CPU counter in `COUNTERS`.
 //!
+//! Every uprobe program runs its body with preemption disabled ([`preempt`]): since 6.13 the
+//! kernel gives them per-CPU private stacks that a preemptible kernel would let two tasks share.
+//!
 //! # Minimum kernel version
-//! Ring buffers need 5.8, attach cookies 5.15, uprobe sessions 6.13 (optional); leaktrace is
-//! developed on 6.18.
+//! Ring buffers need 5.8, attach cookies 5.15, `bpf_loop` 5.17 (`.eh_frame` unwinding only),
+//! uprobe sessions 6.13 (optional), the preemption kfuncs 6.10 (left out before); user space
+//! probes each at start (`tracer-user/src/probe/features.rs`).
 #![no_std]
 #![no_main]
 
@@ -23,6 +27,7 @@ mod alloc;
 mod exec;
 mod floor;
 mod free;
+mod preempt;
 mod sampling;
 mod stack;
 mod state;

@@ -316,7 +316,15 @@ fn tempfile_dir() -> Result<PathBuf> {
 }
 
 /// Runs the benchmark and prints the table.
-pub(crate) fn run(workspace: &Path, reps: usize, ops: u64) -> Result<()> {
+/// Whether the bench runs its peer rows (bcc's memleak).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Peers {
+    Run,
+    /// Left out, and said so (inside an emulated kernel, bcc's compile alone takes minutes).
+    Skip,
+}
+
+pub(crate) fn run(workspace: &Path, reps: usize, ops: u64, peers: Peers) -> Result<()> {
     let workload = workspace.join("target/bench-workload");
     run_cmd(
         Command::new("gcc")
@@ -337,10 +345,11 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64) -> Result<()> {
         Config::UntracedMimalloc,
         Config::LeaktraceMimalloc,
     ];
-    let memleak = Command::new("sh")
-        .args(["-c", "command -v memleak-bpfcc"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let memleak = peers == Peers::Run
+        && Command::new("sh")
+            .args(["-c", "command -v memleak-bpfcc"])
+            .output()
+            .is_ok_and(|o| o.status.success());
     let kernel_source = if memleak {
         bcc_kernel_source(workspace)
     } else {
@@ -348,6 +357,8 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64) -> Result<()> {
     };
     if memleak {
         configs.push(Config::Memleak);
+    } else if peers == Peers::Skip {
+        eprintln!("bench: peer rows left out (bench --kernel): no memleak row");
     } else {
         eprintln!(
             "bench: memleak-bpfcc not installed (apt-get install bpfcc-tools linux-headers-amd64): skipping it"

@@ -1,4 +1,4 @@
-//! `cargo xtask test --kernel debian|PATH`: end-to-end tests inside another kernel.
+//! `cargo xtask test --kernel debian|ubuntu-22.04|PATH`: end-to-end tests inside another kernel.
 //!
 //! Production hosts run distribution kernels (Debian 12's is 6.1), not the one this machine
 //! runs. This boots a kernel under qemu with TCG (no KVM needed: on these machines qemu's KVM
@@ -6,6 +6,14 @@
 //! overlays in the guest for what the tests write, and runs a subset of the end-to-end test
 //! binary in it as root. The tests' output comes back over a virtio serial port, with the
 //! binary's exit status on a line of its own.
+//!
+//! `ubuntu-22.04` is Ubuntu 22.04's 5.15 (`linux-image-unsigned-5.15.0-N-generic` and its
+//! `linux-modules`, fetched from Ubuntu's archive with curl and unpacked): a kernel without
+//! `bpf_loop`, where only [`OLD_SUBSET`] runs.
+//!
+//! `debian-sid` is the kernel of Debian's unstable suite (the newest Debian packages), fetched
+//! the same way from Debian's archive: a current kernel to compare with under the same
+//! emulation (`bench --kernel`).
 //!
 //! `debian` is Debian 12's stock kernel: the package `linux-image-amd64` depends on, fetched
 //! with `apt-get download` and unpacked with `dpkg -x` (never installed). `PATH` is a kernel
@@ -31,10 +39,20 @@ pub(crate) const SUBSET: &[&str] = &[
     "sampling::realloc_releases_sampled_blocks_with_and_without_a_session",
     "live_view::keys_sort_filter_baseline_export_and_quit",
     "faults::leaktrace_killed_leaves_no_program_and_no_probe_in_the_target",
+    "kernels::",
 ];
 
+/// The tests run inside Debian's newest kernel (`debian-sid`, preemptible: `PREEMPT_LAZY`):
+/// what the kernel offers, and threads preempted inside the programs (see
+/// `kernels::more_threads_than_cpus_leave_the_kernel_clean_and_the_figures_exact`).
+pub(crate) const NEWEST_SUBSET: &[&str] = &["kernels::"];
+
+/// The tests run inside a kernel older than 5.17 (no `bpf_loop`, so no table unwinding): the
+/// refusal naming `--unwind fp`, and frame pointers traced exactly.
+pub(crate) const OLD_SUBSET: &[&str] = &["kernels::"];
+
 /// Modules the guest loads, in order, for the shared root (9p over virtio), the overlays and
-/// the output port. Everything else it needs is built into Debian's kernel.
+/// the output port, where the kernel has them as modules (those built in are skipped).
 const MODULES: &[&str] = &[
     "netfs",
     "fscache",
@@ -138,6 +156,166 @@ fn debian_kernel(dir: &Path) -> Result<Kernel> {
     kernel_in(&unpacked.join("boot"))
 }
 
+/// Where Ubuntu 22.04's kernel packages are published.
+const UBUNTU_ARCHIVE: &str = "http://archive.ubuntu.com/ubuntu";
+
+/// Fetches and unpacks Ubuntu 22.04's newest 5.15 kernel (`linux-image-unsigned-*-generic` and
+/// its `linux-modules`) into `dir` (once). 5.15 lacks `bpf_loop`: the kernel where leaktrace
+/// refuses table unwinding and runs with frame pointers.
+fn ubuntu_kernel(dir: &Path) -> Result<Kernel> {
+    let index = package_index(dir, UBUNTU_ARCHIVE, "jammy-updates", "ubuntu-jammy")?;
+    let (abi, files) = newest_ubuntu_kernel(&index)
+        .context("the Ubuntu 22.04 package index names no linux-image-unsigned-5.15 kernel")?;
+    let unpacked = dir.join(format!("ubuntu-{abi}"));
+    fetch_and_unpack(dir, UBUNTU_ARCHIVE, &files, &unpacked)?;
+    unpacked_kernel(&unpacked)
+}
+
+/// In an Ubuntu `Packages` index: the newest 5.15 generic kernel's ABI (`5.15.0-208`) and the
+/// archive paths of its image and modules packages.
+fn newest_ubuntu_kernel(index: &str) -> Option<(String, Vec<String>)> {
+    let files = index_field(index, "Filename");
+    let abi_number = |abi: &str| abi.rsplit('-').next().and_then(|n| n.parse::<u32>().ok());
+    let abi = files
+        .keys()
+        .filter_map(|p| {
+            p.strip_prefix("linux-image-unsigned-")?
+                .strip_suffix("-generic")
+                .filter(|abi| abi.starts_with("5.15.0-"))
+        })
+        .filter(|abi| files.contains_key(&format!("linux-modules-{abi}-generic")))
+        .max_by_key(|abi| abi_number(abi))?
+        .to_owned();
+    let wanted = [
+        format!("linux-image-unsigned-{abi}-generic"),
+        format!("linux-modules-{abi}-generic"),
+    ];
+    let paths = wanted
+        .iter()
+        .map(|p| files.get(p).cloned())
+        .collect::<Option<Vec<_>>>()?;
+    Some((abi, paths))
+}
+
+/// Where Debian's packages are published.
+const DEBIAN_ARCHIVE: &str = "http://deb.debian.org/debian";
+
+/// Fetches the `Packages` index of `suite` (main, amd64) from `archive` into `dir` (once).
+fn package_index(dir: &Path, archive: &str, suite: &str, name: &str) -> Result<String> {
+    let index = dir.join(format!("{name}-Packages"));
+    if !index.is_file() {
+        std::fs::create_dir_all(dir)?;
+        run_cmd(
+            Command::new("sh")
+                .arg("-c")
+                .arg("curl -fsS \"$0/dists/$1/main/binary-amd64/Packages.xz\" | xz -d > \"$2.part\" && mv \"$2.part\" \"$2\"")
+                .arg(archive)
+                .arg(suite)
+                .arg(&index),
+        )?;
+    }
+    Ok(std::fs::read_to_string(&index)?)
+}
+
+/// Downloads the archive paths `files` and unpacks them all into `unpacked` (once).
+fn fetch_and_unpack(dir: &Path, archive: &str, files: &[String], unpacked: &Path) -> Result<()> {
+    let done = unpacked.join(".unpacked");
+    if done.is_file() {
+        return Ok(());
+    }
+    for file in files {
+        let name = file.rsplit('/').next().unwrap_or(file);
+        let deb = dir.join(name);
+        run_cmd(
+            Command::new("curl")
+                .args(["-fsS", "-o"])
+                .arg(&deb)
+                .arg(format!("{archive}/{file}")),
+        )?;
+        run_cmd(Command::new("dpkg").arg("-x").arg(&deb).arg(unpacked))?;
+        std::fs::remove_file(&deb)?;
+    }
+    std::fs::write(done, "")?;
+    Ok(())
+}
+
+/// One field of every stanza of a `Packages` index: package name to value.
+fn index_field(index: &str, field: &str) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    let mut package = None;
+    let prefix = format!("{field}: ");
+    for line in index.lines() {
+        if let Some(name) = line.strip_prefix("Package: ") {
+            package = Some(name.trim().to_owned());
+        } else if let (Some(name), Some(value)) = (&package, line.strip_prefix(&prefix)) {
+            out.insert(name.clone(), value.trim().to_owned());
+        }
+    }
+    out
+}
+
+/// In a Debian `Packages` index: the archive paths of the kernel `linux-image-amd64` depends
+/// on, with the packages it splits its image and modules into (`linux-binary-*`,
+/// `linux-modules-*`, in newer Debian).
+fn debian_current_kernel(index: &str) -> Option<Vec<String>> {
+    let files = index_field(index, "Filename");
+    let depends = index_field(index, "Depends");
+    let names = |package: &str| -> Vec<String> {
+        depends
+            .get(package)
+            .map(|d| {
+                d.split(',')
+                    .filter_map(|dep| dep.split_whitespace().next())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let image = names("linux-image-amd64")
+        .into_iter()
+        .find(|n| n.starts_with("linux-image-"))?;
+    let mut packages = vec![image.clone()];
+    packages.extend(
+        names(&image)
+            .into_iter()
+            .filter(|n| n.starts_with("linux-binary-") || n.starts_with("linux-modules-")),
+    );
+    packages.iter().map(|p| files.get(p).cloned()).collect()
+}
+
+/// Fetches and unpacks the kernel of Debian's `suite` (`sid`: the newest) into `dir` (once).
+fn debian_suite_kernel(dir: &Path, suite: &str) -> Result<Kernel> {
+    let index = package_index(dir, DEBIAN_ARCHIVE, suite, &format!("debian-{suite}"))?;
+    let files = debian_current_kernel(&index)
+        .with_context(|| format!("Debian {suite}'s index names no linux-image-amd64 kernel"))?;
+    let unpacked = dir.join(format!("debian-{suite}"));
+    fetch_and_unpack(dir, DEBIAN_ARCHIVE, &files, &unpacked)?;
+    unpacked_kernel(&unpacked)
+}
+
+/// The kernel unpacked into `root`: `boot/vmlinuz-VERSION`, or (newer Debian) the image beside
+/// its modules in `usr/lib/modules/VERSION/vmlinuz`.
+fn unpacked_kernel(root: &Path) -> Result<Kernel> {
+    if root.join("boot").is_dir() {
+        return kernel_in(&root.join("boot"));
+    }
+    let modules = std::fs::read_dir(root.join("usr/lib/modules"))
+        .with_context(|| format!("no boot/ or usr/lib/modules/ in {}", root.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.join("vmlinuz").is_file())
+        .with_context(|| format!("no kernel image in {}/usr/lib/modules", root.display()))?;
+    let version = modules
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .context("a modules directory without a name")?;
+    Ok(Kernel {
+        image: modules.join("vmlinuz"),
+        modules,
+        version,
+    })
+}
+
 /// The kernel whose image is in `boot` (a `vmlinuz-VERSION` file, or that file itself), with
 /// its modules in `../lib/modules/VERSION`.
 fn kernel_in(path: &Path) -> Result<Kernel> {
@@ -164,7 +342,12 @@ fn kernel_in(path: &Path) -> Result<Kernel> {
         .parent()
         .and_then(Path::parent)
         .context("the kernel image has no parent directory")?;
-    let modules = root.join("lib/modules").join(&version);
+    // Newer Debian packages install modules under /usr/lib (the merged /usr).
+    let modules = ["lib/modules", "usr/lib/modules"]
+        .iter()
+        .map(|dir| root.join(dir).join(&version))
+        .find(|dir| dir.is_dir())
+        .unwrap_or_else(|| root.join("lib/modules").join(&version));
     if !modules.is_dir() {
         bail!(
             "no modules for {version} at {} (give the image of an unpacked kernel package)",
@@ -193,9 +376,25 @@ fn initramfs(kernel: &Kernel, dir: &Path) -> Result<PathBuf> {
     }
     std::fs::copy("/bin/busybox", tree.join("bin/busybox")).context("copying busybox")?;
     let mut order = String::new();
+    // Built into some kernels (Ubuntu's has virtio's PCI transport and console built in).
+    let builtin =
+        std::fs::read_to_string(kernel.modules.join("modules.builtin")).unwrap_or_default();
     for name in MODULES {
-        let found = find_module(&kernel.modules, name)
-            .with_context(|| format!("module {name} not in {}", kernel.modules.display()))?;
+        let Some(found) = find_module(&kernel.modules, name) else {
+            if builtin
+                .lines()
+                .any(|l| module_name(l).as_deref() == Some(name))
+            {
+                continue;
+            }
+            // Older kernels lack some (virtio_pci_legacy_dev came in 5.16); a boot that
+            // needed it says so (the guest prints which mount failed).
+            eprintln!(
+                "xtask: module {name} is neither in {} nor built in; booting without it",
+                kernel.modules.display()
+            );
+            continue;
+        };
         let out = tree.join(format!("modules/{name}.ko"));
         let text = found.to_string_lossy();
         if text.ends_with(".xz") || text.ends_with(".zst") {
@@ -224,6 +423,12 @@ fn initramfs(kernel: &Kernel, dir: &Path) -> Result<PathBuf> {
             .current_dir(&tree),
     )?;
     Ok(archive)
+}
+
+/// The module named by a `modules.builtin` line (`kernel/fs/9p/9p.ko`), with `-` read as `_`.
+fn module_name(line: &str) -> Option<String> {
+    let file = line.trim().rsplit('/').next()?;
+    Some(file.strip_suffix(".ko")?.replace('-', "_"))
 }
 
 /// The module file `name` (`name.ko`, maybe compressed) under `dir`.
@@ -329,9 +534,55 @@ fn boot(
     Ok((code, body.join("\n")))
 }
 
-/// Runs the end-to-end tests named by `filters` (the [`SUBSET`] when empty) inside `which`
-/// (`debian`, or a kernel image), with `e2e` the built test binary and `leaktrace` the binary
-/// under test.
+/// The kernel `which` names (`debian`, `ubuntu-22.04`, or a kernel image), fetched into
+/// `dir` when needed.
+fn kernel_named(which: &str, dir: &Path) -> Result<Kernel> {
+    match which {
+        "debian" => debian_kernel(dir),
+        "debian-sid" => debian_suite_kernel(dir, "sid"),
+        "ubuntu-22.04" => ubuntu_kernel(dir),
+        path => kernel_in(Path::new(path)),
+    }
+}
+
+/// Boots kernel `which` and runs the shell `script` in it as root, in the workspace, with the
+/// host's files read-only and `/tmp`, `/root`, `/var/tmp` and `target` writable (in the guest
+/// only); returns the kernel's version, the script's exit status and its output.
+fn run_in(
+    workspace: &Path,
+    which: &str,
+    name: &str,
+    script: &str,
+    timeout: Duration,
+) -> Result<(String, i32, String)> {
+    let dir = workspace.join("target/kernels");
+    std::fs::create_dir_all(&dir)?;
+    let kernel = kernel_named(which, &dir)?;
+    let initramfs = initramfs(&kernel, &dir)?;
+    let path = dir.join(format!("{name}-{}.sh", kernel.version));
+    std::fs::write(
+        &path,
+        format!("uname -r\ncd {}\n{script}\n", workspace.display()),
+    )?;
+    let target = workspace.join("target");
+    let (code, text) = boot(
+        &kernel,
+        &initramfs,
+        &path,
+        &[
+            Path::new("/tmp"),
+            Path::new("/root"),
+            Path::new("/var/tmp"),
+            &target,
+        ],
+        timeout,
+    )?;
+    Ok((kernel.version, code, text))
+}
+
+/// Runs the end-to-end tests named by `filters` (when empty: the [`SUBSET`], [`OLD_SUBSET`] for
+/// Ubuntu's 5.15, [`NEWEST_SUBSET`] for Debian's newest) inside `which` (`debian`, `ubuntu-22.04`, or a kernel image), with `e2e`
+/// the built test binary and `leaktrace` the binary under test.
 pub(crate) fn test(
     workspace: &Path,
     which: &str,
@@ -339,60 +590,118 @@ pub(crate) fn test(
     leaktrace: &Path,
     filters: &[String],
 ) -> Result<()> {
-    let dir = workspace.join("target/kernels");
-    std::fs::create_dir_all(&dir)?;
-    let kernel = if which == "debian" {
-        debian_kernel(&dir)?
-    } else {
-        kernel_in(Path::new(which))?
-    };
-    let initramfs = initramfs(&kernel, &dir)?;
     let filters: Vec<String> = if filters.is_empty() {
-        SUBSET.iter().map(|s| (*s).to_owned()).collect()
+        let subset = match which {
+            "ubuntu-22.04" => OLD_SUBSET,
+            "debian-sid" => NEWEST_SUBSET,
+            _ => SUBSET,
+        };
+        subset.iter().map(|s| (*s).to_owned()).collect()
     } else {
         filters.to_vec()
     };
-    let script = dir.join(format!("run-{}.sh", kernel.version));
-    std::fs::write(
-        &script,
-        format!(
-            "uname -r\ncd {}\nexport LEAKTRACE_BIN={}\nexec {} --test-threads 1 {}\n",
-            workspace.display(),
+    eprintln!(
+        "xtask: booting {which} under qemu (TCG) for {} end-to-end test filters",
+        filters.len()
+    );
+    let started = Instant::now();
+    let (version, code, text) = run_in(
+        workspace,
+        which,
+        "run",
+        &format!(
+            "export LEAKTRACE_BIN={}\nexec {} --test-threads 1 {}",
             leaktrace.display(),
             e2e.display(),
             filters.join(" ")
         ),
-    )?;
-    eprintln!(
-        "xtask: booting {} under qemu (TCG) for {} end-to-end test filters",
-        kernel.version,
-        filters.len()
-    );
-    let started = Instant::now();
-    let target = workspace.join("target");
-    let (code, text) = boot(
-        &kernel,
-        &initramfs,
-        &script,
-        &[
-            Path::new("/tmp"),
-            Path::new("/root"),
-            Path::new("/var/tmp"),
-            &target,
-        ],
-        Duration::from_secs(20 * 60),
+        // A test that hangs (a kernel fault kills a target's thread mid-command) ends here.
+        Duration::from_secs(10 * 60),
     )?;
     println!("{text}");
     eprintln!(
-        "xtask: {} finished in {:.0} s with status {code}",
-        kernel.version,
+        "xtask: {version} finished in {:.0} s with status {code}",
         started.elapsed().as_secs_f64()
     );
     if code != 0 {
-        bail!("the end-to-end tests failed inside {}", kernel.version);
+        bail!("the end-to-end tests failed inside {version}");
     }
     if !text.contains("test result: ok") || text.contains(" 0 passed") {
-        bail!("no test ran inside {}", kernel.version);
+        bail!("no test ran inside {version}");
     }
     Ok(())
+}
+
+/// Runs `cargo xtask bench`'s measurements (this `xtask` binary, already built, with peers
+/// left out: bcc would compile under emulation for minutes) inside kernel `which`.
+pub(crate) fn bench(workspace: &Path, which: &str, reps: usize, ops: u64) -> Result<()> {
+    let xtask = std::env::current_exe()?;
+    eprintln!("xtask: booting {which} under qemu (TCG) for the bench");
+    let (version, code, text) = run_in(
+        workspace,
+        which,
+        "bench",
+        &format!(
+            "exec {} bench-inside --reps {reps} --ops {ops}",
+            xtask.display()
+        ),
+        Duration::from_secs(60 * 60),
+    )?;
+    println!("{text}");
+    if code != 0 {
+        bail!("the bench failed inside {version}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_ubuntu_kernel_with_its_modules_is_picked() {
+        // Given an index where the newest image has no modules package yet, and a 6.8 HWE kernel
+        let index = "\
+Package: linux-image-unsigned-5.15.0-99-generic
+Filename: pool/main/l/linux/linux-image-unsigned-5.15.0-99-generic_5.15.0-99.1_amd64.deb
+
+Package: linux-modules-5.15.0-99-generic
+Filename: pool/main/l/linux/linux-modules-5.15.0-99-generic_5.15.0-99.1_amd64.deb
+
+Package: linux-image-unsigned-5.15.0-100-generic
+Filename: pool/main/l/linux/linux-image-unsigned-5.15.0-100-generic_5.15.0-100.1_amd64.deb
+
+Package: linux-modules-5.15.0-100-generic
+Filename: pool/main/l/linux/linux-modules-5.15.0-100-generic_5.15.0-100.1_amd64.deb
+
+Package: linux-image-unsigned-5.15.0-101-generic
+Filename: pool/main/l/linux/linux-image-unsigned-5.15.0-101-generic_5.15.0-101.1_amd64.deb
+
+Package: linux-image-unsigned-6.8.0-40-generic
+Filename: pool/main/l/linux-hwe-6.8/linux-image-unsigned-6.8.0-40-generic_6.8.0-40.1_amd64.deb
+";
+        // Then the newest 5.15 with both packages wins (100 over 99 by number, not by text)
+        let (abi, files) = newest_ubuntu_kernel(index).expect("a kernel");
+        assert_eq!(abi, "5.15.0-100");
+        assert_eq!(
+            files,
+            [
+                "pool/main/l/linux/linux-image-unsigned-5.15.0-100-generic_5.15.0-100.1_amd64.deb",
+                "pool/main/l/linux/linux-modules-5.15.0-100-generic_5.15.0-100.1_amd64.deb",
+            ]
+        );
+    }
+
+    #[test]
+    fn builtin_module_lines_name_the_module() {
+        assert_eq!(
+            module_name("kernel/drivers/virtio/virtio_pci.ko").as_deref(),
+            Some("virtio_pci")
+        );
+        assert_eq!(
+            module_name("kernel/drivers/char/virtio-console.ko").as_deref(),
+            Some("virtio_console")
+        );
+        assert_eq!(module_name("modules.order"), None);
+    }
 }

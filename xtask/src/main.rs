@@ -43,11 +43,13 @@ enum Task {
         /// Only run tests whose name contains this.
         filter: Option<String>,
         /// Instead, boot this kernel under qemu and run end-to-end tests in it: `debian`
-        /// (Debian 12's stock kernel, fetched and unpacked, not installed), or the
-        /// `vmlinuz-VERSION` of an unpacked kernel package. With a filter, the tests it names;
-        /// else a subset (attach, launch, exact figures, unwinding, sampling, the live view,
-        /// detach).
-        #[arg(long, value_name = "debian|PATH")]
+        /// (Debian 12's stock 6.1, fetched and unpacked, not installed), `ubuntu-22.04`
+        /// (Ubuntu's 5.15, from Ubuntu's archive), `debian-sid` (Debian's newest, preemptible),
+        /// or the `vmlinuz-VERSION` of an unpacked kernel package. With a filter, the tests it
+        /// names; else a subset (attach, launch, exact figures, unwinding, sampling, the live
+        /// view, detach; on 5.15 what a kernel without bpf_loop runs; on the newest, threads
+        /// preempted in the programs). LEAKTRACE_BIN tests another build.
+        #[arg(long, value_name = "debian|debian-sid|ubuntu-22.04|PATH")]
         kernel: Option<String>,
     },
     /// Lint the workspace and the eBPF crate with clippy, warnings denied.
@@ -75,6 +77,22 @@ enum Task {
         /// malloc+free pairs per thread per run.
         #[arg(long, default_value_t = 50_000)]
         ops: u64,
+        /// Instead, run the bench inside this kernel under qemu (TCG: every instruction is
+        /// emulated, so only ratios within that run mean anything), without peer rows:
+        /// `debian`, `debian-sid`, `ubuntu-22.04` or PATH, as for `test --kernel`.
+        #[arg(long, value_name = "debian|debian-sid|ubuntu-22.04|PATH")]
+        kernel: Option<String>,
+    },
+    /// The bench's measurements alone, with nothing installed or built (run inside a kernel
+    /// booted by `bench --kernel`).
+    #[command(hide = true)]
+    BenchInside {
+        /// Repetitions of each configuration.
+        #[arg(long)]
+        reps: usize,
+        /// malloc+free pairs per thread per run.
+        #[arg(long)]
+        ops: u64,
     },
 }
 
@@ -91,7 +109,11 @@ fn main() -> Result<()> {
             if !is_root() {
                 bail!("the end-to-end tests load eBPF programs: run `sudo -E cargo xtask test`");
             }
-            let leaktrace = build_release()?;
+            // LEAKTRACE_BIN: another build under test (an older one, to see a test fail).
+            let leaktrace = match std::env::var_os("LEAKTRACE_BIN") {
+                Some(path) => PathBuf::from(path),
+                None => build_release()?,
+            };
             kernel_test(&leaktrace, &kernel, filter.as_slice())
         }
         Task::Test {
@@ -111,11 +133,15 @@ fn main() -> Result<()> {
             setup(Need::Test)?;
             fuzz(Duration::from_secs_f64(minutes.max(0.0) * 60.0))
         }
-        Task::Bench { reps, ops } => {
+        Task::Bench { reps, ops, kernel } => {
             setup(Need::Bench)?;
             build_release()?;
-            bench::run(&workspace(), reps, ops)
+            match kernel {
+                Some(kernel) => kernel::bench(&workspace(), &kernel, reps, ops),
+                None => bench::run(&workspace(), reps, ops, bench::Peers::Run),
+            }
         }
+        Task::BenchInside { reps, ops } => bench::run(&workspace(), reps, ops, bench::Peers::Skip),
     }
 }
 
@@ -456,8 +482,12 @@ fn test(filter: Option<&str>) -> Result<()> {
     if filter.is_none() {
         // A short soak; `cargo xtask soak --minutes 60` is the long one.
         soak(&leaktrace, Duration::from_secs(40))?;
-        // The kernel production hosts run: Debian 12's own.
+        // Kernels production hosts run: Debian 12's own (6.1), and Ubuntu 22.04's (5.15,
+        // without bpf_loop).
         kernel_test(&leaktrace, "debian", &[])?;
+        kernel_test(&leaktrace, "ubuntu-22.04", &[])?;
+        // And the newest, preemptible, where unguarded programs faulted in the kernel.
+        kernel_test(&leaktrace, "debian-sid", &[])?;
     }
     Ok(())
 }

@@ -136,6 +136,12 @@ pub(crate) const TOOLS: &[Tool] = &[
         used_for: "stripping a fixture as distributions do",
     },
     Tool {
+        command: "curl",
+        install: Install::Apt("curl"),
+        need: Need::Test,
+        used_for: "fetching Ubuntu 22.04's kernel for the kernel matrix",
+    },
+    Tool {
         command: "xz",
         install: Install::Apt("xz-utils"),
         need: Need::Test,

@@ -44,6 +44,7 @@ mod c_fixture;
 mod daemons;
 mod faults;
 mod go;
+mod kernels;
 mod lifecycle;
 mod live_view;
 mod processes;

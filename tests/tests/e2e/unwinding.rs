@@ -3,13 +3,13 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
-fn chain() -> Vec<String> {
+pub(super) fn chain() -> Vec<String> {
     let mut names: Vec<String> = (1..=12).rev().map(|i| format!("chain_{i:02}")).collect();
     names.extend(["run", "main", "__libc_start_call_main", "_start"].map(String::from));
     names
 }
 
-fn assert_complete(stack: &Value) {
+pub(super) fn assert_complete(stack: &Value) {
     assert_eq!(stack["incomplete"], false, "{stack:#}");
     assert_eq!(stack["truncated"], false, "{stack:#}");
 }

@@ -19,6 +19,103 @@ const KIND_DATASEC: u32 = 15;
 const KIND_DECL_TAG: u32 = 17;
 const KIND_ENUM64: u32 = 19;
 
+/// `BTF_KIND_FUNC`: a function (a kfunc's type id is its `FUNC`'s).
+const KIND_FUNC: u32 = 12;
+
+/// One type of a BTF blob, as [`for_each_type`] visits it.
+struct Type<'a> {
+    btf: &'a [u8],
+    strings: usize,
+    /// Its type id (the first type is 1).
+    id: u32,
+    kind: u32,
+    name_off: u32,
+    vlen: usize,
+    kind_flag: bool,
+    /// Where its kind-specific data starts.
+    data: usize,
+}
+
+impl Type<'_> {
+    fn u32_at(&self, at: usize) -> Option<u32> {
+        Some(u32::from_le_bytes(
+            self.btf.get(at..at + 4)?.try_into().ok()?,
+        ))
+    }
+
+    /// The string at `off` of the string section.
+    fn string(&self, off: u32) -> Option<String> {
+        let rest = self.btf.get(self.strings + off as usize..)?;
+        let end = rest.iter().position(|b| *b == 0)?;
+        Some(String::from_utf8_lossy(&rest[..end]).into_owned())
+    }
+
+    fn name(&self) -> Option<String> {
+        self.string(self.name_off)
+    }
+}
+
+/// Calls `visit` for each type of raw BTF `btf`, in id order; `None` (from a malformed blob or
+/// from `visit`) stops the walk.
+fn for_each_type(btf: &[u8], mut visit: impl FnMut(&Type<'_>) -> Option<()>) -> Option<()> {
+    let u32_at = |at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(btf.get(at..at + 4)?.try_into().ok()?))
+    };
+    if btf.get(0..2)? != [0x9f, 0xeb] {
+        return None;
+    }
+    let hdr_len = u32_at(4)? as usize;
+    let (type_off, type_len) = (u32_at(8)? as usize, u32_at(12)? as usize);
+    let str_off = u32_at(16)? as usize;
+    let types = hdr_len + type_off;
+    let strings = hdr_len + str_off;
+    let mut at = types;
+    let mut id = 1;
+    while at + 12 <= types + type_len {
+        let name_off = u32_at(at)?;
+        let info = u32_at(at + 4)?;
+        let kind = (info >> 24) & 0x1f;
+        let vlen = (info & 0xffff) as usize;
+        let ty = Type {
+            btf,
+            strings,
+            id,
+            kind,
+            name_off,
+            vlen,
+            kind_flag: info >> 31 != 0,
+            data: at + 12,
+        };
+        visit(&ty)?;
+        at += 12
+            + match kind {
+                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+                KIND_ARRAY => 12,
+                KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => vlen * 12,
+                KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
+                _ => 0,
+            };
+        id += 1;
+    }
+    Some(())
+}
+
+/// The type ids of the functions named in `wanted` that raw BTF `btf` has (a kfunc is called
+/// by its id in the kernel's BTF).
+pub fn function_ids(btf: &[u8], wanted: &[&str]) -> HashMap<String, u32> {
+    let mut out = HashMap::new();
+    let _ = for_each_type(btf, |ty| {
+        if ty.kind == KIND_FUNC
+            && let Some(name) = ty.name()
+            && wanted.contains(&name.as_str())
+        {
+            out.insert(name, ty.id);
+        }
+        Some(())
+    });
+    out
+}
+
 /// Member byte offsets of the named structs, as parsed from BTF.
 #[derive(Debug, Default)]
 pub struct StructOffsets {
@@ -28,60 +125,30 @@ pub struct StructOffsets {
 impl StructOffsets {
     /// Parses raw BTF, keeping the members of the structs named in `wanted`.
     pub fn parse(btf: &[u8], wanted: &[&str]) -> Option<Self> {
-        let u32_at = |at: usize| -> Option<u32> {
-            Some(u32::from_le_bytes(btf.get(at..at + 4)?.try_into().ok()?))
-        };
-        if btf.get(0..2)? != [0x9f, 0xeb] {
-            return None;
-        }
-        let hdr_len = u32_at(4)? as usize;
-        let (type_off, type_len) = (u32_at(8)? as usize, u32_at(12)? as usize);
-        let str_off = u32_at(16)? as usize;
-        let types = hdr_len + type_off;
-        let strings = hdr_len + str_off;
-        let name = |off: u32| -> Option<String> {
-            let start = strings + off as usize;
-            let rest = btf.get(start..)?;
-            let end = rest.iter().position(|b| *b == 0)?;
-            Some(String::from_utf8_lossy(&rest[..end]).into_owned())
-        };
         let mut out = Self::default();
-        let mut at = types;
-        while at + 12 <= types + type_len {
-            let name_off = u32_at(at)?;
-            let info = u32_at(at + 4)?;
-            let kind = (info >> 24) & 0x1f;
-            let vlen = (info & 0xffff) as usize;
-            let kind_flag = info >> 31 != 0;
-            at += 12;
-            let extra = match kind {
-                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
-                KIND_ARRAY => 12,
-                KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => vlen * 12,
-                KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
-                _ => 0,
-            };
-            if kind == KIND_STRUCT {
-                let struct_name = name(name_off)?;
-                if wanted.contains(&struct_name.as_str()) && !out.structs.contains_key(&struct_name)
-                {
-                    let mut members = HashMap::new();
-                    for m in 0..vlen {
-                        let member = at + m * 12;
-                        let offset = u32_at(member + 8)?;
-                        // With kind_flag the low 24 bits are the bit offset.
-                        let bits = if kind_flag {
-                            offset & 0x00ff_ffff
-                        } else {
-                            offset
-                        };
-                        members.insert(name(u32_at(member)?)?, bits / 8);
-                    }
-                    out.structs.insert(struct_name, members);
-                }
+        for_each_type(btf, |ty| {
+            if ty.kind != KIND_STRUCT {
+                return Some(());
             }
-            at += extra;
-        }
+            let struct_name = ty.name()?;
+            if !wanted.contains(&struct_name.as_str()) || out.structs.contains_key(&struct_name) {
+                return Some(());
+            }
+            let mut members = HashMap::new();
+            for m in 0..ty.vlen {
+                let member = ty.data + m * 12;
+                let offset = ty.u32_at(member + 8)?;
+                // With kind_flag the low 24 bits are the bit offset.
+                let bits = if ty.kind_flag {
+                    offset & 0x00ff_ffff
+                } else {
+                    offset
+                };
+                members.insert(ty.string(ty.u32_at(member)?)?, bits / 8);
+            }
+            out.structs.insert(struct_name, members);
+            Some(())
+        })?;
         Some(out)
     }
 

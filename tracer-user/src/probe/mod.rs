@@ -10,6 +10,8 @@
 
 pub mod btf;
 pub mod events;
+pub mod features;
+pub mod preempt;
 pub mod site;
 pub mod uprobe_session;
 
@@ -199,6 +201,9 @@ pub struct Probes {
     pair_multi: Option<(SessionProgram, SessionProgram)>,
     /// How returns are caught (decided at load, revised if the session link fails).
     returns: ReturnProbes,
+    /// Why probes are attached one by one rather than as `uprobe_multi` links (`None`: they
+    /// are not).
+    separate_links: Option<String>,
     session_links: Vec<SessionLink>,
     /// `uprobe_multi` links of `free_enter`, one per object.
     free_multi_links: Vec<SessionLink>,
@@ -225,6 +230,11 @@ impl std::fmt::Debug for Probes {
             .field("return_links", &self.return_links.len())
             .finish()
     }
+}
+
+/// How this kernel's copy of the object guards its programs against preemption.
+pub fn preempt_guard() -> preempt::Guard {
+    preempt::patched(OBJECT).1
 }
 
 /// Program `name` of the loaded object, as the program type `T`.
@@ -292,7 +302,7 @@ impl Probes {
                     16 << 20
                 },
             )
-            .load(OBJECT)?;
+            .load(preempt::patched(OBJECT).0)?;
         for name in [names::FREE_ENTER, names::FLOOR_ENTER] {
             load_program(&mut ebpf, name)?;
         }
@@ -316,9 +326,14 @@ impl Probes {
         // Every probe of a kind in one `uprobe_multi` link per object where the kernel has
         // them (6.6+): removed at once, where separate probes are removed one by one.
         let multi = config.uprobe_session;
-        let free_multi = multi
-            .then(|| load_multi(&mut ebpf, names::FREE_ENTER, Attach::Multi).ok())
-            .flatten();
+        let (free_multi, separate_links) = if multi {
+            match load_multi(&mut ebpf, names::FREE_ENTER, Attach::Multi) {
+                Ok(program) => (Some(program), None),
+                Err(why) => (None, Some(why)),
+            }
+        } else {
+            (None, Some("--no-uprobe-session".to_owned()))
+        };
         let pair_multi = if multi && session_program.is_none() && free_multi.is_some() {
             load_multi(&mut ebpf, names::ALLOC_ENTER, Attach::Multi)
                 .and_then(|entry| {
@@ -367,6 +382,7 @@ impl Probes {
             session_program,
             free_multi,
             pair_multi,
+            separate_links,
             returns,
             session_links: Vec::new(),
             free_multi_links: Vec::new(),
@@ -463,6 +479,7 @@ impl Probes {
             return false;
         };
         let mut links = Vec::new();
+        let mut refused = None;
         for object in &allocators.objects {
             let (offsets, cookies): (Vec<u64>, Vec<u64>) = object
                 .points
@@ -482,8 +499,16 @@ impl Probes {
                 false,
             ) {
                 Ok(link) => links.push(link),
-                Err(_) => return false,
+                Err(err) => {
+                    refused = Some(err.to_string());
+                    break;
+                }
             }
+        }
+        if let Some(why) = refused {
+            // Said in the attach summary: the probes go one by one instead.
+            self.separate_links = Some(why);
+            return false;
         }
         self.free_multi_links = links;
         true
@@ -598,6 +623,16 @@ impl Probes {
     /// How the returns of allocating calls are caught.
     pub fn returns(&self) -> &ReturnProbes {
         &self.returns
+    }
+
+    /// One line for the attach summary when probes are attached one by one: each is then also
+    /// removed on its own at exit, which takes longer (`None` with `uprobe_multi` links).
+    pub fn separate_links(&self) -> Option<String> {
+        self.separate_links.as_ref().map(|why| {
+            format!(
+                "probes: one link per function, removed one by one at exit (no uprobe_multi: {why})"
+            )
+        })
     }
 
     /// Attaches only the empty program to the C API's malloc and free (`--probe-floor`): the
@@ -780,7 +815,8 @@ fn load_multi(ebpf: &mut Ebpf, name: &str, attach: Attach) -> Result<SessionProg
         .map_err(|err| err.to_string())?
         .btf_id()
         .ok_or("the loaded object has no BTF")?;
-    SessionProgram::load(OBJECT, ebpf, name, btf_id, attach).map_err(|err| err.to_string())
+    SessionProgram::load(preempt::patched(OBJECT).0, ebpf, name, btf_id, attach)
+        .map_err(|err| err.to_string())
 }
 
 impl Drop for Probes {

@@ -311,7 +311,7 @@ impl SessionLink {
         at_return: bool,
     ) -> Result<Self, SessionError> {
         let syscall = |source| SessionError::Syscall {
-            what: "creating the uprobe session link",
+            what: "creating a uprobe_multi link",
             source,
         };
         if offsets.len() != cookies.len() || offsets.is_empty() {

@@ -83,7 +83,12 @@ impl StopReason {
 /// Runs leaktrace as the command line asks; `Ok` means exit code 0.
 pub fn run(cli: &Cli) -> Result<(), Failure> {
     let checked = start::check(cli)?;
+    // What this kernel offers, tried before anything is launched, loaded or attached.
+    let features = crate::probe::features::Features::probe();
     let target = start::Target::open(cli)?;
+    if !target.allocators.objects.is_empty() {
+        features.check(cli.unwind)?;
+    }
     // Opened now, while the target surely exists: one that exits during start-up (attaching
     // takes a while) is still seen to exit.
     let target_exit = pidfd(target.process.pid);
@@ -171,30 +176,43 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
         .map(|e| e.name())
         .chain(go.iter().map(|g| g.name()))
         .collect();
-    eprintln!(
-        "leaktrace: tracing pid {} ({}) through {}",
+    let mut said = vec![format!(
+        "tracing pid {} ({}) through {}",
         target.process.pid,
         target.process.command,
         through.join(" and ")
+    )];
+    let fallbacks = ebpf
+        .as_ref()
+        .map(|_| features.fallbacks())
+        .unwrap_or_default();
+    said.extend(
+        ebpf.iter()
+            .flat_map(EbpfSource::describe)
+            .chain(fallbacks)
+            .chain(go_said)
+            .map(|line| format!("  {line}")),
     );
-    for line in ebpf.iter().flat_map(EbpfSource::describe).chain(go_said) {
-        eprintln!("leaktrace:   {line}");
-    }
     for (process, source) in &others {
-        eprintln!(
-            "leaktrace: tracing pid {} ({}) through {}",
+        said.push(format!(
+            "tracing pid {} ({}) through {}",
             process.pid,
             process.command,
             source.name()
-        );
+        ));
     }
     let dirs = DebugDirs::new(&cli.debuginfo_dir);
     if let Some(line) = target.describe_symbols(&dirs) {
-        eprintln!("leaktrace:   {line}");
+        said.push(format!("  {line}"));
     }
     let allocator_inodes = target.allocator_inodes();
     let not_traced = target.allocators.left_out.clone();
+    // The target's mappings are read here, before tracing is announced: a target that exits
+    // right after the announcement is still symbolized.
     let mut session = Session::new(cli, target.process, target.launched, &dirs);
+    for line in said {
+        eprintln!("leaktrace: {line}");
+    }
     session.target_exit = target_exit;
     session.not_traced = not_traced;
     if let Some(ebpf) = ebpf {

@@ -375,6 +375,32 @@ pub fn pidfd_exit_status(pidfd: std::os::fd::BorrowedFd<'_>, patience: Duration)
     }
 }
 
+/// Whether the kernel keeps how a process ended for its pidfds (`PIDFD_GET_INFO` with
+/// `PIDFD_INFO_EXIT`, Linux 6.15), tried on a child that exits at once.
+pub fn pidfd_exit_info_supported() -> bool {
+    use std::os::fd::{AsFd as _, FromRawFd as _};
+    // SAFETY: the child calls only `_exit`, which is async-signal-safe after fork.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        // SAFETY: ends the child without running anything of the parent's.
+        unsafe { libc::_exit(0) };
+    }
+    if child < 0 {
+        return false;
+    }
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child, 0) };
+    let mut status = 0;
+    // SAFETY: reaps our own child; `status` is a writable int.
+    unsafe { libc::waitpid(child, &raw mut status, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: the kernel just returned this descriptor and nothing else owns it.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    pidfd_exit_status(fd.as_fd(), Duration::ZERO).is_some()
+}
+
 #[cfg(test)]
 mod exit_tests {
     use super::*;

@@ -222,6 +222,7 @@ impl EbpfSource {
             lines.push(format!("not probed: {not_probed}"));
         }
         lines.push(self.probes.returns().describe());
+        lines.extend(self.probes.separate_links());
         lines
     }
 

@@ -1,0 +1,116 @@
+//! What a kernel can run: every mode where it has every feature; where it lacks `bpf_loop`
+//! (before 5.17, such as Ubuntu 22.04's 5.15), a one-line refusal of table unwinding that names
+//! `--unwind fp`, before anything is attached; and frame pointers exact on both.
+//!
+//! The kernel's release is the oracle here, independent of the feature probes under test.
+use std::time::Instant;
+
+use leaktrace_tests::{code_changed_in_memory, kernel_at_least, kernel_faults};
+
+use super::{
+    unwinding::{assert_complete, chain},
+    *,
+};
+
+#[test]
+fn table_unwinding_runs_or_is_refused_naming_fp_and_fp_is_exact() {
+    require_root();
+    let mut target = Fixture::start(&fixture(Build::CFramePointers));
+    let pid = target.pid.to_string();
+    if kernel_at_least(5, 17) {
+        let tracer = Tracer::attach(target.pid, &[]);
+        target.cmd("chain 4 100");
+        let report = tracer.interrupt().report.unwrap();
+        let stack = stack_from(&report, "chain_12");
+        assert_eq!(
+            (num(stack, "live_bytes"), num(stack, "live_allocs")),
+            (400, 4)
+        );
+    } else {
+        let (status, _, stderr) = run_leaktrace(&["-p", &pid, "--duration", "2"]);
+        assert_eq!(status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "not one line: {stderr}");
+        assert!(stderr.contains("lacks bpf_loop (Linux 5.17+"), "{stderr}");
+        assert!(stderr.contains("--unwind fp still works"), "{stderr}");
+        assert!(!stderr.contains("tracing pid"), "{stderr}");
+        assert_eq!(code_changed_in_memory(target.pid), Vec::new());
+    }
+    // Frame pointers, on any kernel: the whole chain, exactly.
+    let tracer = Tracer::attach(target.pid, &["--unwind", "fp"]);
+    target.cmd("chain 4 100");
+    let finished = tracer.interrupt();
+    // One line per feature this kernel runs degraded, and none for what it has.
+    let said = |needle: &str| finished.stderr.contains(needle);
+    assert_eq!(
+        said("no uprobe_multi"),
+        !kernel_at_least(6, 6),
+        "{}",
+        finished.stderr
+    );
+    assert!(
+        !said("no uprobe session"),
+        "not sampling: {}",
+        finished.stderr
+    );
+    assert_eq!(
+        said("no PIDFD_GET_INFO"),
+        !kernel_at_least(6, 15),
+        "{}",
+        finished.stderr
+    );
+    let report = finished.report.unwrap();
+    assert_eq!(report["unwind"], "fp");
+    let stack = stack_from(&report, "chain_12");
+    assert_eq!(
+        (num(stack, "live_bytes"), num(stack, "live_allocs")),
+        (400, 4)
+    );
+    let names = functions(stack);
+    let expected = chain();
+    assert_eq!(
+        names[..12].iter().map(String::as_str).collect::<Vec<_>>(),
+        expected[..12]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        "all twelve, in order, first"
+    );
+    assert_complete(stack);
+}
+
+/// Since 6.13 the kernel gives uprobe programs per-CPU private stacks on the assumption that
+/// they cannot be preempted; on a preemptible kernel (Debian's 7.2 is `PREEMPT(lazy)`) two
+/// threads on one CPU shared one and the unwinder faulted in the kernel. leaktrace's programs
+/// now run with preemption disabled. More threads than CPUs, churning through the unwinder for
+/// 15 s: no fault in the kernel's log, and the figures exact.
+#[test]
+fn more_threads_than_cpus_leave_the_kernel_clean_and_the_figures_exact() {
+    require_root();
+    let before = kernel_faults();
+    let mut target = Fixture::start(&fixture(Build::COmitFramePointer));
+    let tracer = Tracer::attach(target.pid, &[]);
+    let (threads, per_thread, every) = (8u64, 20_000u64, 100u64);
+    let started = Instant::now();
+    let mut rounds = 0;
+    while rounds == 0 || started.elapsed() < Duration::from_secs(15) {
+        target.cmd(&format!("threads {threads} {per_thread} {every}"));
+        rounds += 1;
+    }
+    let finished = tracer.interrupt();
+    let after = kernel_faults();
+    assert_eq!(
+        after[before.len().min(after.len())..],
+        [] as [String; 0],
+        "the kernel faulted"
+    );
+    let report = finished.report.unwrap();
+    let leaked = rounds * threads * per_thread.div_ceil(every);
+    assert_clean(&report);
+    assert_stack(
+        &report,
+        "thread_leak",
+        leaked * 48,
+        leaked,
+        &["thread_leak", "thread_churn"],
+    );
+}
