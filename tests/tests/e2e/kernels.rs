@@ -52,6 +52,13 @@ fn table_unwinding_runs_or_is_refused_naming_fp_and_fp_is_exact() {
         "not sampling: {}",
         finished.stderr
     );
+    // Before 6.1 run-time allocated maps make the kernel log a warning: preallocated instead.
+    assert_eq!(
+        said("preallocated"),
+        !kernel_at_least(6, 1),
+        "{}",
+        finished.stderr
+    );
     assert_eq!(
         said("no PIDFD_GET_INFO"),
         !kernel_at_least(6, 15),
@@ -87,8 +94,14 @@ fn table_unwinding_runs_or_is_refused_naming_fp_and_fp_is_exact() {
 fn more_threads_than_cpus_leave_the_kernel_clean_and_the_figures_exact() {
     require_root();
     let before = kernel_faults();
-    let mut target = Fixture::start(&fixture(Build::COmitFramePointer));
-    let tracer = Tracer::attach(target.pid, &[]);
+    // Through the unwinder where the kernel has bpf_loop, else through frame pointers.
+    let (build, args): (_, &[&str]) = if kernel_at_least(5, 17) {
+        (Build::COmitFramePointer, &[])
+    } else {
+        (Build::CFramePointers, &["--unwind", "fp"])
+    };
+    let mut target = Fixture::start(&fixture(build));
+    let tracer = Tracer::attach(target.pid, args);
     let (threads, per_thread, every) = (8u64, 20_000u64, 100u64);
     let started = Instant::now();
     let mut rounds = 0;

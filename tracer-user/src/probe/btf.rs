@@ -152,6 +152,11 @@ impl StructOffsets {
         Some(out)
     }
 
+    /// Whether the struct `strukt` was found.
+    pub fn has(&self, strukt: &str) -> bool {
+        self.structs.contains_key(strukt)
+    }
+
     /// The byte offset of `member` in `strukt`.
     pub fn offset(&self, strukt: &str, member: &str) -> Option<u32> {
         self.structs.get(strukt)?.get(member).copied()

@@ -60,6 +60,9 @@ pub struct Features {
     pub pidfd_info: bool,
     /// How the programs are kept from being preempted (see [`crate::probe::preempt`]).
     pub preempt_guard: crate::probe::preempt::Guard,
+    /// Whether the stack and sample maps are preallocated (smaller) because the kernel warns
+    /// about run-time allocated ones (see [`crate::probe::object`]).
+    pub maps_preallocated: bool,
 }
 
 impl Features {
@@ -114,7 +117,8 @@ impl Features {
             required,
             return_instance_layout,
             pidfd_info: crate::target::pidfd_exit_info_supported(),
-            preempt_guard: crate::probe::preempt_guard(),
+            preempt_guard: crate::probe::object::prepared().guard,
+            maps_preallocated: crate::probe::object::prepared().preallocated,
         }
     }
 
@@ -172,6 +176,13 @@ impl Features {
                  by); a preemptible kernel of 6.13 or later could corrupt their stacks"
                     .to_owned(),
             );
+        }
+        if self.maps_preallocated {
+            lines.push(format!(
+                "stacks: at most {} distinct, preallocated (run-time allocated maps make this \
+                 kernel log a warning: before 6.1)",
+                crate::probe::object::PREALLOCATED_STACKS
+            ));
         }
         if !self.pidfd_info {
             lines.push(

@@ -11,6 +11,7 @@
 pub mod btf;
 pub mod events;
 pub mod features;
+pub mod object;
 pub mod preempt;
 pub mod site;
 pub mod uprobe_session;
@@ -232,11 +233,6 @@ impl std::fmt::Debug for Probes {
     }
 }
 
-/// How this kernel's copy of the object guards its programs against preemption.
-pub fn preempt_guard() -> preempt::Guard {
-    preempt::patched(OBJECT).1
-}
-
 /// Program `name` of the loaded object, as the program type `T`.
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, ProbeError>
 where
@@ -282,7 +278,14 @@ impl Probes {
         } else {
             config.unwind_rows.max(1)
         };
-        let mut ebpf = EbpfLoader::new()
+        let prepared = object::prepared();
+        let mut loader = EbpfLoader::new();
+        if prepared.preallocated {
+            loader
+                .map_max_entries(names::STACKS, object::PREALLOCATED_STACKS)
+                .map_max_entries("SAMPLED", object::PREALLOCATED_SAMPLED);
+        }
+        let mut ebpf = loader
             // The unwinder's per-thread stack copy is task-local storage, which aya creates
             // but has no typed handle for (user space never touches it).
             .allow_unsupported_maps()
@@ -302,7 +305,7 @@ impl Probes {
                     16 << 20
                 },
             )
-            .load(preempt::patched(OBJECT).0)?;
+            .load(prepared.bytes)?;
         for name in [names::FREE_ENTER, names::FLOOR_ENTER] {
             load_program(&mut ebpf, name)?;
         }
@@ -815,7 +818,7 @@ fn load_multi(ebpf: &mut Ebpf, name: &str, attach: Attach) -> Result<SessionProg
         .map_err(|err| err.to_string())?
         .btf_id()
         .ok_or("the loaded object has no BTF")?;
-    SessionProgram::load(preempt::patched(OBJECT).0, ebpf, name, btf_id, attach)
+    SessionProgram::load(object::prepared().bytes, ebpf, name, btf_id, attach)
         .map_err(|err| err.to_string())
 }
 

@@ -7,8 +7,6 @@
 //! `bpf_preempt_disable` or `bpf_preempt_enable` kfunc, by its id in the running kernel's BTF,
 //! or `r0 = 0` where the kernel has no such kfunc (before 6.10; those kernels give no private
 //! stacks either).
-use std::{collections::HashMap, sync::OnceLock};
-
 use object::{Object as _, ObjectSection as _, SectionFlags, elf::SHF_EXECINSTR};
 use tracer_common::preempt::{DISABLE, ENABLE};
 
@@ -30,49 +28,27 @@ pub enum Guard {
     NoBtf,
 }
 
-/// The object with its guards resolved for this kernel (computed once), and how.
-pub fn patched(object: &'static [u8]) -> (&'static [u8], Guard) {
-    static PATCHED: OnceLock<(Vec<u64>, usize, Guard)> = OnceLock::new();
-    let (words, len, guard) = PATCHED.get_or_init(|| {
-        let (ids, guard) = match std::fs::read("/sys/kernel/btf/vmlinux") {
-            Ok(btf) => {
-                let ids = crate::probe::btf::function_ids(
-                    &btf,
-                    &["bpf_preempt_disable", "bpf_preempt_enable"],
-                );
-                let guard = if ids.len() == 2 {
-                    Guard::Kfuncs
-                } else {
-                    Guard::NoKfuncs
-                };
-                (ids, guard)
-            }
-            Err(_) => (HashMap::new(), Guard::NoBtf),
-        };
-        let mut bytes = object.to_vec();
-        rewrite(
-            &mut bytes,
-            ids.get("bpf_preempt_disable").copied(),
-            ids.get("bpf_preempt_enable").copied(),
-        );
-        // Kept as words: the ELF parsers read the object in place and need it aligned.
-        let mut words = vec![0u64; bytes.len().div_ceil(8)];
-        for (word, chunk) in words.iter_mut().zip(bytes.chunks(8)) {
-            let mut buf = [0u8; 8];
-            buf[..chunk.len()].copy_from_slice(chunk);
-            *word = u64::from_ne_bytes(buf);
-        }
-        (words, bytes.len(), guard)
-    });
-    // SAFETY: `words` lives as long as the process (a static), holds at least `len` bytes, and
-    // any bytes may be viewed as `u8`.
-    let bytes = unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), *len) };
-    (bytes, *guard)
+/// How this kernel's BTF resolves the guards: the two kfuncs' ids, and what that means.
+pub fn resolve() -> (Option<u32>, Option<u32>, Guard) {
+    let Ok(btf) = std::fs::read("/sys/kernel/btf/vmlinux") else {
+        return (None, None, Guard::NoBtf);
+    };
+    let ids = crate::probe::btf::function_ids(&btf, &["bpf_preempt_disable", "bpf_preempt_enable"]);
+    let (disable, enable) = (
+        ids.get("bpf_preempt_disable").copied(),
+        ids.get("bpf_preempt_enable").copied(),
+    );
+    let guard = if disable.is_some() && enable.is_some() {
+        Guard::Kfuncs
+    } else {
+        Guard::NoKfuncs
+    };
+    (disable, enable, guard)
 }
 
 /// Rewrites every placeholder call in the executable sections of ELF `bytes`: into kfunc calls
 /// by the given BTF ids, or into `r0 = 0` where an id is missing. Returns how many it rewrote.
-fn rewrite(bytes: &mut [u8], disable: Option<u32>, enable: Option<u32>) -> usize {
+pub fn rewrite(bytes: &mut [u8], disable: Option<u32>, enable: Option<u32>) -> usize {
     let ranges: Vec<(usize, usize)> = match object::File::parse(&*bytes) {
         Ok(file) => file
             .sections()
@@ -156,8 +132,13 @@ mod tests {
     #[test]
     fn this_kernel_has_the_kfuncs() {
         // Given the kernel these tests run on (6.10 or later)
-        let (bytes, guard) = patched(OBJECT);
+        let (disable, enable, guard) = resolve();
         assert_eq!(guard, Guard::Kfuncs);
-        assert_eq!(count_placeholders(bytes), 0);
+        assert!(disable.is_some() && enable.is_some() && disable != enable);
+        // Then the object the kernel gets has no placeholder left
+        assert_eq!(
+            count_placeholders(crate::probe::object::prepared().bytes),
+            0
+        );
     }
 }
