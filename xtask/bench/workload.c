@@ -1,6 +1,6 @@
 /*
  * Benchmark workload: THREADS threads each do OPS malloc+free pairs (16 B to 4 KiB) through a
- * twenty-frame call chain (built with frame pointers, so both unwinding modes see all of it). It prints "ready PID", waits for a line on stdin (so a tracer can attach
+ * twenty-frame call chain (or DEPTH frames, when given as the third argument) (built with frame pointers, so both unwinding modes see all of it). It prints "ready PID", waits for a line on stdin (so a tracer can attach
  * first), runs, and prints "ns_per_pair X": the mean of each thread's own loop time per pair.
  */
 #include <pthread.h>
@@ -38,9 +38,17 @@ NOINLINE void f14(long i) { f13(i); KEEP(i); }
 NOINLINE void f15(long i) { f14(i); KEEP(i); }
 NOINLINE void f16(long i) { f15(i); KEEP(i); }
 
+/* With a depth argument: `descend` recurses to DEPTH - 4 frames, then pairs (the 4 being pair,
+ * worker, start_thread and clone), for the per-program breakdown at 4, 20 and 60 frames. */
+static long depth = -1;
+NOINLINE void descend(long d, long i) { if (d <= 0) pair(i); else descend(d - 1, i); KEEP(d); }
+
 static void *worker(void *out) {
     long start = now_ns();
-    for (long i = 0; i < ops; i++) f16(i);
+    if (depth >= 0)
+        for (long i = 0; i < ops; i++) descend(depth > 4 ? depth - 4 : 0, i);
+    else
+        for (long i = 0; i < ops; i++) f16(i);
     *(long *)out = now_ns() - start;
     return NULL;
 }
@@ -48,6 +56,7 @@ static void *worker(void *out) {
 int main(int argc, char **argv) {
     int threads = argc > 1 ? atoi(argv[1]) : 2;
     ops = argc > 2 ? atol(argv[2]) : 50000;
+    if (argc > 3) depth = atol(argv[3]);
     if (threads < 1 || threads > 64) threads = 2;
     printf("ready %d\n", (int)getpid());
     fflush(stdout);

@@ -31,6 +31,13 @@ enum Config {
     /// leaktrace unwinding from `.eh_frame` tables.
     LeaktraceDwarf,
     Memleak,
+    /// A bpftrace script doing what memleak does (malloc's entry and return, free's entry, a map
+    /// by address of size and user stack): the attach-mode peer where bcc cannot run.
+    Bpftrace,
+    /// heaptrack launching the workload (its LD_PRELOAD library records every call).
+    Heaptrack,
+    /// valgrind's memcheck launching the workload (every instruction translated).
+    Valgrind,
     /// The workload with Debian's libjemalloc preloaded: its malloc is jemalloc's.
     UntracedJemalloc,
     /// leaktrace (`--unwind dwarf`) on the workload with jemalloc.
@@ -55,10 +62,40 @@ impl Config {
             Self::LeaktraceFp => "leaktrace --unwind fp",
             Self::LeaktraceDwarf => "leaktrace --unwind dwarf",
             Self::Memleak => "bcc memleak-bpfcc -p PID",
+            Self::Bpftrace => "bpftrace memleak-like script",
+            Self::Heaptrack => "heaptrack (launches it)",
+            Self::Valgrind => "valgrind memcheck (launches it)",
             Self::UntracedJemalloc => "untraced, jemalloc",
             Self::LeaktraceJemalloc => "leaktrace --unwind dwarf, jemalloc",
             Self::UntracedMimalloc => "untraced, mimalloc",
             Self::LeaktraceMimalloc => "leaktrace --unwind dwarf, mimalloc",
+        }
+    }
+
+    /// Another tool's row: one that cannot run here is said in one line and left out.
+    fn is_peer(self) -> bool {
+        matches!(
+            self,
+            Self::Memleak | Self::Bpftrace | Self::Heaptrack | Self::Valgrind
+        )
+    }
+
+    /// The command that launches the workload, for peers that do (heaptrack writes its data
+    /// into `dir`).
+    fn launcher(self, dir: &Path) -> Option<Vec<String>> {
+        match self {
+            Self::Heaptrack => Some(vec![
+                "heaptrack".into(),
+                "-o".into(),
+                dir.join("heaptrack").display().to_string(),
+            ]),
+            Self::Valgrind => Some(vec![
+                "valgrind".into(),
+                "--tool=memcheck".into(),
+                "--leak-check=no".into(),
+                "-q".into(),
+            ]),
+            _ => None,
         }
     }
 
@@ -92,9 +129,13 @@ impl Config {
             Self::LeaktraceDwarf | Self::LeaktraceJemalloc | Self::LeaktraceMimalloc => {
                 Some(&["--unwind", "dwarf"])
             }
-            Self::Untraced | Self::Memleak | Self::UntracedJemalloc | Self::UntracedMimalloc => {
-                None
-            }
+            Self::Untraced
+            | Self::Memleak
+            | Self::Bpftrace
+            | Self::Heaptrack
+            | Self::Valgrind
+            | Self::UntracedJemalloc
+            | Self::UntracedMimalloc => None,
         }
     }
 }
@@ -102,6 +143,71 @@ impl Config {
 struct Sample {
     ns_per_pair: f64,
     lost: Option<u64>,
+    /// Per leaktrace program: runs and nanoseconds spent (with `kernel.bpf_stats_enabled`).
+    programs: Vec<ProgramStats>,
+}
+
+/// What the kernel counted for one of leaktrace's programs during a run.
+#[derive(Clone, Debug)]
+struct ProgramStats {
+    name: String,
+    runs: u64,
+    run_time_ns: u64,
+}
+
+/// How one run differs from the timed ones.
+#[derive(Clone, Copy, Debug, Default)]
+struct RunOptions {
+    /// Frames per allocation's stack (the workload's default chain of 20 when `None`).
+    depth: Option<u32>,
+    /// Read the programs' run counts and times before stopping leaktrace.
+    program_stats: bool,
+}
+
+/// leaktrace's programs that run per allocator call.
+const PROGRAMS: [&str; 4] = ["alloc_enter", "alloc_exit", "alloc_session", "free_enter"];
+
+/// The ids of the BPF programs process `pid` holds, from the `prog_id:` lines of its
+/// descriptors' fdinfo (Debian's bpftool lists no owning pids).
+fn program_ids_of(pid: u32) -> Vec<u64> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|id| id.trim().parse().ok())
+        })
+        .collect()
+}
+
+/// The run counts and times of `tracer`'s programs, from `bpftool prog show -j` (the kernel
+/// keeps them while `kernel.bpf_stats_enabled` is 1).
+fn program_stats(tracer: u32) -> Result<Vec<ProgramStats>> {
+    let ids = program_ids_of(tracer);
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()
+        .context("running bpftool")?;
+    let programs: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let owned_by_tracer =
+        |p: &serde_json::Value| p["id"].as_u64().is_some_and(|id| ids.contains(&id));
+    Ok(programs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| owned_by_tracer(p))
+        .filter_map(|p| {
+            let name = p["name"].as_str()?;
+            PROGRAMS.contains(&name).then(|| ProgramStats {
+                name: name.to_owned(),
+                runs: p["run_cnt"].as_u64().unwrap_or(0),
+                run_time_ns: p["run_time_ns"].as_u64().unwrap_or(0),
+            })
+        })
+        .collect())
 }
 
 /// A tracer process whose stderr/stdout is collected until it prints `ready_marker`.
@@ -221,31 +327,62 @@ fn run_once(
     config: Config,
     ops: u64,
     kernel_source: Option<&Path>,
+    options: RunOptions,
 ) -> Result<Sample> {
-    let mut workload = Command::new(workload);
+    let dir = tempfile_dir()?;
+    let launcher = config.launcher(&dir);
+    let mut workload = match &launcher {
+        Some(words) => {
+            let mut cmd = Command::new(&words[0]);
+            cmd.args(&words[1..]).arg(workload).current_dir(&dir);
+            cmd
+        }
+        None => Command::new(workload),
+    };
     if let Some(library) = config.preload() {
         workload.env("LD_PRELOAD", library);
     }
+    workload.arg(THREADS.to_string()).arg(ops.to_string());
+    if let Some(depth) = options.depth {
+        workload.arg(depth.to_string());
+    }
     let mut child = workload
-        .arg(THREADS.to_string())
-        .arg(ops.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .context("starting the workload")?;
     let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
-    let mut line = String::new();
-    stdout.read_line(&mut line)?;
-    let pid: u32 = line
-        .trim()
-        .strip_prefix("ready ")
+    // A launcher may print lines of its own before and after the workload's.
+    let mut read_until = |prefix: &str| -> Result<String> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if stdout.read_line(&mut line)? == 0 {
+                bail!("the workload ended before saying {prefix:?}");
+            }
+            if let Some(rest) = line.trim().strip_prefix(prefix) {
+                return Ok(rest.to_owned());
+            }
+        }
+    };
+    let pid: u32 = read_until("ready ")
         .context("workload handshake")?
         .parse()?;
-    let dir = tempfile_dir()?;
     let export = dir.join("bench.json");
     let tracer = match config {
-        Config::Untraced => None,
+        Config::Untraced | Config::Heaptrack | Config::Valgrind => None,
         Config::UntracedJemalloc | Config::UntracedMimalloc => None,
+        Config::Bpftrace => {
+            let script = dir.join("memleak.bt");
+            std::fs::write(&script, bpftrace_memleak(&libc_of(pid)?, pid))?;
+            // Not `-p PID`: that opens its uprobes for the main thread only.
+            let mut cmd = Command::new("bpftrace");
+            cmd.arg(&script);
+            let tracer = TracerProc::start(cmd, "Attaching", Duration::from_secs(60))?;
+            // bpftrace says so before its probes are in place.
+            std::thread::sleep(Duration::from_secs(1));
+            Some(tracer)
+        }
         Config::Floor
         | Config::LeaktraceSampled
         | Config::LeaktraceSampledUretprobes
@@ -277,15 +414,15 @@ fn run_once(
     };
     let mut stdin = child.stdin.take().context("stdin")?;
     writeln!(stdin, "go")?;
-    line.clear();
-    stdout.read_line(&mut line)?;
-    let ns_per_pair: f64 = line
-        .trim()
-        .strip_prefix("ns_per_pair ")
-        .with_context(|| format!("workload said {line:?}"))?
-        .parse()?;
+    let ns_per_pair: f64 = read_until("ns_per_pair ")?.parse()?;
     let _ = child.wait();
     let mut lost = None;
+    let mut programs = Vec::new();
+    if let Some(tracer) = &tracer
+        && options.program_stats
+    {
+        programs = program_stats(tracer.child.id())?;
+    }
     if let Some(tracer) = tracer {
         tracer.stop()?;
         if config.leaktrace_args().is_some() {
@@ -302,7 +439,45 @@ fn run_once(
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(Sample { ns_per_pair, lost })
+    Ok(Sample {
+        ns_per_pair,
+        lost,
+        programs,
+    })
+}
+
+/// The C library process `pid` maps (where the bpftrace row probes malloc and free).
+fn libc_of(pid: u32) -> Result<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|path| path.rsplit('/').next() == Some("libc.so.6"))
+        .map(str::to_owned)
+        .context("the workload maps no libc.so.6")
+}
+
+/// What bcc's memleak does, as a bpftrace script on `libc` for process `pid` (a predicate on
+/// every probe): malloc's size kept at its entry by thread, at its return the block's size and
+/// user stack kept by address, both dropped by free. Nothing is printed at the end (the maps
+/// are cleared).
+fn bpftrace_memleak(libc: &str, pid: u32) -> String {
+    format!(
+        "uprobe:{libc}:malloc /pid == {pid}/ {{ @size[tid] = arg0; }}\n\
+         uretprobe:{libc}:malloc /pid == {pid} && @size[tid]/ {{ @bytes[retval] = @size[tid]; @stack[retval] = ustack; delete(@size[tid]); }}\n\
+         uprobe:{libc}:free /pid == {pid}/ {{ delete(@bytes[arg0]); delete(@stack[arg0]); }}\n\
+         END {{ clear(@size); clear(@bytes); clear(@stack); }}\n"
+    )
+}
+
+/// The last line of `err` that says something (a tool's traceback ends with its reason).
+fn last_words(err: &anyhow::Error) -> String {
+    format!("{err:#}")
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("failed")
+        .to_owned()
 }
 
 fn tempfile_dir() -> Result<PathBuf> {
@@ -355,6 +530,9 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64, peers: Peers) -> Resu
     } else {
         None
     };
+    if peers == Peers::Run {
+        configs.extend([Config::Bpftrace, Config::Heaptrack, Config::Valgrind]);
+    }
     if memleak {
         configs.push(Config::Memleak);
     } else if peers == Peers::Skip {
@@ -366,14 +544,19 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64, peers: Peers) -> Resu
     }
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     let mut lost_total = 0u64;
+    let mut cannot_run: Vec<(Config, String)> = Vec::new();
     for rep in 0..reps {
         for (i, config) in configs.iter().enumerate() {
+            if cannot_run.iter().any(|(c, _)| c == config) {
+                continue;
+            }
             match run_once(
                 &workload,
                 &leaktrace,
                 *config,
                 ops,
                 kernel_source.as_deref(),
+                RunOptions::default(),
             ) {
                 Ok(sample) => {
                     eprintln!(
@@ -384,8 +567,16 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64, peers: Peers) -> Resu
                     lost_total += sample.lost.unwrap_or(0);
                     samples[i].push(sample.ns_per_pair);
                 }
-                Err(err) if *config == Config::Memleak => {
-                    eprintln!("bench: memleak failed: {err:#}")
+                Err(err) if config.is_peer() => {
+                    // Said once, and the row left out.
+                    if !cannot_run.iter().any(|(c, _)| c == config) {
+                        cannot_run.push((*config, last_words(&err)));
+                        eprintln!(
+                            "bench: {}: cannot run here: {}",
+                            config.name(),
+                            last_words(&err)
+                        );
+                    }
                 }
                 Err(err) => return Err(err),
             }
@@ -407,22 +598,37 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64, peers: Peers) -> Resu
         "{THREADS} threads x {ops} malloc+free pairs, {reps} interleaved repetitions, medians:"
     );
     println!(
-        "{:<36} {:>12} {:>14} {:>8}",
-        "configuration", "ns/pair", "added us/pair", "ratio"
+        "{:<36} {:>12} {:>14} {:>12} {:>9}",
+        "configuration", "ns/pair", "added us/pair", "vs untraced", "vs floor"
     );
+    // The two-trap floor's added cost, against which every added cost is also put.
+    let floor_added = median_of(Config::Floor).map(|floor| floor - base);
     for (config, m) in configs.iter().zip(&medians) {
         let Some(m) = *m else {
             continue;
         };
         // Added against the untraced run with the same allocator.
         let base = median_of(config.baseline()).unwrap_or(base);
+        let added = m - base;
+        let vs_floor = match floor_added {
+            Some(floor)
+                if floor > 0.0 && (config.leaktrace_args().is_some() || config.is_peer()) =>
+            {
+                format!("{:.2}x", added / floor.max(1e-9))
+            }
+            _ => String::new(),
+        };
         println!(
-            "{:<36} {:>12.0} {:>14.2} {:>7.1}x",
+            "{:<36} {:>12.0} {:>14.2} {:>11.1}x {:>9}",
             config.name(),
             m,
-            (m - base) / 1000.0,
-            m / base
+            added / 1000.0,
+            m / base,
+            vs_floor
         );
+    }
+    for (config, why) in &cannot_run {
+        println!("{:<36} cannot run here: {why}", config.name());
     }
     println!("leaktrace lost events over all runs: {lost_total}");
     let position = |wanted: Config| configs.iter().position(|c| *c == wanted);
@@ -470,5 +676,69 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64, peers: Peers) -> Resu
             (dwarf - fp) / 1000.0
         );
     }
+    if peers == Peers::Run {
+        breakdown(&workload, &leaktrace, ops)?;
+    }
     Ok(())
+}
+
+/// Where full tracing's time goes: one more run per unwinding mode and stack depth, with the
+/// kernel counting each program's runs and run time (`kernel.bpf_stats_enabled`, which costs
+/// a little per run, so these runs are not among the timed ones).
+fn breakdown(workload: &Path, leaktrace: &Path, ops: u64) -> Result<()> {
+    const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
+    std::fs::write(STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+    println!();
+    println!("time in leaktrace's programs per malloc+free pair (kernel.bpf_stats_enabled):");
+    println!(
+        "{:<26} {:>6} {:>10} {:>16} {:>16} {:>16} {:>12}",
+        "configuration",
+        "frames",
+        "runs/pair",
+        "alloc_enter ns",
+        "alloc_exit ns",
+        "free_enter ns",
+        "all, us/pair"
+    );
+    let mut result = Ok(());
+    'runs: for depth in [4u32, 20, 60] {
+        for config in [Config::LeaktraceFp, Config::LeaktraceDwarf] {
+            let options = RunOptions {
+                depth: Some(depth),
+                program_stats: true,
+            };
+            let sample = match run_once(workload, leaktrace, config, ops, None, options) {
+                Ok(sample) => sample,
+                Err(err) => {
+                    result = Err(err);
+                    break 'runs;
+                }
+            };
+            let pairs = (u64::from(THREADS) * ops) as f64;
+            let per_pair = |name: &str| {
+                sample
+                    .programs
+                    .iter()
+                    .filter(|p| p.name == name)
+                    .map(|p| p.run_time_ns)
+                    .sum::<u64>() as f64
+                    / pairs
+            };
+            let all: f64 = PROGRAMS.iter().map(|n| per_pair(n)).sum();
+            let runs = sample.programs.iter().map(|p| p.runs).sum::<u64>() as f64 / pairs;
+            println!(
+                "{:<26} {:>6} {:>10.2} {:>16.0} {:>16.0} {:>16.0} {:>12.2}",
+                config.name(),
+                depth,
+                runs,
+                per_pair("alloc_enter") + per_pair("alloc_session"),
+                per_pair("alloc_exit"),
+                per_pair("free_enter"),
+                all / 1000.0
+            );
+        }
+    }
+    std::fs::write(STATS, before.trim()).context("restoring kernel.bpf_stats_enabled")?;
+    result
 }

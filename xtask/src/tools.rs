@@ -213,6 +213,30 @@ pub(crate) const TOOLS: &[Tool] = &[
         need: Need::Bench,
         used_for: "the bench's bcc memleak row",
     },
+    Tool {
+        command: "bpftool",
+        install: Install::Apt("bpftool"),
+        need: Need::Bench,
+        used_for: "the bench's per-program run times",
+    },
+    Tool {
+        command: "bpftrace",
+        install: Install::Apt("bpftrace"),
+        need: Need::Bench,
+        used_for: "the bench's attach-mode peer row where bcc cannot run",
+    },
+    Tool {
+        command: "heaptrack",
+        install: Install::Apt("heaptrack"),
+        need: Need::Bench,
+        used_for: "the bench's heaptrack row (launch mode)",
+    },
+    Tool {
+        command: "valgrind",
+        install: Install::Apt("valgrind"),
+        need: Need::Bench,
+        used_for: "the bench's valgrind row (launch mode)",
+    },
 ];
 
 /// The tools `need` calls for: the tests' for [`Need::Test`], everything for [`Need::Bench`].
