@@ -178,10 +178,46 @@ pub struct ReturnInstanceOffsets {
     pub ri_next: u32,
 }
 
+/// What leaktrace reads from the running kernel's BTF: the structs and functions it asks
+/// about, from one walk of the blob (a walk of `/sys/kernel/btf/vmlinux` takes about 100 ms).
+#[derive(Debug)]
+pub struct KernelBtf {
+    /// Members of [`KERNEL_STRUCTS`] that the kernel has.
+    pub structs: StructOffsets,
+    /// Type ids of [`KERNEL_FUNCTIONS`] that the kernel has.
+    pub functions: HashMap<String, u32>,
+}
+
+/// The kernel structs leaktrace reads: the return-instance layout, and `bpf_mem_alloc` (its
+/// presence says run-time allocated maps are safe in tracing programs, see
+/// [`crate::probe::object`]).
+const KERNEL_STRUCTS: [&str; 4] = [
+    "task_struct",
+    "uprobe_task",
+    "return_instance",
+    "bpf_mem_alloc",
+];
+
+/// The kfuncs leaktrace calls (see [`crate::probe::preempt`]).
+const KERNEL_FUNCTIONS: [&str; 2] = ["bpf_preempt_disable", "bpf_preempt_enable"];
+
+/// The running kernel's BTF, read and walked once; `None` without `/sys/kernel/btf/vmlinux`.
+pub fn kernel() -> Option<&'static KernelBtf> {
+    static KERNEL: std::sync::OnceLock<Option<KernelBtf>> = std::sync::OnceLock::new();
+    KERNEL
+        .get_or_init(|| {
+            let btf = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
+            Some(KernelBtf {
+                structs: StructOffsets::parse(&btf, &KERNEL_STRUCTS)?,
+                functions: function_ids(&btf, &KERNEL_FUNCTIONS),
+            })
+        })
+        .as_ref()
+}
+
 /// The offsets from the running kernel's BTF, if it has them all.
 pub fn return_instance_offsets() -> Option<ReturnInstanceOffsets> {
-    let btf = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
-    let offsets = StructOffsets::parse(&btf, &["task_struct", "uprobe_task", "return_instance"])?;
+    let offsets = &kernel()?.structs;
     Some(ReturnInstanceOffsets {
         task_utask: offsets.offset("task_struct", "utask")?,
         utask_return_instances: offsets.offset("uprobe_task", "return_instances")?,

@@ -73,10 +73,7 @@ pub fn prepared() -> &'static Prepared {
 /// Whether this kernel lets tracing programs use run-time allocated hash maps without a
 /// warning: its BTF has `bpf_mem_alloc` (6.1+), the allocator that made them safe.
 fn run_time_allocation_is_quiet() -> bool {
-    std::fs::read("/sys/kernel/btf/vmlinux")
-        .ok()
-        .and_then(|btf| crate::probe::btf::StructOffsets::parse(&btf, &["bpf_mem_alloc"]))
-        .is_some_and(|found| found.has("bpf_mem_alloc"))
+    crate::probe::btf::kernel().is_some_and(|btf| btf.structs.has("bpf_mem_alloc"))
 }
 
 /// Clears `BPF_F_NO_PREALLOC` from the legacy map definitions named `maps` in ELF `bytes`.

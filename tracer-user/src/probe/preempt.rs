@@ -30,13 +30,12 @@ pub enum Guard {
 
 /// How this kernel's BTF resolves the guards: the two kfuncs' ids, and what that means.
 pub fn resolve() -> (Option<u32>, Option<u32>, Guard) {
-    let Ok(btf) = std::fs::read("/sys/kernel/btf/vmlinux") else {
+    let Some(btf) = crate::probe::btf::kernel() else {
         return (None, None, Guard::NoBtf);
     };
-    let ids = crate::probe::btf::function_ids(&btf, &["bpf_preempt_disable", "bpf_preempt_enable"]);
     let (disable, enable) = (
-        ids.get("bpf_preempt_disable").copied(),
-        ids.get("bpf_preempt_enable").copied(),
+        btf.functions.get("bpf_preempt_disable").copied(),
+        btf.functions.get("bpf_preempt_enable").copied(),
     );
     let guard = if disable.is_some() && enable.is_some() {
         Guard::Kfuncs
