@@ -705,6 +705,26 @@ impl Tracer {
         }
     }
 
+    /// Waits until the unwinder uses the tables of a binary loaded after attach: its name and
+    /// then the "unwind tables ready" line, printed once they are published.
+    pub fn wait_for_tables_of(&self, binary: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let text = self.stderr.lock().unwrap().clone();
+            let ready = text
+                .rfind(&format!("building unwind tables 1/1: {binary}"))
+                .is_some_and(|at| text[at..].contains("unwind tables ready"));
+            if ready {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "leaktrace never said {binary}'s unwind tables were ready; stderr:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()

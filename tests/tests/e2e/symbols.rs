@@ -114,14 +114,14 @@ fn a_library_unloaded_and_another_loaded_in_its_place_keep_their_own_names() {
     let mut target = Fixture::start(&fixture(Build::COmitFramePointer));
     let tracer = Tracer::attach(target.pid, &[]);
     let loaded_alpha = target.cmd(&format!("dlopen {}", alpha.display()));
-    tracer.wait_for_stderr("libplugin.so", Duration::from_secs(5));
+    tracer.wait_for_tables_of("libplugin.so", Duration::from_secs(5));
     target.cmd("plugin 3 64");
     // leaktrace names a stack from the library mapped when it read the stack's first event
     // (within ~10 ms of it): let it read these before the library goes.
     tracer.wait_for_next_status();
     target.cmd("dlclose");
     let loaded_beta = target.cmd(&format!("dlopen {}", beta.display()));
-    tracer.wait_for_stderr("libplugin_beta.so", Duration::from_secs(5));
+    tracer.wait_for_tables_of("libplugin_beta.so", Duration::from_secs(5));
     target.cmd("plugin 5 96");
     assert_eq!(
         loaded_alpha, loaded_beta,

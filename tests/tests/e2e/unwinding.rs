@@ -161,7 +161,7 @@ fn deep_recursion_threads_and_dlopen_after_attach() {
     target.cmd("thread 77");
     target.cmd(&format!("dlopen {}", plugin.display()));
     // leaktrace notices the new library on its own (at the latest at its next status tick).
-    tracer.wait_for_stderr("libplugin.so", Duration::from_secs(5));
+    tracer.wait_for_tables_of("libplugin.so", Duration::from_secs(5));
     target.cmd("plugin 3 64");
     let report = tracer.interrupt().report.unwrap();
 

@@ -104,7 +104,10 @@ impl EbpfSource {
     ) -> Result<Self, Failure> {
         let mut tables = UnwindTables::new(pid.get());
         if config.unwind != UnwindMode::Fp {
-            build_tables(&mut tables, maps, config.progress || config.verbose);
+            if let Some(ready) = build_tables(&mut tables, maps, config.progress || config.verbose)
+            {
+                eprintln!("{ready}");
+            }
         }
         // Room for libraries loaded later: half again as many rows, at least 256k.
         let rows = tables.total_rows();
@@ -268,8 +271,21 @@ impl EbpfSource {
         if exec == self.exec_maps {
             return;
         }
+        if !self.exec_maps.is_empty()
+            && let Err(err) = self.probes.set_mappings(&self.tables.exec_mappings(maps))
+            && self.config.verbose
+        {
+            // Until the new tables are compiled, code mapped where another binary was (a
+            // library unloaded and another loaded in its place) must not be unwound with the
+            // old binary's rows: published now, it has no rows (frame pointers or an
+            // incomplete stack, counted) until its own are in.
+            eprintln!(
+                "leaktrace: withdrawing stale unwind tables: {}",
+                chain(&err)
+            );
+        }
         self.exec_maps = exec;
-        build_tables(&mut self.tables, maps, self.config.verbose);
+        let ready = build_tables(&mut self.tables, maps, self.config.verbose);
         let (fd, capacity) = self.probes.unwind_rows();
         if let Err(err) = self.tables.load_rows(fd, capacity)
             && self.config.verbose
@@ -284,6 +300,10 @@ impl EbpfSource {
                 "leaktrace: publishing mappings to the unwinder: {}",
                 chain(&err)
             );
+        }
+        // Said once the unwinder uses them.
+        if let Some(ready) = ready {
+            eprintln!("{ready}");
         }
     }
 }
@@ -498,8 +518,9 @@ fn kind_of(counter: Counter) -> HealthKind {
     }
 }
 
-/// Compiles the unwind tables of `maps`' binaries not seen before, showing progress when asked.
-fn build_tables(tables: &mut UnwindTables, maps: &[Mapping], show: bool) {
+/// Compiles the unwind tables of `maps`' binaries not seen before, showing progress when asked;
+/// returns the line that says they are ready, for the caller to print once they are in use.
+fn build_tables(tables: &mut UnwindTables, maps: &[Mapping], show: bool) -> Option<String> {
     let started = Instant::now();
     let before = tables.summary();
     tables.compile_mappings(maps, |done, total, name| {
@@ -517,15 +538,15 @@ fn build_tables(tables: &mut UnwindTables, maps: &[Mapping], show: bool) {
             eprintln!("leaktrace: skipping the unwind table of {name}: {why}");
         }
     }
-    if show && after.binaries > before.binaries {
-        eprintln!(
+    (show && after.binaries > before.binaries).then(|| {
+        format!(
             "leaktrace: unwind tables ready: {} binaries, {} rows ({}) in {:.2}s",
             after.binaries,
             after.rows,
             human_bytes(after.bytes as u64),
             started.elapsed().as_secs_f64()
-        );
-    }
+        )
+    })
 }
 
 #[cfg(test)]
