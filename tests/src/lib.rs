@@ -642,9 +642,15 @@ impl Tracer {
     /// Like [`Tracer::start`], exporting to `name` in a fresh directory (the format follows the
     /// extension; only a `.json` export is parsed into [`Finished::report`]).
     pub fn start_exporting(name: &str, args: &[&str]) -> Self {
+        Self::start_command(Command::new(leaktrace_bin()), name, args)
+    }
+
+    /// Like [`Tracer::start_exporting`], through `leaktrace`, a command for some leaktrace binary
+    /// (an installed one, or one run alone in a directory with an empty environment).
+    pub fn start_command(mut leaktrace: Command, name: &str, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let export = dir.path().join(name);
-        let mut child = Command::new(leaktrace_bin())
+        let mut child = leaktrace
             .arg("--no-tui")
             .arg("--export")
             .arg(&export)

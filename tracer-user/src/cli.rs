@@ -17,7 +17,7 @@ pub const DEFAULT_TEXT_TOP: usize = 20;
 /// A Go program's heap is read from the Go runtime's own heap profile instead (no probes), with
 /// C malloc probed too when it uses cgo. Needs root (or CAP_BPF and CAP_PERFMON).
 #[derive(Debug, Parser)]
-#[command(name = "leaktrace", version, about, long_about = None)]
+#[command(name = "leaktrace", version = VERSION, about, long_about = None)]
 #[command(args_conflicts_with_subcommands = true)]
 #[command(after_help = "Examples:\n  \
     sudo leaktrace -p 1234\n  \
@@ -162,6 +162,17 @@ pub struct Cli {
     pub command: Vec<OsString>,
 }
 
+/// `--version`: the version, the git commit it was built from and the eBPF object's build id
+/// (the first 16 hex digits of its SHA-256; the object is reproducible from the same source).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("LEAKTRACE_COMMIT"),
+    ", eBPF object ",
+    env!("LEAKTRACE_EBPF_ID"),
+    ")"
+);
+
 /// What leaktrace does besides tracing.
 #[derive(Debug, Subcommand)]
 pub enum Action {
@@ -174,6 +185,14 @@ pub enum Action {
         /// The later export.
         after: PathBuf,
     },
+    /// Print a completion script for this shell on stdout (the Debian package installs them).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout (the Debian package installs it as leaktrace(1)).
+    #[command(hide = true)]
+    Man,
 }
 
 fn positive_secs(text: &str) -> Result<f64, String> {
@@ -277,6 +296,20 @@ mod tests {
         let cli = Cli::try_parse_from(["leaktrace", "--", "diff", "a", "b"]).expect("cmd");
         assert!(cli.action.is_none());
         assert_eq!(cli.command.len(), 3);
+    }
+
+    #[test]
+    fn completions_take_a_known_shell_and_the_version_names_the_build() {
+        let cli = Cli::try_parse_from(["leaktrace", "completions", "zsh"]).expect("completions");
+        assert!(matches!(
+            cli.action,
+            Some(Action::Completions {
+                shell: clap_complete::Shell::Zsh
+            })
+        ));
+        assert!(Cli::try_parse_from(["leaktrace", "completions", "tcsh"]).is_err());
+        assert!(VERSION.starts_with(env!("CARGO_PKG_VERSION")));
+        assert!(VERSION.contains(" (commit ") && VERSION.contains(", eBPF object "));
     }
 
     #[test]

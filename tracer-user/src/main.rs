@@ -1,7 +1,7 @@
 //! The `leaktrace` command.
 use std::{path::Path, process::ExitCode};
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 use leaktrace::{
     cli::{Action, Cli},
     error::{EXIT_USAGE, Failure, chain},
@@ -36,6 +36,18 @@ fn main() -> ExitCode {
     };
     let result = match &cli.action {
         Some(Action::Diff { before, after }) => run_diff(before, after),
+        Some(Action::Completions { shell }) => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "leaktrace",
+                &mut std::io::stdout().lock(),
+            );
+            Ok(())
+        }
+        Some(Action::Man) => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout().lock())
+            .map_err(|err| Failure::runtime(format!("writing the man page: {err}"), None)),
         None => session::run(&cli),
     };
     match result {

@@ -14,6 +14,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod dist;
 mod kernel;
 mod soak;
 mod tools;
@@ -52,6 +53,10 @@ enum Task {
         #[arg(long, value_name = "debian|debian-sid|ubuntu-22.04|PATH")]
         kernel: Option<String>,
     },
+    /// Build what a production host installs, into target/dist: a static x86_64 binary (musl,
+    /// the eBPF object embedded and checked reproducible) and a Debian package with the man
+    /// page, shell completions and a systemd unit template.
+    Dist,
     /// Lint the workspace and the eBPF crate with clippy, warnings denied.
     Clippy,
     /// Run leaktrace for a long time on a churning, slowly leaking target with snapshots on,
@@ -120,6 +125,10 @@ fn main() -> Result<()> {
             filter,
             kernel: None,
         } => test(filter.as_deref()),
+        Task::Dist => {
+            setup(Need::Test)?;
+            dist::build(&workspace()).map(|_| ())
+        }
         Task::Clippy => {
             setup(Need::Test)?;
             clippy()
@@ -255,6 +264,11 @@ fn setup(need: Need) -> Result<()> {
             "--toolchain",
             "nightly",
         ]))?;
+    }
+    // The shipped binary is static: musl's standard library for the stable toolchain.
+    let targets = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    if !targets.lines().any(|t| t.trim() == dist::TARGET) {
+        run_cmd(Command::new("rustup").args(["target", "add", dist::TARGET]))?;
     }
     if !have("bpf-linker") && !cargo_bin("bpf-linker").is_file() {
         install_bpf_linker()?;
@@ -472,6 +486,12 @@ fn test(filter: Option<&str>) -> Result<()> {
         "e2e",
     ])
     .env("LEAKTRACE_BIN", &leaktrace);
+    // What a production host installs, for the `dist::` tests.
+    if filter.is_none_or(|f| "dist::".contains(f) || f.starts_with("dist::")) {
+        let shipped = dist::build(&workspace())?;
+        e2e.env("LEAKTRACE_STATIC", &shipped.binary)
+            .env("LEAKTRACE_DEB", &shipped.deb);
+    }
     e2e.arg("--");
     if let Some(filter) = filter {
         e2e.arg(filter);

@@ -112,6 +112,48 @@ pub(crate) const TOOLS: &[Tool] = &[
         used_for: "the bench's mimalloc rows (preloaded into the workload)",
     },
     Tool {
+        command: "musl-gcc",
+        install: Install::Apt("musl-tools"),
+        need: Need::Test,
+        used_for: "the static binary (lzma's C code, built for musl)",
+    },
+    Tool {
+        command: "dpkg-deb",
+        install: Install::Base,
+        need: Need::Test,
+        used_for: "the Debian package",
+    },
+    Tool {
+        command: "gzip",
+        install: Install::Base,
+        need: Need::Test,
+        used_for: "the package's man page",
+    },
+    Tool {
+        command: "sha256sum",
+        install: Install::Base,
+        need: Need::Test,
+        used_for: "the dist checksums and the reproducibility check",
+    },
+    Tool {
+        command: "git",
+        install: Install::Apt("git"),
+        need: Need::Test,
+        used_for: "the reproducibility check's copy of the sources",
+    },
+    Tool {
+        command: "man",
+        install: Install::Apt("man-db"),
+        need: Need::Test,
+        used_for: "reading the installed package's man page",
+    },
+    Tool {
+        command: "systemd-analyze",
+        install: Install::Apt("systemd"),
+        need: Need::Test,
+        used_for: "checking the package's unit template",
+    },
+    Tool {
         command: "nm",
         install: Install::Apt("binutils"),
         need: Need::Test,

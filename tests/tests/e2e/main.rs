@@ -42,6 +42,7 @@ mod analytics;
 mod bad_input;
 mod c_fixture;
 mod daemons;
+mod dist;
 mod faults;
 mod go;
 mod kernels;

@@ -344,7 +344,12 @@ struct PidfdInfo {
 /// `PIDFD_INFO_EXIT`: the exit code is filled in (once the process has been reaped).
 const PIDFD_INFO_EXIT: u64 = 1 << 3;
 /// `PIDFD_GET_INFO`: `_IOWR(0xFF, 11, struct pidfd_info)`.
-const PIDFD_GET_INFO: libc::c_ulong = 0xC040_FF0B;
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    reason = "glibc types the request as c_ulong, musl as c_int: the bits are what count"
+)]
+const PIDFD_GET_INFO: libc::Ioctl = 0xC040_FF0B_u32 as libc::Ioctl;
 
 /// The wait status of the exited process behind `pidfd`, which is not our child: the kernel
 /// keeps it for the pidfd once the process's parent has reaped it (kernel 6.15 or later).

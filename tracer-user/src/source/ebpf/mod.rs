@@ -103,11 +103,10 @@ impl EbpfSource {
         config: EbpfConfig,
     ) -> Result<Self, Failure> {
         let mut tables = UnwindTables::new(pid.get());
-        if config.unwind != UnwindMode::Fp {
-            if let Some(ready) = build_tables(&mut tables, maps, config.progress || config.verbose)
-            {
-                eprintln!("{ready}");
-            }
+        if config.unwind != UnwindMode::Fp
+            && let Some(ready) = build_tables(&mut tables, maps, config.progress || config.verbose)
+        {
+            eprintln!("{ready}");
         }
         // Room for libraries loaded later: half again as many rows, at least 256k.
         let rows = tables.total_rows();
