@@ -124,6 +124,30 @@ pub(crate) const TOOLS: &[Tool] = &[
         used_for: "the Debian package",
     },
     Tool {
+        command: "rustup",
+        install: Install::Base,
+        need: Need::Test,
+        used_for: "the nightly eBPF build dist checks for reproducibility",
+    },
+    Tool {
+        command: "dpkg",
+        install: Install::Base,
+        need: Need::Test,
+        used_for: "installing and purging the Debian package in its test",
+    },
+    Tool {
+        command: "find",
+        install: Install::Base,
+        need: Need::Test,
+        used_for: "looking for files the package left behind",
+    },
+    Tool {
+        command: "bash",
+        install: Install::Base,
+        need: Need::Test,
+        used_for: "loading the package's bash completion",
+    },
+    Tool {
         command: "gzip",
         install: Install::Base,
         need: Need::Test,
@@ -374,6 +398,8 @@ mod tests {
         let mut files: Vec<std::path::PathBuf> = [
             "tests/src/lib.rs",
             "xtask/src/bench.rs",
+            "xtask/src/scale.rs",
+            "xtask/src/dist.rs",
             "tracer-user/src/export/pprof.rs",
             "tracer-user/src/unwind/tests/real.rs",
         ]
@@ -386,18 +412,23 @@ mod tests {
         for file in files {
             sources.push_str(&std::fs::read_to_string(file).unwrap_or_default());
         }
-        let mut rest = sources.as_str();
         let mut started = Vec::new();
-        while let Some(at) = rest.find("Command::new(\"") {
-            rest = &rest[at + "Command::new(\"".len()..];
-            if let Some(end) = rest.find('"') {
-                started.push(&rest[..end]);
+        // And the dist tests' `run("…", …)` helper.
+        for start in ["Command::new(\"", "run(\""] {
+            let mut rest = sources.as_str();
+            while let Some(at) = rest.find(start) {
+                rest = &rest[at + start.len()..];
+                if let Some(end) = rest.find('"') {
+                    started.push(&rest[..end]);
+                }
             }
         }
         assert!(started.len() > 5, "found only {started:?}");
         for command in started {
             let listed = TOOLS.iter().any(|t| t.command == command)
-                || (command == "python3" && TOOLS.iter().any(|t| t.command == "ziglang"));
+                || (command == "python3" && TOOLS.iter().any(|t| t.command == "ziglang"))
+                // leaktrace itself, as the package installs it.
+                || command == "/usr/bin/leaktrace";
             assert!(
                 listed,
                 "{command} is run by a test or the bench but not in TOOLS"
