@@ -678,6 +678,7 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64, peers: Peers) -> Resu
     }
     if peers == Peers::Run {
         breakdown(&workload, &leaktrace, ops)?;
+        crate::scale::run(workspace, &leaktrace)?;
     }
     Ok(())
 }

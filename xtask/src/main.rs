@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod dist;
 mod kernel;
+mod scale;
 mod soak;
 mod tools;
 
@@ -88,6 +89,10 @@ enum Task {
         #[arg(long, value_name = "debian|debian-sid|ubuntu-22.04|PATH")]
         kernel: Option<String>,
     },
+    /// The bench's many-stacks part alone (10,000 and 100,000 call paths, headless and in the
+    /// live view).
+    #[command(hide = true)]
+    BenchStacks,
     /// The bench's measurements alone, with nothing installed or built (run inside a kernel
     /// booted by `bench --kernel`).
     #[command(hide = true)]
@@ -149,6 +154,11 @@ fn main() -> Result<()> {
                 Some(kernel) => kernel::bench(&workspace(), &kernel, reps, ops),
                 None => bench::run(&workspace(), reps, ops, bench::Peers::Run),
             }
+        }
+        Task::BenchStacks => {
+            setup(Need::Bench)?;
+            let leaktrace = build_release()?;
+            scale::run(&workspace(), &leaktrace)
         }
         Task::BenchInside { reps, ops } => bench::run(&workspace(), reps, ops, bench::Peers::Skip),
     }

@@ -210,3 +210,103 @@ fn ingestion_keeps_up_while_the_view_runs() {
     assert_eq!(num(&report["totals"], "lost_events"), 0);
     assert_eq!(num(stack_from(&report, "thread_leak"), "live_allocs"), 8000);
 }
+
+#[test]
+fn every_stack_is_counted_and_a_filter_finds_one_from_far_below_the_first_screen() {
+    require_root();
+    // 4,096 distinct call paths, 64 B each, and one path of 24 B that ranks below all of them
+    let mut target = Fixture::start(&fixture(Build::COmitFramePointer));
+    let dir = tempfile::tempdir().unwrap();
+    let tmux = Tmux::leaktrace("lt-many", target.pid, dir.path());
+    target.cmd("paths 12 64");
+    target.cmd("rare 24");
+
+    // The title counts every row, and says which are on screen
+    let screen = tmux.wait_for("every path counted", |s| {
+        s.lines()
+            .any(|l| l.contains(" stacks · 1–") && l.contains("on screen"))
+            && s.contains("path_leaf")
+    });
+    let counted: usize = title_count(&screen);
+    assert!(counted > 4096, "{screen}");
+
+    // A filter for a function only the last row has finds it, with its exact bytes
+    tmux.keys(&["/", "r", "a", "r", "e", "_", "p", "Enter"]);
+    let filtered = tmux.wait_for("the rare row", |s| {
+        s.contains("rare_path") && s.contains("/rare_p") && !s.contains("path_leaf")
+    });
+    assert!(
+        filtered.contains(&format!(
+            " 1 of {} stacks match /rare_p ",
+            thousands(counted)
+        )),
+        "{filtered}"
+    );
+    let row = filtered
+        .lines()
+        .find(|l| l.contains("rare_path"))
+        .unwrap_or_else(|| panic!("no rare_path row:\n{filtered}"));
+    // (the selected row starts with `>`)
+    let live = row.trim_start_matches(|c: char| c == '>' || c.is_whitespace());
+    assert!(live.starts_with("24 B "), "{row}");
+    // Grouping by allocating function (`g`; one process, so no call paths merged across
+    // processes) takes in every stack: path_leaf holds all 4,096
+    tmux.keys(&["Escape", "g"]);
+    let grouped = tmux.wait_for("rows by allocating function", |s| {
+        s.contains("allocating functions of")
+    });
+    let leaf = grouped
+        .lines()
+        .find(|l| l.contains("path_leaf"))
+        .unwrap_or_else(|| panic!("no path_leaf row:\n{grouped}"));
+    assert!(
+        leaf.contains("256.0 KiB") && leaf.contains("4,096 stacks"),
+        "{leaf}"
+    );
+
+    tmux.keys(&["q"]);
+    assert_eq!(wait_for_file(&dir.path().join("exit")).trim(), "0");
+    let report: Value =
+        serde_json::from_str(&wait_for_file(&dir.path().join("final.json"))).unwrap();
+    // The header counted every row the export has
+    assert_eq!(report["stacks"].as_array().unwrap().len(), counted);
+    assert_eq!(num(stack_from(&report, "rare_path"), "live_bytes"), 24);
+    assert_eq!(stacks_from(&report, "path_leaf").len(), 4096);
+    for row in stacks_from(&report, "path_leaf") {
+        assert_eq!((num(row, "live_bytes"), num(row, "live_allocs")), (64, 1));
+    }
+    assert_eq!(num(&report["totals"], "lost_events"), 0);
+    assert_eq!(num(&report["diagnostics"], "stack_map_full"), 0);
+}
+
+/// The row count at the start of the table's title (`4,099 stacks · 1–30 on screen`).
+fn title_count(screen: &str) -> usize {
+    let line = screen
+        .lines()
+        .find(|l| l.contains(" stacks · 1–"))
+        .unwrap_or_else(|| panic!("no table title:\n{screen}"));
+    let before = line.split(" stacks · 1–").next().unwrap();
+    let number: String = before
+        .chars()
+        .rev()
+        .take_while(|c| c.is_ascii_digit() || *c == ',')
+        .collect::<String>()
+        .chars()
+        .rev()
+        .filter(char::is_ascii_digit)
+        .collect();
+    number.parse().unwrap()
+}
+
+/// `4,096` for 4096.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}

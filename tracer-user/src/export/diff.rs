@@ -478,7 +478,7 @@ mod tests {
             live_allocs,
             total_allocs: live_allocs,
             total_bytes: live_bytes,
-            frames,
+            frames: crate::report::shared(frames),
             ..StackReport::default()
         }
     }

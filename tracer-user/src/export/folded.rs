@@ -73,7 +73,7 @@ pub fn fold(stack: &StackReport) -> String {
     if stack.frames.is_empty() {
         return format!("{verdict};{NO_STACK_FRAME}");
     }
-    let names: Vec<String> = stack.frames.iter().rev().map(frame_name).collect();
+    let names: Vec<String> = stack.frames.iter().rev().map(|f| frame_name(f)).collect();
     format!("{verdict};{}", names.join(";"))
 }
 
@@ -206,7 +206,7 @@ mod tests {
         let mut report = sample_report();
         let mut twin = report.stacks[0].clone();
         for frame in &mut twin.frames {
-            frame.addr += 8;
+            std::sync::Arc::make_mut(frame).addr += 8;
         }
         twin.live_bytes = 100;
         report.stacks.push(twin);

@@ -209,7 +209,7 @@ mod tests {
                 allocator: "glibc".to_owned(),
                 total_allocs: 500,
                 total_bytes: 64_000,
-                frames: vec![
+                frames: crate::report::shared([
                     Frame {
                         function: Some("parse_header".to_owned()),
                         module: Some("/usr/bin/server".to_owned()),
@@ -221,7 +221,7 @@ mod tests {
                         inlined: false,
                     },
                     frame("main", "src/main.c", 18, 0x55d0_c0de_0100, false),
-                ],
+                ]),
                 ..StackReport::default()
             },
             StackReport {
@@ -232,7 +232,7 @@ mod tests {
                 total_bytes: 4096,
                 oldest_age_s: Some(3.0),
                 truncated: true,
-                frames: vec![
+                frames: crate::report::shared([
                     Frame {
                         module: Some("libfoo.so.1".to_owned()),
                         offset: Some(0x1234),
@@ -250,7 +250,7 @@ mod tests {
                         inlined: false,
                     },
                     Frame::unknown(0x7ffd_0000_9abc),
-                ],
+                ]),
                 ..StackReport::default()
             },
             StackReport {
@@ -260,7 +260,7 @@ mod tests {
                 total_allocs: 10,
                 total_bytes: 2_097_152,
                 oldest_age_s: Some(12.5),
-                frames: vec![
+                frames: crate::report::shared([
                     frame("grow_buffer", "src/buffer.c", 42, 0x55d0_c0de_1234, true),
                     frame("buffer_append", "src/buffer.c", 88, 0x55d0_c0de_1234, false),
                     frame(
@@ -271,7 +271,7 @@ mod tests {
                         false,
                     ),
                     frame("main", "src/main.c", 25, 0x55d0_c0de_0150, false),
-                ],
+                ]),
                 call_sites: vec![
                     CallSite {
                         stack_id: 1,

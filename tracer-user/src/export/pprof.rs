@@ -53,6 +53,7 @@ use prost::Message as _;
 
 use self::proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 use crate::report::{Frame, Report, StackReport};
+use std::sync::Arc;
 
 /// Sample types as `(type, unit)`, in sample value order: `runtime/pprof`'s heap profile's, so
 /// `go tool pprof -base` can subtract one from the other.
@@ -466,7 +467,7 @@ impl Builder {
 
     /// The location of one return address: `group` is innermost first and ends with the frame
     /// the address belongs to; the others were inlined into it.
-    fn location(&mut self, group: &[Frame]) -> u64 {
+    fn location(&mut self, group: &[Arc<Frame>]) -> u64 {
         let Some(outer) = group.last() else {
             return self.placeholder_location(NO_STACK);
         };
@@ -910,11 +911,11 @@ pub(crate) mod tests {
         report.stacks.truncate(1);
         report.stacks[0].frames.clear();
         let mut inlined_last = report.stacks[0].clone();
-        inlined_last.frames = vec![Frame {
+        inlined_last.frames = crate::report::shared([Frame {
             function: Some("inlined_only".to_owned()),
             inlined: true,
             ..Frame::unknown(0x10)
-        }];
+        }]);
         report.stacks.push(inlined_last);
 
         // Then

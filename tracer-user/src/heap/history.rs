@@ -3,7 +3,7 @@
 //!
 //! Bounded for runs of days: at most [`MAX_SAMPLES`] per series; a row that held nothing for
 //! a whole series' worth of samples loses its series (it has nothing to fit); and beyond
-//! [`MAX_ROWS`] series, the rows holding least lose theirs, counted as
+//! [`MAX_ROWS`] series, the rows holding least have none, counted (at the last sample) as
 //! `history_rows_dropped`.
 use std::collections::{HashMap, VecDeque};
 
@@ -12,7 +12,7 @@ use crate::source::{Health, HealthKind};
 /// Samples kept per row (at one per second: ten minutes).
 pub const MAX_SAMPLES: usize = 600;
 
-/// Rows with a series at most (a full series takes about 10 KiB).
+/// Rows with a series at most (a full series takes 9.4 KiB: 600 samples of 16 bytes).
 pub const MAX_ROWS: usize = 10_000;
 
 /// One row's live bytes over time, oldest first.
@@ -27,8 +27,12 @@ pub struct Series {
 impl Series {
     /// Appends a sample, dropping the oldest beyond [`MAX_SAMPLES`].
     pub fn push(&mut self, t_s: f64, live_bytes: u64) {
-        if self.samples.capacity() == 0 {
-            self.samples.reserve_exact(MAX_SAMPLES);
+        // Room grows with the samples held (doubling, up to exactly MAX_SAMPLES): a row seen
+        // for a few seconds holds a few samples' worth.
+        let len = self.samples.len();
+        if len == self.samples.capacity() && len < MAX_SAMPLES {
+            self.samples
+                .reserve_exact(len.max(8).min(MAX_SAMPLES - len));
         }
         if self.samples.len() == MAX_SAMPLES {
             self.samples.pop_front();
@@ -48,18 +52,24 @@ impl Series {
 #[derive(Clone, Debug, Default)]
 pub struct History {
     series: HashMap<u64, Series>,
-    /// Series dropped at [`MAX_ROWS`] while their row still held memory.
+    /// Rows holding memory that have no series at the last sample, beyond [`MAX_ROWS`] (they
+    /// get no growth and no verdict).
     dropped: u64,
 }
 
 impl History {
     /// Records one sample for each `(row id, live bytes)`; rows not listed that have a series
-    /// get a sample of 0 bytes (everything they held was freed).
+    /// get a sample of 0 bytes (everything they held was freed). Beyond [`MAX_ROWS`], the rows
+    /// holding least have no series: a new row's is never made only to be dropped.
     pub fn record(&mut self, t_s: f64, live: impl IntoIterator<Item = (u64, u64)>) {
         let mut seen = std::collections::HashSet::new();
+        let mut new_rows: Vec<(u64, u64)> = Vec::new();
         for (id, bytes) in live {
             seen.insert(id);
-            self.series.entry(id).or_default().push(t_s, bytes);
+            match self.series.get_mut(&id) {
+                Some(series) => series.push(t_s, bytes),
+                None => new_rows.push((bytes, id)),
+            }
         }
         for (id, series) in &mut self.series {
             if !seen.contains(id) {
@@ -67,20 +77,34 @@ impl History {
             }
         }
         self.series.retain(|_, s| s.zeros < MAX_SAMPLES);
-        if self.series.len() > MAX_ROWS {
-            let mut by_live: Vec<(u64, u64)> = self
+        let excess = (self.series.len() + new_rows.len()).saturating_sub(MAX_ROWS);
+        if excess > 0 {
+            // Every row, held and new, by live bytes: the `excess` holding least go.
+            let mut by_live: Vec<(u64, u64, bool)> = self
                 .series
                 .iter()
-                .map(|(id, s)| (s.samples.back().map_or(0, |(_, b)| *b), *id))
+                .map(|(id, s)| (s.samples.back().map_or(0, |(_, b)| *b), *id, true))
+                .chain(new_rows.iter().map(|&(bytes, id)| (bytes, id, false)))
                 .collect();
-            let excess = self.series.len() - MAX_ROWS;
             by_live.select_nth_unstable(excess - 1);
-            for (live, id) in &by_live[..excess] {
-                self.series.remove(id);
-                if *live > 0 {
-                    self.dropped += 1;
+            let mut left_out = std::collections::HashSet::new();
+            for &(_, id, held) in &by_live[..excess] {
+                if held {
+                    self.series.remove(&id);
+                } else {
+                    left_out.insert(id);
                 }
             }
+            new_rows.retain(|(_, id)| !left_out.contains(id));
+            self.dropped = by_live[..excess]
+                .iter()
+                .filter(|(live, _, _)| *live > 0)
+                .count() as u64;
+        } else {
+            self.dropped = 0;
+        }
+        for (bytes, id) in new_rows {
+            self.series.entry(id).or_default().push(t_s, bytes);
         }
     }
 

@@ -109,6 +109,8 @@ impl UnwindMode {
 pub struct ProbeConfig {
     /// Ring buffer size in bytes (a power of two, at least a page).
     pub ringbuf_bytes: u32,
+    /// Distinct stacks the stack map keeps (where it is not preallocated).
+    pub max_stacks: u32,
     /// How stacks are captured.
     pub unwind: UnwindMode,
     /// Capacity of the unwind rows array (ignored in frame-pointer mode).
@@ -128,6 +130,7 @@ impl Default for ProbeConfig {
     fn default() -> Self {
         Self {
             ringbuf_bytes: 32 << 20,
+            max_stacks: 65_536,
             unwind: UnwindMode::Auto,
             unwind_rows: 1 << 20,
             verify_every: 0,
@@ -284,6 +287,8 @@ impl Probes {
             loader
                 .map_max_entries(names::STACKS, object::PREALLOCATED_STACKS)
                 .map_max_entries("SAMPLED", object::PREALLOCATED_SAMPLED);
+        } else {
+            loader.map_max_entries(names::STACKS, config.max_stacks.max(1));
         }
         let mut ebpf = loader
             // The unwinder's per-thread stack copy is task-local storage, which aya creates

@@ -16,6 +16,7 @@ use std::{collections::HashMap, sync::Arc};
 use crate::{
     heap::StackStats,
     report::{CallSite, Frame, StackReport, ns_to_s},
+    symbolize::intern::Interner,
 };
 
 /// How stacks become rows (`--group-by`).
@@ -106,7 +107,7 @@ impl std::fmt::Display for FrameKey {
 pub enum RowKey {
     /// [`GroupBy::Source`]: the process, what allocated (the stack's allocator) and the
     /// frames' keys, innermost first.
-    Source(u32, Arc<str>, Vec<FrameKey>),
+    Source(u32, Arc<str>, Vec<Arc<FrameKey>>),
     /// [`GroupBy::Address`]: the stack's own id.
     Stack(u64),
 }
@@ -118,14 +119,18 @@ impl RowKey {
         stack_id: u64,
         pid: u32,
         allocator: &Arc<str>,
-        frames: &[Frame],
+        frames: &[Arc<Frame>],
         by: GroupBy,
+        keys: &mut Interner<FrameKey>,
     ) -> Self {
         match by {
             GroupBy::Source => Self::Source(
                 pid,
                 Arc::clone(allocator),
-                frames.iter().map(FrameKey::of).collect(),
+                frames
+                    .iter()
+                    .map(|frame| keys.intern(FrameKey::of(frame)))
+                    .collect(),
             ),
             GroupBy::Address => Self::Stack(stack_id),
         }
@@ -168,7 +173,7 @@ pub struct Member<'a> {
     /// Its figures.
     pub stats: StackStats,
     /// Its frames, innermost first.
-    pub frames: &'a [Frame],
+    pub frames: &'a [Arc<Frame>],
     /// The stack filled every frame slot.
     pub truncated: bool,
     /// The unwinder stopped early.
@@ -231,15 +236,20 @@ mod tests {
     use super::*;
     use crate::report::analytics::AgeHistogram;
 
-    fn frame(function: Option<&str>, line: Option<u32>, addr: u64) -> Frame {
-        Frame {
+    fn frame(function: Option<&str>, line: Option<u32>, addr: u64) -> Arc<Frame> {
+        Arc::new(Frame {
             function: function.map(str::to_owned),
             module: Some("relay".to_owned()),
             file: line.map(|_| "src/relay.zig".to_owned()),
             line,
             offset: Some(addr - 0x1000),
             ..Frame::unknown(addr)
-        }
+        })
+    }
+
+    /// A row key made with a fresh interner.
+    fn key_of(id: u64, frames: &[Arc<Frame>], by: GroupBy) -> RowKey {
+        RowKey::of(id, 1, &"glibc".into(), frames, by, &mut Interner::default())
     }
 
     fn stats(live_bytes: u64, live_allocs: u64, oldest_s: u64) -> StackStats {
@@ -278,9 +288,7 @@ mod tests {
         let mut ids = RowIds::default();
         let rows: Vec<u64> = stacks
             .iter()
-            .map(|(id, frames)| {
-                ids.id(RowKey::of(*id, 1, &"glibc".into(), frames, GroupBy::Source))
-            })
+            .map(|(id, frames)| ids.id(key_of(*id, frames, GroupBy::Source)))
             .collect();
 
         // Then the three from line 40 share a row, line 41 has its own
@@ -290,15 +298,7 @@ mod tests {
         let mut by_address = RowIds::default();
         let rows: Vec<u64> = stacks
             .iter()
-            .map(|(id, frames)| {
-                by_address.id(RowKey::of(
-                    *id,
-                    1,
-                    &"glibc".into(),
-                    frames,
-                    GroupBy::Address,
-                ))
-            })
+            .map(|(id, frames)| by_address.id(key_of(*id, frames, GroupBy::Address)))
             .collect();
         assert_eq!(rows, [1, 2, 3, 4]);
     }
@@ -311,18 +311,18 @@ mod tests {
 
         // Then they are two rows, though every frame is "[relay] ?"
         assert_ne!(
-            RowKey::of(1, 1, &"glibc".into(), &a, GroupBy::Source),
-            RowKey::of(2, 1, &"glibc".into(), &b, GroupBy::Source)
+            key_of(1, &a, GroupBy::Source),
+            key_of(2, &b, GroupBy::Source)
         );
         // while the same offsets are one row, and offsets do not matter once named
         assert_eq!(
-            RowKey::of(1, 1, &"glibc".into(), &a, GroupBy::Source),
-            RowKey::of(3, 1, &"glibc".into(), &a, GroupBy::Source)
+            key_of(1, &a, GroupBy::Source),
+            key_of(3, &a, GroupBy::Source)
         );
         let named = |addr| [frame(Some("f"), Some(1), addr)];
         assert_eq!(
-            RowKey::of(1, 1, &"glibc".into(), &named(0x2000), GroupBy::Source),
-            RowKey::of(2, 1, &"glibc".into(), &named(0x2008), GroupBy::Source)
+            key_of(1, &named(0x2000), GroupBy::Source),
+            key_of(2, &named(0x2008), GroupBy::Source)
         );
     }
 
@@ -331,11 +331,11 @@ mod tests {
         let f = frame(Some("init"), Some(3), 0x2000);
         let other_module = Frame {
             module: Some("/usr/lib/libother.so".to_owned()),
-            ..f.clone()
+            ..(*f).clone()
         };
         let other_line = Frame {
             line: Some(4),
-            ..f.clone()
+            ..(*f).clone()
         };
         let key = |fr: &Frame| FrameKey::of(fr);
         assert_ne!(key(&f), key(&other_module));
@@ -343,12 +343,12 @@ mod tests {
         // A module is known by its file name, wherever it was loaded from
         let elsewhere = Frame {
             module: Some("/opt/relay".to_owned()),
-            ..f.clone()
+            ..(*f).clone()
         };
         assert_eq!(key(&f), key(&elsewhere));
     }
 
-    fn member(stack_id: u64, stats: StackStats, frames: &[Frame]) -> Member<'_> {
+    fn member(stack_id: u64, stats: StackStats, frames: &[Arc<Frame>]) -> Member<'_> {
         Member {
             stack_id,
             pid: 1,

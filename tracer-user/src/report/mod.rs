@@ -26,7 +26,7 @@ pub mod build;
 pub mod coverage;
 pub mod grouping;
 
-use std::cmp::Ordering;
+use std::{cmp::Ordering, sync::Arc};
 
 use serde::{Serialize, Serializer};
 
@@ -221,7 +221,7 @@ pub struct StackReport {
     pub ages: AgeHistogram,
     /// Frames, innermost first: index 0 is the allocator's caller. Addresses are those of the
     /// first call site.
-    pub frames: Vec<Frame>,
+    pub frames: Vec<Arc<Frame>>,
     /// The distinct stacks of return addresses this row merged, most live bytes first.
     pub call_sites: Vec<CallSite>,
 }
@@ -265,7 +265,10 @@ impl StackReport {
 
 /// One frame of a stack. A return address inlined several functions deep yields several frames
 /// with the same `addr`: all but the outermost have `inlined` set.
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+///
+/// Stacks share their frames (the symbolizer hands out one `Arc<Frame>` per address): a program
+/// with 100,000 stacks through the same few functions keeps those frames once.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Frame {
     /// Function name, demangled, if symbolization found one.
     pub function: Option<String>,
@@ -286,6 +289,11 @@ pub struct Frame {
     pub build_id: Option<String>,
     /// This function was inlined into the next (outer) frame.
     pub inlined: bool,
+}
+
+/// `frames`, each made shareable (as the symbolizer hands them out).
+pub fn shared(frames: impl IntoIterator<Item = Frame>) -> Vec<Arc<Frame>> {
+    frames.into_iter().map(Arc::new).collect()
 }
 
 impl Frame {
@@ -381,10 +389,10 @@ mod tests {
             live_allocs: 1,
             total_allocs: 1,
             total_bytes,
-            frames: vec![Frame {
+            frames: shared([Frame {
                 function: leaf.map(str::to_owned),
                 ..Frame::unknown(addr)
-            }],
+            }]),
             ..StackReport::default()
         }
     }

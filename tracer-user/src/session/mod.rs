@@ -127,6 +127,7 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
         sample_bytes: cli.sample_bytes,
         uprobe_session: !cli.no_uprobe_session,
         ringbuf_bytes: cli.ringbuf_mib << 20,
+        max_stacks: cli.max_stacks,
         floor: cli.probe_floor,
         verbose: !live_view,
         progress: true,
@@ -715,11 +716,14 @@ impl Session {
                 .collect(),
         };
         let sources = self.health();
-        let session = vec![Health::new(
+        let mut session = vec![Health::new(
             "tracer_memory_bytes",
             own_rss_bytes(),
             HealthKind::Info,
         )];
+        if let Some(view) = &self.live_view {
+            session.extend(view.health());
+        }
         let mut report = self.pipeline.report(header, now_ns, sources, session);
         if let Some((at_attach, now)) = self.processes.anon() {
             report.coverage = Coverage::judge(
@@ -789,9 +793,15 @@ impl Session {
     /// A snapshot for the live view: the busiest rows, their histories, rates and RSS.
     fn snapshot(&mut self, ended: Option<String>) -> crate::tui::snapshot::Snapshot {
         let report = self.report();
+        let wanted = self
+            .live_view
+            .as_ref()
+            .map(LiveView::wanted)
+            .unwrap_or_default();
         live::snapshot(
             report,
             self.pipeline.history(),
+            &wanted,
             self.processes.target().rss_bytes(),
             self.rates,
             ended,

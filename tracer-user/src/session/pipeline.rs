@@ -290,7 +290,14 @@ mod tests {
         pipeline.flush();
         let now_ns = seconds * NS + NS / 2;
         let report = pipeline.report(Header::default(), now_ns, source.health(), Vec::new());
-        let view = live::snapshot(report.clone(), pipeline.history(), None, (0.0, 0.0), None);
+        let view = live::snapshot(
+            report.clone(),
+            pipeline.history(),
+            &[],
+            None,
+            (0.0, 0.0),
+            None,
+        );
         (report, view)
     }
 

@@ -15,6 +15,7 @@
 
 pub mod debuginfo;
 pub mod gopclntab;
+pub mod intern;
 pub mod stacks;
 
 use std::{collections::HashMap, fs::File, path::PathBuf, sync::Arc};
@@ -220,7 +221,7 @@ pub struct StackSymbolizer {
 }
 
 /// The frames at one address, and whether a Go table named them.
-type Resolved = (Arc<[Frame]>, bool);
+type Resolved = (Arc<[Arc<Frame>]>, bool);
 
 impl std::fmt::Debug for StackSymbolizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -255,12 +256,12 @@ impl StackSymbolizer {
     /// inlined call: after the real return address come "fake" ones, one per enclosing
     /// function, that name the call site of each inlined call. Those are dropped when they
     /// repeat frames the previous address expanded to, as `runtime/pprof` drops them.
-    pub fn frames(&mut self, modules: &ModuleMap, pins: &[Pin]) -> Vec<Frame> {
+    pub fn frames(&mut self, modules: &ModuleMap, pins: &[Pin]) -> Vec<Arc<Frame>> {
         let mut frames = Vec::with_capacity(pins.len());
-        let mut expanded: Option<Arc<[Frame]>> = None;
+        let mut expanded: Option<Arc<[Arc<Frame>]>> = None;
         for pin in pins {
             let Some(id) = pin.module else {
-                frames.push(Frame::unknown(pin.addr));
+                frames.push(Arc::new(Frame::unknown(pin.addr)));
                 expanded = None;
                 continue;
             };
@@ -292,7 +293,8 @@ impl StackSymbolizer {
     /// The frames at `pin`, and whether a Go table named them.
     fn resolve(&self, modules: &ModuleMap, pin: &Pin) -> Resolved {
         let (frames, from_go) = self.resolve_frames(modules, pin);
-        (frames.into(), from_go)
+        // Shared by every stack through this address.
+        (frames.into_iter().map(Arc::new).collect(), from_go)
     }
 
     fn resolve_frames(&self, modules: &ModuleMap, pin: &Pin) -> (Vec<Frame>, bool) {
@@ -362,7 +364,7 @@ impl StackSymbolizer {
 
 /// Whether `frames` are the outer part of the inlined chain `previous` expanded to: the same
 /// functions at the same lines as its last frames, fewer of them.
-fn repeats_inlined_frames(previous: &[Frame], frames: &[Frame]) -> bool {
+fn repeats_inlined_frames(previous: &[Arc<Frame>], frames: &[Arc<Frame>]) -> bool {
     let same =
         |a: &Frame, b: &Frame| a.function == b.function && a.file == b.file && a.line == b.line;
     !frames.is_empty()
@@ -435,12 +437,14 @@ mod tests {
 
     #[test]
     fn the_go_runtimes_fake_inline_addresses_are_recognised() {
-        let frame = |function: &str, line: u32, inlined: bool, addr: u64| Frame {
-            function: Some(function.to_owned()),
-            file: Some("/src/main.go".to_owned()),
-            line: Some(line),
-            inlined,
-            ..Frame::unknown(addr)
+        let frame = |function: &str, line: u32, inlined: bool, addr: u64| {
+            Arc::new(Frame {
+                function: Some(function.to_owned()),
+                file: Some("/src/main.go".to_owned()),
+                line: Some(line),
+                inlined,
+                ..Frame::unknown(addr)
+            })
         };
         // A return address inside two levels of inlining, then the runtime's fake addresses
         // for the two call sites (other addresses, same lines)
@@ -475,7 +479,7 @@ mod tests {
         let modules = ModuleMap::new(DebugDirs::default());
         let mut symbolizer = StackSymbolizer::new(&DebugDirs::default());
         let frames = symbolizer.frames(&modules, &modules.pin(std::process::id(), &[0x10]));
-        assert_eq!(frames, [Frame::unknown(0x10)]);
+        assert_eq!(frames, [Arc::new(Frame::unknown(0x10))]);
     }
 
     fn mapping(start: u64, inode: u64, path: &str) -> Mapping {

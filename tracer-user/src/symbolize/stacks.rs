@@ -11,10 +11,10 @@ use crate::{
     heap::{FastHash, StackRef},
     report::{
         Frame,
-        grouping::{GroupBy, RowIds, RowKey},
+        grouping::{FrameKey, GroupBy, RowIds, RowKey},
     },
     source::NewStack,
-    symbolize::{ModuleMap, Pin, StackSymbolizer},
+    symbolize::{ModuleMap, Pin, StackSymbolizer, intern::Interner},
 };
 
 /// One stack.
@@ -32,10 +32,10 @@ pub struct Entry {
     pub incomplete: bool,
     /// [`NewStack::runtime_prefixes`].
     runtime_prefixes: &'static [&'static str],
-    /// Its return addresses, pinned to their modules.
+    /// Its return addresses, pinned to their modules (dropped once symbolized).
     pins: Vec<Pin>,
-    /// Its frames, once symbolized.
-    pub frames: Vec<Frame>,
+    /// Its frames, once symbolized, shared with every stack through the same code.
+    pub frames: Vec<Arc<Frame>>,
     /// Its row, once symbolized.
     pub row: Option<u64>,
 }
@@ -43,7 +43,7 @@ pub struct Entry {
 /// Drops the leading frames of a runtime's own functions (named with one of `prefixes`) when a
 /// frame of the program follows: whole return addresses at a time, judged by the function
 /// each address is in (the last of its inlined frames), as `runtime/pprof` judges them.
-fn hide_runtime_frames(frames: &mut Vec<Frame>, prefixes: &[&str]) {
+fn hide_runtime_frames(frames: &mut Vec<Arc<Frame>>, prefixes: &[&str]) {
     if prefixes.is_empty() {
         return;
     }
@@ -73,6 +73,8 @@ pub struct Stacks {
     rows: RowIds,
     /// Stacks pinned but not yet symbolized.
     pending: Vec<StackRef>,
+    /// Every distinct frame of a row key, kept once.
+    frame_keys: Interner<FrameKey>,
 }
 
 impl Stacks {
@@ -83,6 +85,7 @@ impl Stacks {
             entries: HashMap::default(),
             rows: RowIds::default(),
             pending: Vec::new(),
+            frame_keys: Interner::default(),
         }
     }
 
@@ -117,15 +120,18 @@ impl Stacks {
             let Some(entry) = self.entries.get_mut(&at) else {
                 continue;
             };
-            entry.frames = symbolizer.frames(modules, &entry.pins);
-            hide_runtime_frames(&mut entry.frames, entry.runtime_prefixes);
+            let mut frames = symbolizer.frames(modules, &entry.pins);
+            hide_runtime_frames(&mut frames, entry.runtime_prefixes);
+            entry.pins = Vec::new();
             let key = RowKey::of(
                 entry.id,
                 entry.pid,
                 &entry.allocator,
-                &entry.frames,
+                &frames,
                 self.group_by,
+                &mut self.frame_keys,
             );
+            entry.frames = frames;
             entry.row = Some(self.rows.id(key));
         }
     }
@@ -176,12 +182,14 @@ mod tests {
 
     #[test]
     fn a_runtimes_leading_frames_are_hidden_when_the_program_follows() {
-        let frame = |name: &str, inlined: bool| Frame {
-            function: Some(name.to_owned()),
-            inlined,
-            ..Frame::unknown(0)
+        let frame = |name: &str, inlined: bool| {
+            Arc::new(Frame {
+                function: Some(name.to_owned()),
+                inlined,
+                ..Frame::unknown(0)
+            })
         };
-        let names = |frames: &[Frame]| -> Vec<String> {
+        let names = |frames: &[Arc<Frame>]| -> Vec<String> {
             frames.iter().filter_map(|f| f.function.clone()).collect()
         };
         const GO: &[&str] = &["runtime.", "internal/runtime/"];

@@ -9,7 +9,7 @@ use super::{
     layout,
     rows::{Baseline, Grouping, Row, RowKey, SortKey},
 };
-use crate::tui::snapshot::Snapshot;
+use crate::tui::snapshot::{MAX_WANTED, Snapshot};
 
 /// What keys do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -117,5 +117,21 @@ impl App {
     /// How many rows the table shows at the current size.
     pub(crate) fn page_rows(&self) -> usize {
         layout::table_body_rows(self.size, self.detail_open)
+    }
+
+    /// Ids of the stacks of the rows on screen (each row's members), at most
+    /// [`MAX_WANTED`]: the session sends their series with the next snapshots.
+    pub(crate) fn stacks_on_screen(&self) -> Vec<u64> {
+        let Some(snapshot) = &self.snapshot else {
+            return Vec::new();
+        };
+        self.rows
+            .iter()
+            .skip(self.offset)
+            .take(self.page_rows())
+            .flat_map(|row| row.members.iter())
+            .filter_map(|&i| snapshot.report.stacks.get(i).map(|s| s.id))
+            .take(MAX_WANTED)
+            .collect()
     }
 }

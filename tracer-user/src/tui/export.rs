@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::rows::visible_stacks;
 use crate::{export::Format, report::Report};
 
-/// `report` with only the stacks that pass `filter` (see [`super::rows::stack_matches`]), in
+/// `report` with only the stacks that pass `filter` (see [`super::rows::visible_stacks`]), in
 /// report order. The totals, diagnostics and the rows the snapshot itself left out stay those
 /// of the whole process.
 pub(crate) fn filtered_report(report: &Report, filter: &str) -> Report {

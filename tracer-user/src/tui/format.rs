@@ -120,6 +120,19 @@ pub(crate) fn age_buckets(ages: &AgeHistogram) -> Option<String> {
     (!buckets.is_empty()).then(|| format!("ages {}", buckets.join(" ")))
 }
 
+/// A count with its thousands separated: `4,096`, `100,000`.
+pub(crate) fn thousands(count: usize) -> String {
+    let digits = count.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
 /// `1 alloc`, `2 allocs`.
 pub(crate) fn allocs(count: u64) -> String {
     if count == 1 {
@@ -172,7 +185,8 @@ pub(crate) fn stack_description(stack: &StackReport) -> String {
         text.push_str(" ← ");
         text.push_str(&second.label());
     }
-    if let Some(location) = short_location(first).or_else(|| second.and_then(short_location)) {
+    if let Some(location) = short_location(first).or_else(|| second.and_then(|f| short_location(f)))
+    {
         text.push_str(&format!(" ({location})"));
     }
     text
@@ -193,6 +207,18 @@ mod tests {
             build_id: None,
             inlined: false,
         }
+    }
+
+    #[test]
+    fn counts_have_their_thousands_separated() {
+        let shown: Vec<String> = [0, 7, 999, 1000, 4096, 100_000, 1_048_576]
+            .into_iter()
+            .map(thousands)
+            .collect();
+        assert_eq!(
+            shown,
+            ["0", "7", "999", "1,000", "4,096", "100,000", "1,048,576"]
+        );
     }
 
     #[test]
@@ -308,7 +334,7 @@ mod tests {
     fn descriptions_name_the_caller_its_caller_and_the_allocation_site() {
         let stack = |frames: Vec<Frame>| StackReport {
             id: 1,
-            frames,
+            frames: crate::report::shared(frames),
             ..StackReport::default()
         };
         let alloc = named("alloc_buffer", "leaky", Some("/src/leaky.c"), Some(52));

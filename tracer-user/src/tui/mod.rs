@@ -16,7 +16,10 @@
 use std::{
     io::{self, BufWriter, Write},
     path::{Path, PathBuf},
-    sync::mpsc::{Receiver, TryRecvError},
+    sync::{
+        Arc,
+        mpsc::{Receiver, TryRecvError},
+    },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -35,7 +38,7 @@ use self::{
 use crate::{
     export::{Format, write_report},
     report::Report,
-    tui::snapshot::Snapshot,
+    tui::snapshot::{Snapshot, ViewLink},
 };
 
 mod action;
@@ -67,8 +70,10 @@ const REDRAW_PERIOD: Duration = Duration::from_millis(500);
 const MAX_EVENTS_PER_POLL: usize = 64;
 
 /// What the live view needs besides the snapshots.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct TuiOptions {
+    /// Where it says which rows it shows and how long it takes.
+    pub link: Arc<ViewLink>,
     /// The traced process, shown before the first snapshot and used in export file names.
     pub pid: u32,
     /// Format of the files key `e` writes.
@@ -161,10 +166,13 @@ where
     loop {
         let mut urgent = false;
         let mut timeout = POLL_TIMEOUT;
+        // When the first key of this pass was read: its answer is drawn in this pass.
+        let mut key_read: Option<Instant> = None;
         for _ in 0..MAX_EVENTS_PER_POLL {
             let Some(event) = events.next(timeout)? else {
                 break;
             };
+            key_read.get_or_insert_with(Instant::now);
             timeout = Duration::ZERO;
             let action = match event {
                 Event::Key(key) => input::action_for_key(app.mode, key),
@@ -178,6 +186,15 @@ where
                     return Ok(());
                 }
             }
+        }
+
+        // A key's answer is drawn before the next snapshot is taken: applying a snapshot of
+        // 100,000 stacks takes a while, and the key should not wait for it.
+        if urgent {
+            draw(terminal, &app, options, key_read)?;
+            last_draw = Some(Instant::now());
+            dirty = false;
+            continue;
         }
 
         let mut newest = None;
@@ -208,14 +225,35 @@ where
         dirty |= had_message != app.message.is_some();
 
         let due = last_draw.is_none_or(|at| now.duration_since(at) >= REDRAW_PERIOD);
-        if dirty && (urgent || due) {
-            terminal
-                .draw(|frame| ui::render(&app, frame))
-                .map_err(io::Error::other)?;
+        if dirty && due {
+            draw(terminal, &app, options, None)?;
             dirty = false;
             last_draw = Some(now);
         }
     }
+}
+
+/// Draws `app`, recording how long the frame took and, for keys read at `key_read`, how long
+/// their answer took; then tells the session which stacks are on screen.
+fn draw<B: Backend>(
+    terminal: &mut Terminal<B>,
+    app: &App,
+    options: &TuiOptions,
+    key_read: Option<Instant>,
+) -> io::Result<()>
+where
+    B::Error: Send + Sync + 'static,
+{
+    let drawing = Instant::now();
+    terminal
+        .draw(|frame| ui::render(app, frame))
+        .map_err(io::Error::other)?;
+    options.link.record_frame(drawing.elapsed());
+    if let Some(read) = key_read {
+        options.link.record_key(read.elapsed());
+    }
+    options.link.want(app.stacks_on_screen());
+    Ok(())
 }
 
 /// Applies `action` and carries out its effect: an export is written here and its outcome
@@ -226,7 +264,14 @@ fn apply(
     options: &TuiOptions,
     unix_seconds: &dyn Fn() -> u64,
 ) -> Flow {
-    match update(app, action) {
+    // Ticks only move the clock; keys and snapshots may filter, group and sort every stack.
+    let timed = !matches!(action, Action::Tick(_));
+    let started = Instant::now();
+    let effect = update(app, action);
+    if timed {
+        options.link.record_update(started.elapsed());
+    }
+    match effect {
         None => Flow::Continue,
         Some(Effect::Quit) => Flow::Quit,
         Some(Effect::Export(report)) => {
@@ -309,6 +354,7 @@ mod tests {
 
     fn options(dir: &Path) -> TuiOptions {
         TuiOptions {
+            link: Arc::default(),
             pid: PID,
             export_format: Format::Json,
             export_dir: dir.to_owned(),

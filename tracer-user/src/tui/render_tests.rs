@@ -9,6 +9,7 @@ use super::{
     action::Action,
     app::App,
     detail,
+    snapshot::Snapshot,
     testing::{Clock, app, empty_snapshot, sample_snapshot, stack_index},
     ui,
     update::update,
@@ -391,4 +392,119 @@ fn degraded_figures_are_named_in_the_header() {
         text.contains("degraded: stack_map_full 12, unwind_files_unreadable 1"),
         "{text}"
     );
+}
+
+/// A snapshot of `paths` stacks holding 64 B each, allocating in one of `functions` functions
+/// (`path_N`, frames shared between stacks as the symbolizer shares them), and one holding 24 B
+/// through `rare_path`, which ranks last.
+fn many_stacks(paths: u64, functions: u64) -> Snapshot {
+    let mut snapshot = sample_snapshot();
+    let template = snapshot.report.stacks[0].clone();
+    let named = |name: String| {
+        std::sync::Arc::new(crate::report::Frame {
+            function: Some(name),
+            ..(*template.frames[0]).clone()
+        })
+    };
+    let firsts: Vec<_> = (0..functions).map(|i| named(format!("path_{i}"))).collect();
+    let mut stacks: Vec<_> = (0..paths)
+        .map(|i| {
+            let mut stack = template.clone();
+            stack.id = 10_000 + i;
+            stack.live_bytes = 64;
+            stack.live_allocs = 1;
+            stack.frames[0] = std::sync::Arc::clone(&firsts[(i % functions) as usize]);
+            stack
+        })
+        .collect();
+    let mut rare = template.clone();
+    rare.id = 1;
+    rare.live_bytes = 24;
+    rare.live_allocs = 1;
+    rare.frames[0] = named("rare_path".to_owned());
+    stacks.push(rare);
+    snapshot.series = vec![Default::default(); stacks.len()];
+    snapshot.report.stacks = stacks;
+    snapshot
+}
+
+#[test]
+fn every_row_is_counted_and_a_filter_reaches_the_last() {
+    // Given 4,097 stacks, more than a screen holds
+    let clock = Clock::new();
+    let mut app = app(&clock, 120, 30);
+    update(
+        &mut app,
+        Action::Snapshot(Box::new(many_stacks(4096, 4096))),
+    );
+
+    // Then the title counts every one and says which are on screen
+    let text = format!("{}", draw(&app).backend());
+    assert!(text.contains(" 4,097 stacks · 1–"), "{text}");
+    assert!(text.contains(" on screen "), "{text}");
+
+    // When filtering for the function of the last row only
+    update(&mut app, Action::StartFilter);
+    for c in "RARE_p".chars() {
+        update(&mut app, Action::FilterPush(c));
+    }
+    update(&mut app, Action::FilterKeep);
+
+    // Then it is the one row, with its bytes, and the title says what the filter kept
+    let text = format!("{}", draw(&app).backend());
+    assert!(text.contains(" 1 of 4,097 stacks match /RARE_p "), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.contains("rare_path"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("24 B"), "{row}");
+
+    // When grouped by allocating function (one process: `g` skips call paths), the title
+    // counts groups of every stack
+    update(&mut app, Action::FilterClear);
+    update(&mut app, Action::CycleGrouping);
+    let text = format!("{}", draw(&app).backend());
+    assert!(
+        text.contains(" 4,097 allocating functions of 4,097 stacks · "),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_keystroke_over_100_000_stacks_is_answered_within_a_frame() {
+    // Given 100,001 stacks on screen, allocating in 1,001 functions
+    let clock = Clock::new();
+    let mut app = app(&clock, 160, 48);
+    update(
+        &mut app,
+        Action::Snapshot(Box::new(many_stacks(100_000, 1_000))),
+    );
+    // When a filter key and a sort key are applied and drawn, each takes well under 100 ms
+    // (debug builds are ~10x slower than release: the bound here is the release target's)
+    let budget = if cfg!(debug_assertions) {
+        std::time::Duration::from_millis(1000)
+    } else {
+        std::time::Duration::from_millis(100)
+    };
+    for action in [
+        Action::StartFilter,
+        Action::FilterPush('r'),
+        Action::FilterClear,
+        Action::CycleSort,
+        Action::CycleGrouping,
+    ] {
+        let started = std::time::Instant::now();
+        update(&mut app, action.clone());
+        let updated = started.elapsed();
+        draw(&app);
+        eprintln!(
+            "{action:?}: update {updated:?}, with the frame {:?}",
+            started.elapsed()
+        );
+        assert!(
+            started.elapsed() < budget,
+            "{action:?} took {:?}",
+            started.elapsed()
+        );
+    }
 }

@@ -2,11 +2,11 @@
 //! baseline and sorted. Pure functions; [`super::app::App`] keeps the result until the next
 //! change.
 
-use std::{cmp::Ordering, collections::HashMap};
+use std::{cmp::Ordering, collections::HashMap, sync::Arc};
 
 use super::format::stack_description;
 use crate::{
-    heap::history::Series,
+    heap::{FastHash, history::Series},
     report::{Frame, Report, StackReport, analytics::Verdict},
     tui::snapshot::Snapshot,
 };
@@ -51,7 +51,7 @@ impl Grouping {
             (Self::Module, 1) => "module",
             (Self::Module, _) => "modules",
         };
-        format!("{count} {noun}")
+        format!("{} {noun}", super::format::thousands(count))
     }
 }
 
@@ -164,8 +164,6 @@ pub(crate) struct Row {
     /// Live bytes over time (summed over the members, aligned on the newest sample), oldest
     /// first, at most [`SPARK_SAMPLES`].
     pub(crate) spark: Vec<u64>,
-    /// The description column.
-    pub(crate) description: String,
     /// Indexes of the member stacks in `report.stacks`, most live bytes first.
     pub(crate) members: Vec<usize>,
     /// Change of live bytes and allocations since the baseline, when one is set.
@@ -185,27 +183,48 @@ pub(crate) struct View<'a> {
     pub(crate) baseline: Option<&'a Baseline>,
 }
 
-/// Whether any frame's function or module name of `stack` contains `needle`, which must be
-/// lowercase. An empty needle matches every stack.
-pub(crate) fn stack_matches(stack: &StackReport, needle: &str) -> bool {
-    needle.is_empty()
-        || stack.frames.iter().any(|frame| {
-            let contains =
-                |name: Option<&str>| name.is_some_and(|n| n.to_lowercase().contains(needle));
-            contains(frame.function.as_deref()) || contains(frame.module_name())
-        })
+/// Whether `haystack` contains `needle` (lowercase) ignoring case. ASCII needles, the common
+/// case, are compared in place: a filter runs over every frame of every stack on each key.
+fn contains_folded(haystack: &str, needle: &str) -> bool {
+    if needle.is_empty() {
+        true
+    } else if needle.is_ascii() {
+        let needle = needle.as_bytes();
+        haystack
+            .as_bytes()
+            .windows(needle.len())
+            .any(|window| window.eq_ignore_ascii_case(needle))
+    } else {
+        haystack.to_lowercase().contains(needle)
+    }
 }
 
-/// Indexes of the stacks of `report` that pass `filter`, in report order.
+/// Indexes of the stacks of `report` that pass `filter`, in report order. Stacks share their
+/// frames (`Arc`s from the symbolizer), so each distinct frame is judged once.
 pub(crate) fn visible_stacks(report: &Report, filter: &str) -> Vec<usize> {
     let needle = filter.to_lowercase();
+    if needle.is_empty() {
+        return (0..report.stacks.len()).collect();
+    }
+    let mut judged: HashMap<u64, bool, FastHash> = HashMap::default();
+    let mut frame_matches = |frame: &Arc<Frame>| {
+        *judged.entry(frame_key(frame)).or_insert_with(|| {
+            let contains = |name: Option<&str>| name.is_some_and(|n| contains_folded(n, &needle));
+            contains(frame.function.as_deref()) || contains(frame.module_name())
+        })
+    };
     report
         .stacks
         .iter()
         .enumerate()
-        .filter(|(_, stack)| stack_matches(stack, &needle))
+        .filter(|(_, stack)| stack.frames.iter().any(&mut frame_matches))
         .map(|(i, _)| i)
         .collect()
+}
+
+/// A shared frame's identity, for the caches above and below (valid while its snapshot is).
+fn frame_key(frame: &Arc<Frame>) -> u64 {
+    Arc::as_ptr(frame) as usize as u64
 }
 
 /// The group a stack belongs to under `grouping`.
@@ -215,10 +234,10 @@ pub(crate) fn group_key(stack: &StackReport, grouping: Grouping) -> RowKey {
         Grouping::Stack => RowKey::Stack(stack.id),
         Grouping::Path => RowKey::Path(
             stack.allocator.clone(),
-            stack.frames.iter().map(Frame::label).collect(),
+            stack.frames.iter().map(|f| f.label()).collect(),
         ),
         Grouping::Function => {
-            RowKey::Function(first.map_or_else(|| "[no stack]".to_owned(), Frame::label))
+            RowKey::Function(first.map_or_else(|| "[no stack]".to_owned(), |f| f.label()))
         }
         Grouping::Module => RowKey::Module(
             first
@@ -235,26 +254,46 @@ pub(crate) fn build_rows(snapshot: &Snapshot, view: View<'_>) -> Vec<Row> {
     let series = |i: usize| snapshot.series.get(i).unwrap_or(&empty);
     let mut groups: Vec<Row> = Vec::new();
     let mut index_of: HashMap<RowKey, usize> = HashMap::new();
+    // By allocating function or module, a stack's group follows from its first frame, which
+    // stacks share: found once per distinct frame, not once per stack.
+    let mut by_first_frame: HashMap<u64, usize, FastHash> = HashMap::default();
+    let new_row = |key| Row {
+        key,
+        live_bytes: 0,
+        live_allocs: 0,
+        growth_per_s: None,
+        oldest_age_s: None,
+        verdict: Verdict::Unknown,
+        spark: Vec::new(),
+        members: Vec::new(),
+        delta: view.baseline.map(|_| (0, 0)),
+    };
     for i in visible_stacks(report, view.filter) {
         let Some(stack) = report.stacks.get(i) else {
             continue;
         };
-        let key = group_key(stack, view.grouping);
-        let slot = *index_of.entry(key.clone()).or_insert_with(|| {
-            groups.push(Row {
-                key,
-                live_bytes: 0,
-                live_allocs: 0,
-                growth_per_s: None,
-                oldest_age_s: None,
-                verdict: Verdict::Unknown,
-                spark: Vec::new(),
-                description: String::new(),
-                members: Vec::new(),
-                delta: view.baseline.map(|_| (0, 0)),
-            });
+        let first = stack
+            .frames
+            .first()
+            .filter(|_| matches!(view.grouping, Grouping::Function | Grouping::Module))
+            .map(frame_key);
+        let slot = if view.grouping == Grouping::Stack {
+            // Every stack is its own row.
+            groups.push(new_row(RowKey::Stack(stack.id)));
             groups.len() - 1
-        });
+        } else if let Some(&slot) = first.and_then(|f| by_first_frame.get(&f)) {
+            slot
+        } else {
+            let key = group_key(stack, view.grouping);
+            let slot = *index_of.entry(key.clone()).or_insert_with(|| {
+                groups.push(new_row(key));
+                groups.len() - 1
+            });
+            if let Some(first) = first {
+                by_first_frame.insert(first, slot);
+            }
+            slot
+        };
         let Some(row) = groups.get_mut(slot) else {
             continue;
         };
@@ -273,22 +312,22 @@ pub(crate) fn build_rows(snapshot: &Snapshot, view: View<'_>) -> Vec<Row> {
         }
         row.members.push(i);
     }
-    for row in &mut groups {
-        row.members.sort_by(|&a, &b| {
+    for row in groups.iter_mut().filter(|row| row.members.len() > 1) {
+        row.members.sort_unstable_by(|&a, &b| {
             let bytes = |i: usize| report.stacks.get(i).map_or(0, |s| s.live_bytes);
             bytes(b).cmp(&bytes(a)).then(a.cmp(&b))
         });
-        row.description = describe(report, row);
     }
-    groups.sort_by(|a, b| compare_rows(a, b, view.sort));
+    // The order is total (ties broken by key): an unstable sort gives the same rows.
+    groups.sort_unstable_by(|a, b| compare_rows(a, b, view.sort));
     groups
 }
 
-/// The description column of a row.
-fn describe(report: &Report, row: &Row) -> String {
+/// The description column of a row (made for the rows on screen only).
+pub(crate) fn describe(report: &Report, row: &Row) -> String {
     let stacks = match row.members.len() {
         1 => "1 stack".to_owned(),
-        n => format!("{n} stacks"),
+        n => format!("{} stacks", super::format::thousands(n)),
     };
     match &row.key {
         RowKey::Stack(_) => row
@@ -422,6 +461,14 @@ mod tests {
     }
 
     #[test]
+    fn filters_ignore_case_in_and_beyond_ascii() {
+        assert!(contains_folded("Session::Handle_Read", "handle_r"));
+        assert!(!contains_folded("handle", "handle_r"));
+        assert!(contains_folded("ÉCRIRE_tampon", "écrire"));
+        assert!(contains_folded("", ""));
+    }
+
+    #[test]
     fn stack_rows_follow_the_report() {
         // Given the sample snapshot
         let snapshot = sample_snapshot();
@@ -439,7 +486,10 @@ mod tests {
         assert_eq!(top.spark.len(), 13);
         assert_eq!(top.spark.last(), Some(&1_572_864));
         assert_eq!(top.growth_per_s, Some(131_072.0));
-        assert_eq!(top.description, "grow_buffer ← buffer_append (buffer.c:42)");
+        assert_eq!(
+            describe(&snapshot.report, top),
+            "grow_buffer ← buffer_append (buffer.c:42)"
+        );
         assert_eq!(top.delta, None);
     }
 
@@ -469,7 +519,10 @@ mod tests {
 
         // When rows are by stack, then each process has its row, saying its pid
         let rows = build_rows(&snapshot, view(Grouping::Stack, SortKey::LiveBytes));
-        let described: Vec<&str> = rows[..2].iter().map(|r| r.description.as_str()).collect();
+        let described: Vec<String> = rows[..2]
+            .iter()
+            .map(|r| describe(&snapshot.report, r))
+            .collect();
         assert_eq!(
             described,
             [
@@ -483,7 +536,7 @@ mod tests {
         assert_eq!(merged.len(), rows.len() - 1);
         assert_eq!(merged[0].live_bytes, 2 * 1_572_864);
         assert_eq!(
-            merged[0].description,
+            describe(&snapshot.report, &merged[0]),
             "[2 processes] grow_buffer ← buffer_append (buffer.c:42)"
         );
     }
@@ -620,7 +673,10 @@ mod tests {
             vec![stack_index(&snapshot, 4), stack_index(&snapshot, 5)]
         );
         assert_eq!(group.growth_per_s, Some(4096.0 + 2048.0));
-        assert_eq!(group.description, "alloc_buffer  [2 stacks]");
+        assert_eq!(
+            describe(&snapshot.report, group),
+            "alloc_buffer  [2 stacks]"
+        );
         // The series are summed aligned on the newest sample (stack 5 started later)
         let spark4 = snapshot.series[stack_index(&snapshot, 4)].last(SPARK_SAMPLES);
         let spark5 = snapshot.series[stack_index(&snapshot, 5)].last(SPARK_SAMPLES);
@@ -654,8 +710,11 @@ mod tests {
             ]
         );
         assert_eq!(rows[0].members.len(), 4);
-        assert_eq!(rows[0].description, "server  [4 stacks]");
-        assert_eq!(rows[2].description, "libglib-2.0.so.0  [1 stack]");
+        assert_eq!(describe(&snapshot.report, &rows[0]), "server  [4 stacks]");
+        assert_eq!(
+            describe(&snapshot.report, &rows[2]),
+            "libglib-2.0.so.0  [1 stack]"
+        );
         let total: u64 = rows.iter().map(|r| r.live_bytes).sum();
         assert_eq!(
             total,

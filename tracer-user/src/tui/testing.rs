@@ -43,7 +43,7 @@ fn stack(
         total_allocs: live_allocs * 2 + 1,
         total_bytes: live_bytes * 2 + 64,
         oldest_age_s: age,
-        frames,
+        frames: crate::report::shared(frames),
         ..StackReport::default()
     }
 }

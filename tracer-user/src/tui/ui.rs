@@ -27,12 +27,12 @@ use ratatui::{
 use super::{
     app::{App, Mode},
     detail::detail_lines,
-    format,
+    format::{self, thousands},
     layout::{TABLE_CHROME, areas},
-    rows::SortKey,
+    rows::{Grouping, SortKey, describe},
     style::{label, value, verdict_style},
 };
-use crate::export::human_bytes;
+use crate::{export::human_bytes, tui::snapshot::Snapshot};
 
 /// Terminals at least this wide get the wide columns (growth per second and per hour, a longer
 /// sparkline).
@@ -249,6 +249,53 @@ impl Columns {
     }
 }
 
+/// The table's title: every row counted, what the filter or grouping kept of every stack, and
+/// which rows are on screen when they do not all fit.
+fn table_title(app: &App, snapshot: &Snapshot, page: usize) -> String {
+    let total = snapshot.report.stacks.len();
+    let groups = app.grouping.count(app.rows.len());
+    let mut title = if app.filter.is_empty() {
+        if app.grouping == Grouping::Stack {
+            format!(" {groups}")
+        } else {
+            format!(" {groups} of {} stacks", thousands(total))
+        }
+    } else {
+        let matched: usize = app.rows.iter().map(|row| row.members.len()).sum();
+        let matching = format!(
+            "{} of {} stacks match /{}",
+            thousands(matched),
+            thousands(total),
+            app.filter
+        );
+        if app.grouping == Grouping::Stack {
+            format!(" {matching}")
+        } else {
+            format!(" {groups} · {matching}")
+        }
+    };
+    if app.rows.len() > page {
+        let first = app.offset + 1;
+        let last = (app.offset + page).min(app.rows.len());
+        title.push_str(&format!(
+            " · {}–{} on screen",
+            thousands(first),
+            thousands(last)
+        ));
+    }
+    // Rows a cut report leaves out (none today: the session sends every row).
+    let omitted = &snapshot.report.omitted;
+    if omitted.rows > 0 {
+        title.push_str(&format!(
+            " · {} more stacks ({}) not sent to the view",
+            omitted.rows,
+            human_bytes(omitted.live_bytes)
+        ));
+    }
+    title.push(' ');
+    title
+}
+
 fn right(text: String) -> Cell<'static> {
     Cell::from(Line::from(text).alignment(Alignment::Right))
 }
@@ -275,28 +322,24 @@ fn render_table(app: &App, frame: &mut Frame<'_>, area: Rect) {
     ])
     .style(Style::new().bold());
 
-    let title = if let Some(snapshot) = &app.snapshot {
-        // The session sends its busiest rows only: say how many others there are.
-        let omitted = &snapshot.report.omitted;
-        match omitted.rows {
-            0 => format!(" {} ", app.grouping.count(app.rows.len())),
-            n => format!(
-                " {} · {} more stacks ({}) not sent to the view ",
-                app.grouping.count(app.rows.len()),
-                n,
-                human_bytes(omitted.live_bytes)
-            ),
-        }
-    } else {
-        " stacks ".to_owned()
+    let page = usize::from(area.height.saturating_sub(TABLE_CHROME));
+    let title = match &app.snapshot {
+        Some(snapshot) => table_title(app, snapshot, page),
+        None => " stacks ".to_owned(),
     };
     let block = Block::new()
         .borders(Borders::TOP)
         .border_style(Style::new().dark_gray())
         .title(Span::styled(title, Style::new().bold()));
 
-    let page = usize::from(area.height.saturating_sub(TABLE_CHROME));
     let visible = app.rows.iter().skip(app.offset).take(page);
+    // Described here, for the rows on screen only: a description is made from the frames.
+    let describe_row = |row| {
+        app.snapshot
+            .as_ref()
+            .map(|snapshot| describe(&snapshot.report, row))
+            .unwrap_or_default()
+    };
     let table_rows = visible.map(|row| {
         let (live, count) = match row.delta {
             Some((bytes, count)) => (
@@ -318,7 +361,7 @@ fn render_table(app: &App, frame: &mut Frame<'_>, area: Rect) {
                 format::verdict_cell(row.verdict),
                 verdict_style(row.verdict),
             )),
-            Cell::from(format::ellipsize(&row.description, columns.description).into_owned()),
+            Cell::from(format::ellipsize(&describe_row(row), columns.description).into_owned()),
         ])
     });
     let table = Table::new(table_rows, columns.widths)

@@ -44,6 +44,8 @@ pub struct EbpfConfig {
     pub uprobe_session: bool,
     /// Ring buffer size in bytes.
     pub ringbuf_bytes: u32,
+    /// `--max-stacks`: distinct stacks the kernel keeps.
+    pub max_stacks: u32,
     /// `--probe-floor`: attach empty probes, for measuring the cost of the traps alone.
     pub floor: bool,
     /// Say on stderr what tables are built and what fails (not while the live view draws).
@@ -123,6 +125,7 @@ impl EbpfSource {
             uprobe_session: config.uprobe_session,
             unwind_rows,
             ringbuf_bytes: config.ringbuf_bytes,
+            max_stacks: config.max_stacks,
         })
         .map_err(|err| {
             Failure::runtime(
