@@ -82,9 +82,10 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub debuginfo_dir: Vec<PathBuf>,
 
-    /// Format of the export file: json, folded (for inferno/flamegraph.pl), text or pprof
-    /// (gzipped profile.proto for go tool pprof, Pyroscope, Parca).
-    /// Default: from the file's extension (.json, .folded, .txt, .pb.gz), else json.
+    /// Format of the export file: json, folded (for inferno/flamegraph.pl), text, pprof
+    /// (gzipped profile.proto for go tool pprof, Pyroscope, Parca) or svg (a flame graph of
+    /// live bytes, drawn by inferno). Default: from the file's extension (.json, .folded, .txt,
+    /// .pb.gz, .svg), else json.
     #[arg(short, long, value_name = "FORMAT")]
     pub format: Option<Format>,
 
@@ -269,6 +270,7 @@ impl Cli {
             Some("folded" | "collapsed") => Format::Folded,
             Some("txt" | "text") => Format::Text,
             Some("gz" | "pprof") => Format::Pprof,
+            Some("svg") => Format::Svg,
             _ => Format::Json,
         }
     }
@@ -356,6 +358,10 @@ mod tests {
         assert_eq!(
             format(&["leaktrace", "-p", "1", "-e", "out.json"]),
             Format::Json
+        );
+        assert_eq!(
+            format(&["leaktrace", "-p", "1", "-e", "heap.svg"]),
+            Format::Svg
         );
         assert_eq!(
             format(&["leaktrace", "-p", "1", "-e", "out.txt", "-f", "json"]),

@@ -140,7 +140,11 @@ fn main() -> Result<()> {
         }
         Task::Soak { minutes } => {
             setup(Need::Test)?;
-            let leaktrace = build_release()?;
+            // LEAKTRACE_BIN: another build (the static one `cargo xtask test` soaks).
+            let leaktrace = match std::env::var_os("LEAKTRACE_BIN") {
+                Some(path) => PathBuf::from(path),
+                None => build_release()?,
+            };
             soak(&leaktrace, Duration::from_secs_f64(minutes.max(0.1) * 60.0))
         }
         Task::Fuzz { minutes } => {
@@ -485,7 +489,6 @@ fn test(filter: Option<&str>) -> Result<()> {
     if !is_root() {
         bail!("the end-to-end tests load eBPF programs: run `sudo -E cargo xtask test`");
     }
-    let leaktrace = build_release()?;
     let mut e2e = cargo();
     e2e.args([
         "test",
@@ -494,14 +497,18 @@ fn test(filter: Option<&str>) -> Result<()> {
         "leaktrace-tests",
         "--test",
         "e2e",
-    ])
-    .env("LEAKTRACE_BIN", &leaktrace);
-    // What a production host installs, for the `dist::` tests.
-    if filter.is_none_or(|f| "dist::".contains(f) || f.starts_with("dist::")) {
+    ]);
+    // A whole run tests what a production host installs: the static binary (every test) and
+    // the package (the `dist::` tests). A run of some tests uses the quicker glibc build.
+    let leaktrace = if filter.is_none_or(|f| "dist::".contains(f) || f.starts_with("dist::")) {
         let shipped = dist::build(&workspace())?;
         e2e.env("LEAKTRACE_STATIC", &shipped.binary)
             .env("LEAKTRACE_DEB", &shipped.deb);
-    }
+        shipped.binary
+    } else {
+        build_release()?
+    };
+    e2e.env("LEAKTRACE_BIN", &leaktrace);
     e2e.arg("--");
     if let Some(filter) = filter {
         e2e.arg(filter);

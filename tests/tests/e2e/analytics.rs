@@ -115,6 +115,34 @@ fn pprof_export_reads_in_go_tool_pprof() {
     assert!(line.trim_start().starts_with("30 "), "{line}");
 }
 
+#[test]
+fn svg_export_is_a_flame_graph_of_the_exact_live_bytes() {
+    require_root();
+    let mut target = Fixture::start(&fixture(Build::COmitFramePointer));
+    let pid = target.pid.to_string();
+    let tracer = Tracer::start_exporting("heap.svg", &["-p", &pid]);
+    target.cmd("leak 30 4096");
+    target.cmd("churn 500");
+    let done = tracer.interrupt();
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(done.stderr.contains("(svg, "), "{}", done.stderr);
+    let svg = String::from_utf8(done.export_bytes).unwrap();
+    assert!(svg.starts_with("<?xml") && svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains(&format!("live heap of pid {pid}")), "no title");
+    // The leak's frames are as wide as its 30 x 4096 bytes, all the way to main; the churn,
+    // which holds nothing, is not drawn
+    for function in ["alloc_buffer", "parse_header", "leak_request"] {
+        assert!(
+            svg.contains(&format!("<title>{function} (122,880 bytes,")),
+            "{function} is not 122,880 bytes wide"
+        );
+    }
+    assert!(
+        !svg.contains("churn_alloc"),
+        "a frame holding nothing is drawn"
+    );
+}
+
 fn snapshots(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
