@@ -2,8 +2,9 @@
 //! paths, traced once headless and once with the live view in tmux driven by keys (filter,
 //! group, sort). It prints, for each: events lost, rows, leaktrace's own memory (and so its
 //! memory per stack), and the view's slowest update (every stack filtered, grouped and sorted
-//! again), frame and key (read to answer drawn), which leaktrace measures itself and writes into
-//! the export's diagnostics.
+//! again), frame and key (read to answer drawn), and the session's slowest build of the view's
+//! report (on the ingestion thread), which leaktrace measures itself and writes into the
+//! export's diagnostics.
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
@@ -27,6 +28,9 @@ struct Figures {
     slowest_update_us: Option<u64>,
     slowest_frame_us: Option<u64>,
     slowest_key_us: Option<u64>,
+    /// The longest the session took to build the view's report of every row (on the
+    /// ingestion thread).
+    slowest_report_us: Option<u64>,
 }
 
 /// The fixture, driven through its stdin.
@@ -95,7 +99,7 @@ pub(crate) fn run(workspace: &Path, leaktrace: &Path) -> Result<()> {
         "many distinct stacks (one 64-byte block through each call path), live view driven in tmux:"
     );
     println!(
-        "{:>8} {:<10} {:>8} {:>6} {:>11} {:>14} {:>14} {:>12} {:>12} {:>12}",
+        "{:>8} {:<10} {:>8} {:>6} {:>11} {:>14} {:>14} {:>12} {:>12} {:>12} {:>12}",
         "paths",
         "view",
         "rows",
@@ -105,7 +109,8 @@ pub(crate) fn run(workspace: &Path, leaktrace: &Path) -> Result<()> {
         "per stack",
         "update ms",
         "frame ms",
-        "key ms"
+        "key ms",
+        "report ms"
     );
     // Per mode (headless, live view), the smaller run's rows and memory.
     let mut smaller: [Option<(u64, u64)>; 2] = [None, None];
@@ -131,7 +136,7 @@ pub(crate) fn run(workspace: &Path, leaktrace: &Path) -> Result<()> {
                 us.map_or_else(String::new, |us| format!("{:.1}", us as f64 / 1000.0))
             };
             println!(
-                "{:>8} {:<10} {:>8} {:>6} {:>11} {:>10.1} MiB {:>14} {:>12} {:>12} {:>12}",
+                "{:>8} {:<10} {:>8} {:>6} {:>11} {:>10.1} MiB {:>14} {:>12} {:>12} {:>12} {:>12}",
                 paths,
                 if view { "live view" } else { "headless" },
                 figures.rows,
@@ -142,6 +147,7 @@ pub(crate) fn run(workspace: &Path, leaktrace: &Path) -> Result<()> {
                 ms(figures.slowest_update_us),
                 ms(figures.slowest_frame_us),
                 ms(figures.slowest_key_us),
+                ms(figures.slowest_report_us),
             );
         }
     }
@@ -237,6 +243,7 @@ fn traced(
         slowest_update_us: get(diag, "view_slowest_update_us"),
         slowest_frame_us: get(diag, "view_slowest_frame_us"),
         slowest_key_us: get(diag, "view_slowest_key_us"),
+        slowest_report_us: get(diag, "view_report_slowest_us"),
     })
 }
 

@@ -352,6 +352,9 @@ struct Session {
     /// `--snapshot-every`: where and how often.
     soak: Option<(Soak, Duration)>,
     live_view: Option<LiveView>,
+    /// The longest the live view's report of every row took to build, on this (the ingestion)
+    /// thread, in microseconds.
+    slowest_view_report_us: u64,
     /// How stacks are unwound and sampled, for report headers.
     unwind: &'static str,
     sample_bytes: Option<u64>,
@@ -399,6 +402,7 @@ impl Session {
             top: cli.top,
             soak: None,
             live_view: None,
+            slowest_view_report_us: 0,
             unwind: cli.unwind.name(),
             sample_bytes: cli.sample_bytes,
             last_status: (now, 0, 0),
@@ -723,6 +727,12 @@ impl Session {
         )];
         if let Some(view) = &self.live_view {
             session.extend(view.health());
+            // Events wait in the ring buffer meanwhile.
+            session.push(Health::new(
+                "view_report_slowest_us",
+                self.slowest_view_report_us,
+                HealthKind::Info,
+            ));
         }
         let mut report = self.pipeline.report(header, now_ns, sources, session);
         if let Some((at_attach, now)) = self.processes.anon() {
@@ -752,7 +762,10 @@ impl Session {
         );
         self.last_status = (Instant::now(), counts.allocs, counts.frees);
         if self.live_view.is_some() {
+            let building = Instant::now();
             let snapshot = self.snapshot(None);
+            let took = u64::try_from(building.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.slowest_view_report_us = self.slowest_view_report_us.max(took);
             if let Some(view) = &self.live_view {
                 view.send(snapshot);
             }
