@@ -21,180 +21,17 @@
 
 use std::{
     collections::HashMap,
-    fs,
     io::{self, Write},
-    path::{Path, PathBuf},
 };
 
-use serde::Deserialize;
-
+pub use super::read::{DiffError, FileFrame, FileOmitted, FileStack, FileTotals, ReportFile, load};
 use crate::{
     export::{human_bytes, signed_bytes},
     report::grouping::FrameKey,
-    report::{Omitted, Report},
 };
 
 /// Frames shown per stack in [`write_text`].
 pub const SHOWN_FRAMES: usize = 4;
-
-/// Reading an export failed.
-#[derive(Debug, thiserror::Error)]
-pub enum DiffError {
-    /// The file could not be read.
-    #[error("cannot read {}", path.display())]
-    Read {
-        /// The export's path.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-    /// The file is not a leaktrace JSON export.
-    #[error("{} is not a leaktrace JSON export", path.display())]
-    Parse {
-        /// The export's path.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: serde_json::Error,
-    },
-}
-
-/// The fields of a JSON export a diff uses.
-#[derive(Deserialize, Clone, Debug, PartialEq)]
-pub struct ReportFile {
-    /// The traced process.
-    pub pid: u32,
-    /// Its command line.
-    #[serde(default)]
-    pub command: String,
-    /// Seconds traced when the export was written.
-    pub duration_s: f64,
-    /// Whole-process counters.
-    #[serde(default)]
-    pub totals: FileTotals,
-    /// The exported stacks.
-    pub stacks: Vec<FileStack>,
-    /// Rows the export left out (`--top`); absent in exports older than the field.
-    #[serde(default)]
-    pub omitted: FileOmitted,
-}
-
-/// The rows an export left out.
-#[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FileOmitted {
-    /// How many.
-    #[serde(default)]
-    pub rows: u64,
-    /// Bytes live in them.
-    #[serde(default)]
-    pub live_bytes: u64,
-}
-
-impl From<Omitted> for FileOmitted {
-    fn from(omitted: Omitted) -> Self {
-        Self {
-            rows: omitted.rows,
-            live_bytes: omitted.live_bytes,
-        }
-    }
-}
-
-/// Whole-process counters of a [`ReportFile`].
-#[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FileTotals {
-    /// Bytes live.
-    #[serde(default)]
-    pub live_bytes: u64,
-    /// Blocks live.
-    #[serde(default)]
-    pub live_allocs: u64,
-}
-
-/// One stack of a [`ReportFile`].
-#[derive(Deserialize, Clone, Debug, PartialEq)]
-pub struct FileStack {
-    /// Bytes live.
-    pub live_bytes: u64,
-    /// Blocks live.
-    pub live_allocs: u64,
-    /// Frames, innermost first.
-    pub frames: Vec<FileFrame>,
-}
-
-/// One frame of a [`FileStack`].
-#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-pub struct FileFrame {
-    /// Function name, if known.
-    pub function: Option<String>,
-    /// Module path, if known.
-    pub module: Option<String>,
-    /// Source file, if known.
-    #[serde(default)]
-    pub file: Option<String>,
-    /// Source line, if known.
-    #[serde(default)]
-    pub line: Option<u32>,
-    /// Offset in the module's file, a `"0x…"` string (absent in older exports).
-    #[serde(default, deserialize_with = "hex_opt")]
-    pub offset: Option<u64>,
-}
-
-fn hex_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    let text: Option<String> = Option::deserialize(d)?;
-    text.map(|t| {
-        u64::from_str_radix(t.trim_start_matches("0x"), 16)
-            .map_err(|_| serde::de::Error::custom(format!("offset {t:?} is not hex")))
-    })
-    .transpose()
-}
-
-impl FileFrame {
-    /// The frame's key ([`FrameKey`]).
-    pub fn key(&self) -> FrameKey {
-        FrameKey::new(
-            self.function.as_deref(),
-            self.module.as_deref(),
-            self.file.as_deref(),
-            self.line,
-            self.offset,
-        )
-    }
-}
-
-impl From<&Report> for ReportFile {
-    fn from(report: &Report) -> Self {
-        Self {
-            pid: report.pid,
-            command: report.command.clone(),
-            duration_s: report.duration_s,
-            totals: FileTotals {
-                live_bytes: report.totals.live_bytes,
-                live_allocs: report.totals.live_allocs,
-            },
-            stacks: report
-                .stacks
-                .iter()
-                .map(|s| FileStack {
-                    live_bytes: s.live_bytes,
-                    live_allocs: s.live_allocs,
-                    frames: s
-                        .frames
-                        .iter()
-                        .map(|f| FileFrame {
-                            function: f.function.clone(),
-                            module: f.module.clone(),
-                            file: f.file.clone(),
-                            line: f.line,
-                            offset: f.offset,
-                        })
-                        .collect(),
-                })
-                .collect(),
-            omitted: report.omitted.into(),
-        }
-    }
-}
 
 impl ReportFile {
     /// What [`write_text`] shows of this export, under `name` (its path, usually).
@@ -228,19 +65,6 @@ pub struct Meta {
     pub live_allocs: u64,
     /// Rows the export left out.
     pub omitted: FileOmitted,
-}
-
-/// Reads the JSON export at `path`.
-pub fn load(path: impl AsRef<Path>) -> Result<ReportFile, DiffError> {
-    let path = path.as_ref();
-    let text = fs::read(path).map_err(|source| DiffError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    serde_json::from_slice(&text).map_err(|source| DiffError::Parse {
-        path: path.to_owned(),
-        source,
-    })
 }
 
 /// How one stack changed between two exports.
@@ -456,7 +280,7 @@ mod tests {
     use super::*;
     use crate::{
         export::pprof,
-        report::{Diagnostics, Frame, ReportTotals, StackReport},
+        report::{Diagnostics, Frame, Report, ReportTotals, StackReport},
     };
 
     fn frame(function: Option<&str>, module: &str, addr: u64) -> Frame {
@@ -719,7 +543,7 @@ mod tests {
         let report = server(12.5, 0x5555_0000_0000, 20_480, 65_536, false);
         let mut json = serde_json::to_value(&report).expect("serializes");
         json["verdicts"] = serde_json::json!({"leak": 1});
-        json["stacks"][0]["verdict"] = serde_json::json!("leak");
+        json["stacks"][0]["colour"] = serde_json::json!("red");
         let path = dir.path().join("before.json");
         fs::write(&path, serde_json::to_vec(&json).expect("serializes")).expect("writing");
 

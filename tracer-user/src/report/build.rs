@@ -9,12 +9,16 @@ use crate::{
     heap::{StackRef, StackStats, Totals, history::History},
     report::{
         Diagnostics, Omitted, Report, ReportTotals, StackReport,
-        analytics::{self, Thresholds, VerdictInput},
+        analytics::{self, Thresholds, Verdict, VerdictInput},
         grouping::{self, Member},
         sort_stacks,
     },
     symbolize::stacks::Stacks,
 };
+
+/// Rows holding most whose live bytes over time a report carries ([`StackReport::history`]);
+/// as many more leaking or growing rows below them carry theirs too.
+pub const CHART_ROWS: usize = 8;
 
 /// What a report says about the run, beside its rows.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -95,6 +99,7 @@ pub fn build(header: Header, inputs: Inputs<'_>, diagnostics: Diagnostics) -> Re
         })
         .collect();
     sort_stacks(&mut stacks);
+    attach_histories(&mut stacks, inputs.history);
     Report {
         pid: header.pid,
         command: header.command,
@@ -110,5 +115,67 @@ pub fn build(header: Header, inputs: Inputs<'_>, diagnostics: Diagnostics) -> Re
         omitted: Omitted::default(),
         coverage: Default::default(),
         stacks,
+    }
+}
+
+/// Gives the rows a chart shows their series: the [`CHART_ROWS`] holding most, and up to
+/// [`CHART_ROWS`] more whose verdict is leak or growing.
+fn attach_histories(stacks: &mut [StackReport], history: &History) {
+    let mut climbing = 0;
+    for (rank, stack) in stacks.iter_mut().enumerate() {
+        let wanted = if rank < CHART_ROWS {
+            true
+        } else if climbing < CHART_ROWS && matches!(stack.verdict, Verdict::Leak | Verdict::Growing)
+        {
+            climbing += 1;
+            true
+        } else {
+            false
+        };
+        if wanted && let Some(series) = history.get(stack.id) {
+            stack.history = series.samples.iter().copied().collect();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rows_a_chart_shows_carry_their_history_and_no_others() {
+        // Given 20 rows, each with a series, sorted by live bytes; rows 15 and 17 are leaking
+        let mut history = History::default();
+        for t in 1..=3 {
+            history.record(f64::from(t), (0..20u64).map(|id| (id, 100 * (id + 1))));
+        }
+        let mut stacks: Vec<StackReport> = (0..20u64)
+            .map(|id| StackReport {
+                id,
+                verdict: if id == 15 || id == 17 {
+                    Verdict::Leak
+                } else {
+                    Verdict::Steady
+                },
+                ..StackReport::default()
+            })
+            .collect();
+
+        // When the series are attached
+        attach_histories(&mut stacks, &history);
+
+        // Then the first CHART_ROWS and the leaking rows below them have theirs, exactly
+        let charted: Vec<u64> = stacks
+            .iter()
+            .filter(|s| !s.history.is_empty())
+            .map(|s| s.id)
+            .collect();
+        let mut expected: Vec<u64> = (0..CHART_ROWS as u64).collect();
+        expected.extend([15, 17]);
+        assert_eq!(charted, expected);
+        assert_eq!(
+            stacks[15].history,
+            vec![(1.0, 1600), (2.0, 1600), (3.0, 1600)]
+        );
     }
 }

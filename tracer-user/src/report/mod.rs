@@ -13,7 +13,8 @@
 //!              "truncated", ..., "frames": [{"function", "module", "file", "line", "addr",
 //!                                            "offset", "build_id", "inlined"}],
 //!              "call_sites": [{"live_bytes", "live_allocs", "total_allocs", "total_bytes",
-//!                              "addrs"}]}]}
+//!                              "addrs"}],
+//!              "history": [[seconds, live_bytes], ...] (for the rows a chart shows)}]}
 //! ```
 //!
 //! Each entry of `stacks` is a row: the stacks that are the same at the source level (see
@@ -224,6 +225,11 @@ pub struct StackReport {
     pub frames: Vec<Arc<Frame>>,
     /// The distinct stacks of return addresses this row merged, most live bytes first.
     pub call_sites: Vec<CallSite>,
+    /// Live bytes over time, `[seconds since attach, live bytes]`, oldest first: only for the
+    /// rows a chart shows ([`build::CHART_ROWS`] holding most, and up to as many more that are
+    /// leaking or growing); empty (and absent from JSON) for the rest.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<(f64, u64)>,
 }
 
 /// One stack of return addresses within a row.
@@ -316,15 +322,12 @@ impl Frame {
     /// address); else `[module] 0xaddr`, or `[unknown] 0xaddr` in no known module. Control
     /// characters become spaces.
     pub fn label(&self) -> String {
-        use crate::export::one_line;
-        let function = self.function.as_deref().filter(|f| !f.trim().is_empty());
-        let module = self.module_name().filter(|m| !m.trim().is_empty());
-        match (function, module, self.offset) {
-            (Some(function), _, _) => one_line(function).into_owned(),
-            (None, Some(module), Some(offset)) => format!("[{}] +{offset:#x}", one_line(module)),
-            (None, Some(module), None) => format!("[{}] {:#x}", one_line(module), self.addr),
-            (None, None, _) => format!("[unknown] {:#x}", self.addr),
-        }
+        frame_label(
+            self.function.as_deref(),
+            self.module.as_deref(),
+            self.offset,
+            Some(self.addr),
+        )
     }
 
     /// The last path component of [`Frame::module`] (`libc.so.6` for `/usr/lib/libc.so.6`).
@@ -332,6 +335,30 @@ impl Frame {
         self.module
             .as_deref()
             .map(|m| m.rsplit('/').next().unwrap_or(m))
+    }
+}
+
+/// [`Frame::label`] from a frame's parts, for frames read back from an export (which may have
+/// no address): `function`; else `[module file name] +0xoffset`; else `[module] 0xaddr`; else
+/// `[unknown] 0xaddr` (or `[unknown]` with no address).
+pub fn frame_label(
+    function: Option<&str>,
+    module: Option<&str>,
+    offset: Option<u64>,
+    addr: Option<u64>,
+) -> String {
+    use crate::export::one_line;
+    let function = function.filter(|f| !f.trim().is_empty());
+    let module = module
+        .map(|m| m.rsplit('/').next().unwrap_or(m))
+        .filter(|m| !m.trim().is_empty());
+    match (function, module, offset, addr) {
+        (Some(function), ..) => one_line(function).into_owned(),
+        (None, Some(module), Some(offset), _) => format!("[{}] +{offset:#x}", one_line(module)),
+        (None, Some(module), None, Some(addr)) => format!("[{}] {addr:#x}", one_line(module)),
+        (None, Some(module), None, None) => format!("[{}]", one_line(module)),
+        (None, None, _, Some(addr)) => format!("[unknown] {addr:#x}"),
+        (None, None, _, None) => "[unknown]".to_owned(),
     }
 }
 
