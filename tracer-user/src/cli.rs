@@ -83,9 +83,10 @@ pub struct Cli {
     pub debuginfo_dir: Vec<PathBuf>,
 
     /// Format of the export file: json, folded (for inferno/flamegraph.pl), text, pprof
-    /// (gzipped profile.proto for go tool pprof, Pyroscope, Parca) or svg (a flame graph of
-    /// live bytes, drawn by inferno). Default: from the file's extension (.json, .folded, .txt,
-    /// .pb.gz, .svg), else json.
+    /// (gzipped profile.proto for go tool pprof, Pyroscope, Parca), svg (a flame graph of
+    /// live bytes, drawn by inferno) or html (a self-contained report: flame graph, live bytes
+    /// over time, sortable rows). Default: from the file's extension (.json, .folded, .txt,
+    /// .pb.gz, .svg, .html), else json.
     #[arg(short, long, value_name = "FORMAT")]
     pub format: Option<Format>,
 
@@ -192,6 +193,17 @@ pub enum Action {
         /// The later export.
         after: PathBuf,
     },
+    /// Write a self-contained HTML leak report (flame graph, live bytes over time, sortable
+    /// rows) from one JSON export, or from a series of snapshots (oldest first) whose chart then
+    /// spans them all.
+    Report {
+        /// JSON exports (`--export`, `--snapshot-every`), oldest first.
+        #[arg(required = true, value_name = "EXPORT.json")]
+        exports: Vec<PathBuf>,
+        /// Where to write the HTML.
+        #[arg(short, long, value_name = "FILE.html")]
+        output: PathBuf,
+    },
     /// Print a completion script for this shell on stdout (the Debian package installs them).
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -271,6 +283,7 @@ impl Cli {
             Some("txt" | "text") => Format::Text,
             Some("gz" | "pprof") => Format::Pprof,
             Some("svg") => Format::Svg,
+            Some("html" | "htm") => Format::Html,
             _ => Format::Json,
         }
     }
@@ -298,6 +311,19 @@ mod tests {
             vec![OsString::from("./app"), OsString::from("-x")]
         );
         assert!(Cli::try_parse_from(["leaktrace", "-p", "1", "--", "ls"]).is_err());
+    }
+
+    #[test]
+    fn report_takes_exports_and_needs_an_output() {
+        let cli = Cli::try_parse_from(["leaktrace", "report", "a.json", "b.json", "-o", "r.html"])
+            .expect("report");
+        let Some(Action::Report { exports, output }) = cli.action else {
+            panic!("not a report");
+        };
+        assert_eq!(exports, [PathBuf::from("a.json"), PathBuf::from("b.json")]);
+        assert_eq!(output, PathBuf::from("r.html"));
+        assert!(Cli::try_parse_from(["leaktrace", "report", "a.json"]).is_err());
+        assert!(Cli::try_parse_from(["leaktrace", "report", "-o", "r.html"]).is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use clap::{CommandFactory as _, Parser as _};
 use leaktrace::{
     cli::{Action, Cli},
     error::{EXIT_USAGE, Failure, chain},
-    export::diff,
+    export::{diff, html},
     session,
 };
 
@@ -36,6 +36,7 @@ fn main() -> ExitCode {
     };
     let result = match &cli.action {
         Some(Action::Diff { before, after }) => run_diff(before, after),
+        Some(Action::Report { exports, output }) => run_report(exports, output),
         Some(Action::Completions { shell }) => {
             clap_complete::generate(
                 *shell,
@@ -57,6 +58,44 @@ fn main() -> ExitCode {
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// `leaktrace report EXPORT.json... -o FILE.html`: the HTML report of a series of exports.
+fn run_report(paths: &[std::path::PathBuf], output: &Path) -> Result<(), Failure> {
+    let exports = paths
+        .iter()
+        .map(|path| {
+            diff::load(path).map_err(|err| {
+                Failure::usage(
+                    chain(&err),
+                    "give files written by --export or --snapshot-every in json, oldest first",
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let written = (|| {
+        let file = leaktrace::export::file::open_private(output)?;
+        file.set_len(0)?;
+        let mut out = std::io::BufWriter::new(file);
+        html::write_series(&exports, &names, &mut out)?;
+        std::io::Write::flush(&mut out)
+    })();
+    written.map_err(|err| {
+        Failure::usage(
+            format!("cannot write {}: {err}", output.display()),
+            "give -o a path in a directory you can write",
+        )
+    })?;
+    let rows = exports.last().map_or(0, |e| e.stacks.len());
+    eprintln!(
+        "leaktrace: wrote {} ({} rows from {} export{})",
+        output.display(),
+        rows,
+        exports.len(),
+        if exports.len() == 1 { "" } else { "s" }
+    );
+    Ok(())
 }
 
 /// `leaktrace diff BEFORE AFTER`: growth by row between two JSON exports, on stdout.

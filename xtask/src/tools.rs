@@ -262,6 +262,12 @@ pub(crate) const TOOLS: &[Tool] = &[
         used_for: "driving the live view",
     },
     Tool {
+        command: "chromium",
+        install: Install::Apt("chromium"),
+        need: Need::Test,
+        used_for: "opening the HTML report in a real browser (headless)",
+    },
+    Tool {
         command: "setpriv",
         install: Install::Apt("util-linux"),
         need: Need::Test,
@@ -396,7 +402,6 @@ mod tests {
             .map(std::path::Path::to_path_buf)
             .unwrap_or_default();
         let mut files: Vec<std::path::PathBuf> = [
-            "tests/src/lib.rs",
             "xtask/src/bench.rs",
             "xtask/src/scale.rs",
             "xtask/src/dist.rs",
@@ -406,8 +411,10 @@ mod tests {
         .iter()
         .map(|f| root.join(f))
         .collect();
-        let e2e = std::fs::read_dir(root.join("tests/tests/e2e")).expect("the e2e tests");
-        files.extend(e2e.filter_map(|entry| entry.ok().map(|e| e.path())));
+        for dir in ["tests/src", "tests/tests/e2e"] {
+            let listing = std::fs::read_dir(root.join(dir)).expect("the e2e tests and helpers");
+            files.extend(listing.filter_map(|entry| entry.ok().map(|e| e.path())));
+        }
         let mut sources = String::new();
         for file in files {
             sources.push_str(&std::fs::read_to_string(file).unwrap_or_default());

@@ -170,6 +170,29 @@ fn keys_sort_filter_baseline_export_and_quit() {
         43_000
     );
 
+    // h: the same view as an HTML report, its rows in the page's data
+    tmux.keys(&["h"]);
+    let written = tmux.wait_for("the HTML message", |s| s.contains(".html"));
+    let path = written
+        .split_whitespace()
+        .find(|w| w.contains("leaktrace-") && w.ends_with(".html"))
+        .unwrap_or_else(|| panic!("no HTML path on screen:\n{written}"));
+    let page = std::fs::read_to_string(path).unwrap();
+    assert!(page.starts_with("<!DOCTYPE html>"), "{path}");
+    let start = page.find("id=\"data\">").unwrap() + "id=\"data\">".len();
+    let end = start + page[start..].find("</script>").unwrap();
+    let data: Value = serde_json::from_str(&page[start..end]).unwrap();
+    let rows = data["rows"].as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        export["stacks"].as_array().unwrap().len(),
+        "the same rows as the export"
+    );
+    assert!(
+        rows.iter().any(|r| r[1] == 43_000),
+        "the leak's 43,000 bytes: {rows:?}"
+    );
+
     tmux.keys(&["?"]);
     tmux.wait_for("the help", |s| {
         s.contains("baseline") && s.contains("filter") && s.contains("quit")

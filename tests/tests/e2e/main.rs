@@ -45,6 +45,7 @@ mod daemons;
 mod dist;
 mod faults;
 mod go;
+mod html;
 mod kernels;
 mod lifecycle;
 mod live_view;

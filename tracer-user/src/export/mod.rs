@@ -6,6 +6,7 @@
 //! - [`Format::Text`]: a report for people ([`text`]).
 //! - [`Format::Pprof`]: a gzipped pprof profile, for `go tool pprof` ([`pprof`]).
 //! - [`Format::Svg`]: a flame graph of live bytes, drawn by inferno ([`svg`]).
+//! - [`Format::Html`]: a self-contained leak report: flame graph, chart, rows ([`html`]).
 //!
 //! ```
 //! use leaktrace::export::{Format, write_report};
@@ -26,8 +27,10 @@ pub mod file;
 pub mod folded;
 #[cfg(test)]
 pub(crate) mod golden;
+pub mod html;
 pub mod json;
 pub mod pprof;
+pub mod read;
 pub mod soak;
 pub mod svg;
 pub mod text;
@@ -45,16 +48,19 @@ pub enum Format {
     Pprof,
     /// A flame graph of live bytes as an SVG image ([`svg`]).
     Svg,
+    /// A self-contained HTML report ([`html`]).
+    Html,
 }
 
 impl Format {
     /// Every format, in the order they are listed to users.
-    pub const ALL: [Format; 5] = [
+    pub const ALL: [Format; 6] = [
         Format::Json,
         Format::Folded,
         Format::Text,
         Format::Pprof,
         Format::Svg,
+        Format::Html,
     ];
 
     /// The name [`FromStr`] accepts and [`fmt::Display`] prints.
@@ -65,6 +71,7 @@ impl Format {
             Format::Text => "text",
             Format::Pprof => "pprof",
             Format::Svg => "svg",
+            Format::Html => "html",
         }
     }
 
@@ -76,6 +83,7 @@ impl Format {
             Format::Text => "txt",
             Format::Pprof => "pb.gz",
             Format::Svg => "svg",
+            Format::Html => "html",
         }
     }
 }
@@ -88,7 +96,7 @@ impl fmt::Display for Format {
 
 /// A format name that is not one of [`Format::ALL`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown report format {given:?}, expected one of: json, folded, text, pprof, svg")]
+#[error("unknown report format {given:?}, expected one of: json, folded, text, pprof, svg, html")]
 pub struct ParseFormatError {
     /// The name that was given.
     pub given: String,
@@ -116,6 +124,7 @@ pub fn write_report<W: Write>(report: &Report, format: Format, out: W) -> std::i
         Format::Text => text::write(report, out),
         Format::Pprof => pprof::write(report, out),
         Format::Svg => svg::write(report, out),
+        Format::Html => html::write(report, out),
     }
 }
 
@@ -392,13 +401,13 @@ mod tests {
     #[test]
     fn unknown_format_error_lists_the_valid_names() {
         // When parsing an unknown name
-        let err = "html"
+        let err = "flamegraph"
             .parse::<Format>()
-            .expect_err("html is not a format (yet)");
+            .expect_err("flamegraph is not a format");
 
         // Then the message names it and every valid one
         let message = err.to_string();
-        assert!(message.contains("\"html\""), "{message}");
+        assert!(message.contains("\"flamegraph\""), "{message}");
         for format in Format::ALL {
             assert!(message.contains(format.name()), "{message}");
         }

@@ -60,6 +60,8 @@ pub(crate) enum Action {
     ToggleBaseline,
     /// Export the current view (`e`).
     Export,
+    /// Write the current view as an HTML report (`h`).
+    ExportHtml,
     /// The export asked for by [`super::update::Effect::Export`] finished.
     Exported(Result<Exported, String>),
     /// Show the key help (`?`).

@@ -68,6 +68,7 @@ fn normal_key(key: KeyEvent) -> Option<Action> {
         KeyCode::Char('p') => Action::TogglePause,
         KeyCode::Char('b') => Action::ToggleBaseline,
         KeyCode::Char('e') => Action::Export,
+        KeyCode::Char('h') => Action::ExportHtml,
         KeyCode::Char('?') => Action::ShowHelp,
         _ => return None,
     })
@@ -127,6 +128,7 @@ mod tests {
                 (press(Char('p')), "TogglePause"),
                 (press(Char('b')), "ToggleBaseline"),
                 (press(Char('e')), "Export"),
+                (press(Char('h')), "ExportHtml"),
                 (press(Char('?')), "ShowHelp"),
                 (with(Char('?'), KeyModifiers::SHIFT), "ShowHelp"),
                 (press(Char('x')), "-"),

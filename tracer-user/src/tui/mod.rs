@@ -274,14 +274,11 @@ fn apply(
     match effect {
         None => Flow::Continue,
         Some(Effect::Quit) => Flow::Quit,
-        Some(Effect::Export(report)) => {
-            let path = export::export_path(
-                &options.export_dir,
-                options.pid,
-                unix_seconds(),
-                options.export_format,
-            );
-            let outcome = write_export(&report, options.export_format, &path)
+        Some(Effect::Export(report, format)) => {
+            let format = format.unwrap_or(options.export_format);
+            let path =
+                export::export_path(&options.export_dir, options.pid, unix_seconds(), format);
+            let outcome = write_export(&report, format, &path)
                 .map(|()| Exported {
                     stacks: report.stacks.len(),
                     path: path.clone(),

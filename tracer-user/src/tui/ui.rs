@@ -480,6 +480,7 @@ fn render_keys(app: &App, frame: &mut Frame<'_>, area: Rect) {
             ("p", "pause"),
             ("b", "baseline"),
             ("e", "export"),
+            ("h", "html"),
         ],
         Mode::Normal => &[
             ("q", "quit"),
@@ -491,11 +492,20 @@ fn render_keys(app: &App, frame: &mut Frame<'_>, area: Rect) {
             ("p", "pause"),
             ("b", "baseline"),
             ("e", "export"),
+            ("h", "html"),
         ],
     };
     let gap = if area.width >= 90 { "  " } else { " " };
     let mut spans = Vec::with_capacity(keys.len() * 3);
+    let mut used = 0;
     for (i, (key, what)) in keys.iter().enumerate() {
+        // Keys that do not fit whole are left out (the help lists every key).
+        let width = key.chars().count() + 1 + what.chars().count();
+        let needed = if i > 0 { gap.len() + width } else { width };
+        if used + needed > usize::from(area.width) {
+            break;
+        }
+        used += needed;
         if i > 0 {
             spans.push(Span::raw(gap));
         }
@@ -521,6 +531,7 @@ const HELP: &[(&str, &str)] = &[
     ("p", "pause / resume the display"),
     ("b", "set / clear a baseline: show changes since"),
     ("e", "export the stacks shown (filter applies)"),
+    ("h", "write them as an HTML report (flame graph, chart)"),
     ("?", "this help"),
     ("q  Ctrl-C", "quit"),
 ];

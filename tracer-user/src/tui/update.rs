@@ -10,7 +10,7 @@ use super::{
     format, layout,
     rows::{Baseline, Grouping, View, build_rows},
 };
-use crate::{report::Report, tui::snapshot::Snapshot};
+use crate::{export::Format, report::Report, tui::snapshot::Snapshot};
 
 /// How long a footer message stays.
 pub(crate) const MESSAGE_TTL: Duration = Duration::from_secs(5);
@@ -23,12 +23,14 @@ pub(crate) const ERROR_TTL: Duration = Duration::from_secs(10);
 pub(crate) enum Effect {
     /// Leave the live view.
     Quit,
-    /// Write this report (the current view) and answer with [`Action::Exported`].
-    Export(Box<Report>),
+    /// Write this report (the current view) and answer with [`Action::Exported`]: in this
+    /// format, or the export format when `None`.
+    Export(Box<Report>, Option<Format>),
 }
 
 /// Applies `action` to `app`.
 pub(crate) fn update(app: &mut App, action: Action) -> Option<Effect> {
+    let html = matches!(action, Action::ExportHtml);
     match action {
         Action::Tick(now) => {
             app.now = now;
@@ -111,10 +113,11 @@ pub(crate) fn update(app: &mut App, action: Action) -> Option<Effect> {
             }
         }
         Action::ToggleBaseline => toggle_baseline(app),
-        Action::Export => match &app.snapshot {
+        Action::Export | Action::ExportHtml => match &app.snapshot {
             Some(snapshot) => {
                 let report = filtered_report(&snapshot.report, &app.filter);
-                return Some(Effect::Export(Box::new(report)));
+                let format = html.then_some(Format::Html);
+                return Some(Effect::Export(Box::new(report), format));
             }
             None => say(app, "nothing to export yet".to_owned(), false),
         },
@@ -609,11 +612,18 @@ mod tests {
 
         update(&mut app, Action::Snapshot(Box::new(sample_snapshot())));
         app.filter = "parse_header".to_owned();
-        let Some(Effect::Export(report)) = update(&mut app, Action::Export) else {
-            panic!("export asks the run loop to write");
+        let Some(Effect::Export(report, None)) = update(&mut app, Action::Export) else {
+            panic!("export asks the run loop to write in the export format");
         };
         let ids: Vec<u64> = report.stacks.iter().map(|s| s.id).collect();
         assert_eq!(ids, vec![4, 3]);
+
+        // h: the same view, as HTML
+        let Some(Effect::Export(html, Some(Format::Html))) = update(&mut app, Action::ExportHtml)
+        else {
+            panic!("h asks the run loop to write HTML");
+        };
+        assert_eq!(html, report);
     }
 
     #[test]
