@@ -16,7 +16,7 @@ pub const DEFAULT_TEXT_TOP: usize = 20;
 /// bytes. The target is not restarted, recompiled or paused; every probe is removed on exit.
 /// A Go program's heap is read from the Go runtime's own heap profile instead (no probes), with
 /// C malloc probed too when it uses cgo. Needs root (or CAP_BPF and CAP_PERFMON).
-#[derive(Debug, Parser)]
+#[derive(Clone, Debug, Parser)]
 #[command(name = "leaktrace", version = VERSION, about, long_about = None)]
 #[command(args_conflicts_with_subcommands = true)]
 #[command(after_help = "Examples:\n  \
@@ -41,6 +41,18 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub pid: Vec<u32>,
+
+    /// Service mode: trace the process with this command name (as `ps -o comm` shows it) or
+    /// executable file name, the oldest if several, waiting for one to start; when it exits,
+    /// wait for the next and attach again, for as long as leaktrace runs. Headless, and sampling
+    /// one allocation per 512 KiB unless --sample-bytes says otherwise.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["pid", "command", "pid_file"])]
+    pub follow_name: Option<String>,
+
+    /// Service mode, as --follow-name, for the process whose pid this file holds (a service's
+    /// pid file), read again when the process exits.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["pid", "command"])]
+    pub pid_file: Option<PathBuf>,
 
     /// Also trace the children of every traced process, those running now and those forked
     /// later (a pre-fork server's workers), each with its own probes.
@@ -113,6 +125,17 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 24)]
     pub keep: usize,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464): leaktrace's
+    /// health and losses, the target's live bytes, rows by verdict, and the live bytes, growth
+    /// and leak verdict of the rows holding most and of those leaking or growing.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// Rows --metrics gives series of their own, of each kind (holding most; leaking or
+    /// growing); the rest are counted in leaktrace_rows_not_exported.
+    #[arg(long, value_name = "N", default_value_t = crate::metrics::DEFAULT_ROWS, requires = "metrics")]
+    pub metrics_rows: usize,
+
     /// Print status lines and a final report instead of the live view, even in a terminal.
     #[arg(long)]
     pub no_tui: bool,
@@ -182,7 +205,7 @@ pub const VERSION: &str = concat!(
 );
 
 /// What leaktrace does besides tracing.
-#[derive(Debug, Subcommand)]
+#[derive(Clone, Debug, Subcommand)]
 pub enum Action {
     /// What grew between two JSON exports (e.g. two snapshots), row by row: bytes and blocks,
     /// with the growth rate when both come from one trace. For pprof exports, use

@@ -20,6 +20,7 @@ pub mod cli;
 pub mod error;
 pub mod export;
 pub mod heap;
+pub mod metrics;
 pub mod probe;
 pub mod report;
 pub mod session;

@@ -262,6 +262,12 @@ pub(crate) const TOOLS: &[Tool] = &[
         used_for: "driving the live view",
     },
     Tool {
+        command: "prometheus",
+        install: Install::Apt("prometheus"),
+        need: Need::Test,
+        used_for: "scraping --metrics as a fleet's Prometheus does",
+    },
+    Tool {
         command: "chromium",
         install: Install::Apt("chromium"),
         need: Need::Test,

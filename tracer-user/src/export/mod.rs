@@ -196,7 +196,7 @@ pub(crate) fn one_line(s: &str) -> Cow<'_, str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
 
     use super::*;
     use crate::report::{CallSite, Diagnostics, Frame, ReportTotals, StackReport, sort_stacks};
@@ -217,7 +217,7 @@ mod tests {
     /// One report exercising every format feature: inlined frames, unknown frames, a name with
     /// `;`, a truncated stack, a stack with no live bytes, a row of two call sites, rows left
     /// out, lost events and non-zero diagnostics.
-    pub(super) fn sample_report() -> Report {
+    pub(crate) fn sample_report() -> Report {
         let diagnostics = crate::source::ebpf::diagnostics_with(&[
             ("ringbuf_full", 5),
             ("stacks_truncated", 1),

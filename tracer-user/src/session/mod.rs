@@ -37,6 +37,7 @@ use crate::{
 };
 
 mod finish;
+mod follow;
 mod live;
 pub mod pipeline;
 mod processes;
@@ -82,6 +83,80 @@ impl StopReason {
 
 /// Runs leaktrace as the command line asks; `Ok` means exit code 0.
 pub fn run(cli: &Cli) -> Result<(), Failure> {
+    // Ctrl-C and SIGTERM are caught from the start, before anything is launched or attached:
+    // one that arrives while start-up finishes still ends the trace with a report and export.
+    // In service mode one runtime and one set of handlers serve every target in turn.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Failure::runtime(format!("starting the runtime: {err}"), None))?;
+    let mut signals = {
+        let _context = runtime.enter();
+        StopSignals::install()?
+    };
+    let metrics = match cli.metrics {
+        Some(addr) => Some(
+            crate::metrics::Endpoint::serve(addr, cli.metrics_rows).map_err(|err| {
+                Failure::usage(
+                    format!("cannot serve metrics on {addr}: {err}"),
+                    "give --metrics a free address and port, e.g. 127.0.0.1:9464",
+                )
+            })?,
+        ),
+        None => None,
+    };
+    match follow::Wanted::of(cli) {
+        None => run_one(cli, &runtime, &mut signals, metrics).map(|_| ()),
+        Some(wanted) => follow_service(cli, &wanted, &runtime, &mut signals, metrics),
+    }
+}
+
+/// Service mode: traces each process `wanted` finds in turn, until a stop signal, the
+/// duration or a failure that is not the target going away.
+fn follow_service(
+    cli: &Cli,
+    wanted: &follow::Wanted,
+    runtime: &tokio::runtime::Runtime,
+    signals: &mut StopSignals,
+    metrics: Option<crate::metrics::Endpoint>,
+) -> Result<(), Failure> {
+    // Privileges, paths and options are checked before waiting, not when the process appears.
+    let mut probe = cli.clone();
+    probe.pid = vec![std::process::id()];
+    start::check(&probe)?;
+    let mut last = None;
+    loop {
+        let Some(pid) = runtime.block_on(wanted.wait(last, signals)) else {
+            eprintln!("leaktrace: stopped while waiting for {}", wanted.describe());
+            return Ok(());
+        };
+        let mut one = cli.clone();
+        one.pid = vec![pid];
+        one.follow_name = None;
+        one.pid_file = None;
+        one.no_tui = true;
+        one.sample_bytes = Some(cli.sample_bytes.unwrap_or(follow::SERVICE_SAMPLE_BYTES));
+        eprintln!("leaktrace: following {}: pid {pid}", wanted.describe());
+        match run_one(&one, runtime, signals, metrics.clone()) {
+            Ok(StopReason::TargetExited(_)) => {}
+            Ok(_) => return Ok(()),
+            // A service restarting again while leaktrace attached: wait for the next one.
+            Err(failure) if !follow::alive(pid) => {
+                eprintln!("leaktrace: pid {pid} went away while being attached ({failure})");
+            }
+            Err(failure) => return Err(failure),
+        }
+        last = Some(pid);
+    }
+}
+
+/// Traces one target (`-p` or `-- CMD`) until it stops, and writes its report.
+fn run_one(
+    cli: &Cli,
+    runtime: &tokio::runtime::Runtime,
+    signals: &mut StopSignals,
+    metrics: Option<crate::metrics::Endpoint>,
+) -> Result<StopReason, Failure> {
     let checked = start::check(cli)?;
     // What this kernel offers, tried before anything is launched, loaded or attached.
     let features = crate::probe::features::Features::probe();
@@ -149,16 +224,6 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
             target.launched.is_none(),
             ebpf_config,
         )?)
-    };
-    // Ctrl-C and SIGTERM are caught from before the first probe is attached: one that arrives
-    // while start-up finishes still ends the trace with a report and export.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| Failure::runtime(format!("starting the runtime: {err}"), None))?;
-    let signals = {
-        let _context = runtime.enter();
-        StopSignals::install()?
     };
     if let Some(ebpf) = &mut ebpf {
         ebpf.attach()?;
@@ -235,12 +300,22 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
             .map_err(|err| Failure::runtime(format!("snapshot directory: {err}"), None))?;
         session.soak = Some((soak, every));
     }
+    if let Some(metrics) = metrics {
+        if !live_view {
+            eprintln!(
+                "leaktrace: metrics at http://{}/metrics",
+                metrics.local_addr()
+            );
+        }
+        session.metrics = Some(metrics);
+    }
     session.live_view = live_view.then(|| LiveView::start(pid.get(), cli));
     let reason = runtime.block_on(session.trace(signals))?;
     if let Some(failure) = session.failure.take() {
         return Err(failure);
     }
-    finish::finish(&mut session, reason, checked.export)
+    finish::finish(&mut session, reason, checked.export)?;
+    Ok(reason)
 }
 
 /// How a process other than the target is traced: the target's eBPF settings and
@@ -351,6 +426,8 @@ struct Session {
     top: Option<usize>,
     /// `--snapshot-every`: where and how often.
     soak: Option<(Soak, Duration)>,
+    /// `--metrics`: the endpoint, given a new report every interval.
+    metrics: Option<crate::metrics::Endpoint>,
     live_view: Option<LiveView>,
     /// The longest the live view's report of every row took to build, on this (the ingestion)
     /// thread, in microseconds.
@@ -401,6 +478,7 @@ impl Session {
             interval: Duration::from_secs_f64(cli.interval),
             top: cli.top,
             soak: None,
+            metrics: None,
             live_view: None,
             slowest_view_report_us: 0,
             unwind: cli.unwind.name(),
@@ -513,10 +591,10 @@ impl Session {
     }
 
     /// The main loop; returns why it stopped.
-    async fn trace(&mut self, signals: StopSignals) -> Result<StopReason, Failure> {
+    async fn trace(&mut self, signals: &mut StopSignals) -> Result<StopReason, Failure> {
         let StopSignals {
-            mut interrupt,
-            mut terminate,
+            interrupt,
+            terminate,
         } = signals;
         let ready: Vec<(usize, AsyncFd<Readiness>)> = self
             .sources
@@ -761,15 +839,21 @@ impl Session {
             counts.frees.saturating_sub(frees_then) as f64 / dt,
         );
         self.last_status = (Instant::now(), counts.allocs, counts.frees);
-        if self.live_view.is_some() {
+        if self.live_view.is_some() || self.metrics.is_some() {
             let building = Instant::now();
-            let snapshot = self.snapshot(None);
-            let took = u64::try_from(building.elapsed().as_micros()).unwrap_or(u64::MAX);
-            self.slowest_view_report_us = self.slowest_view_report_us.max(took);
-            if let Some(view) = &self.live_view {
-                view.send(snapshot);
+            let report = self.report();
+            if let Some(metrics) = &self.metrics {
+                metrics.publish(&report);
             }
-            return;
+            if self.live_view.is_some() {
+                let snapshot = self.snapshot_of(report, None);
+                let took = u64::try_from(building.elapsed().as_micros()).unwrap_or(u64::MAX);
+                self.slowest_view_report_us = self.slowest_view_report_us.max(took);
+                if let Some(view) = &self.live_view {
+                    view.send(snapshot);
+                }
+                return;
+            }
         }
         let health = crate::source::Diagnostics(self.health());
         eprintln!(
@@ -806,6 +890,15 @@ impl Session {
     /// A snapshot for the live view: the busiest rows, their histories, rates and RSS.
     fn snapshot(&mut self, ended: Option<String>) -> crate::tui::snapshot::Snapshot {
         let report = self.report();
+        self.snapshot_of(report, ended)
+    }
+
+    /// [`Session::snapshot`] of a report already built.
+    fn snapshot_of(
+        &mut self,
+        report: Report,
+        ended: Option<String>,
+    ) -> crate::tui::snapshot::Snapshot {
         let wanted = self
             .live_view
             .as_ref()

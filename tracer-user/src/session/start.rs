@@ -36,7 +36,7 @@ pub(super) fn check(cli: &Cli) -> Result<Checked, Failure> {
     if cli.pid.is_empty() && cli.command.is_empty() {
         return Err(Failure::usage(
             "nothing to trace",
-            "give -p PID for a running process, or -- CMD ARGS... to start one",
+            "give -p PID for a running process, -- CMD ARGS... to start one, or --follow-name NAME for a service",
         ));
     }
     check_privileges()?;
