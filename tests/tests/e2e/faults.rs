@@ -197,13 +197,19 @@ fn an_overflowing_ring_buffer_is_counted_and_the_report_says_so() {
 }
 
 #[test]
-fn a_target_idle_for_two_minutes_costs_almost_nothing_and_is_exact_after() {
+fn a_target_left_idle_costs_almost_nothing_and_is_exact_after() {
     require_root();
     let mut target = Fixture::start(&fixture(Build::CFramePointers));
     let mut tracer = Tracer::attach(target.pid, &["--interval", "0.5"]);
     target.cmd("leak 2 100");
     tracer.wait_for_next_status();
-    let idle = Duration::from_secs(120);
+    // 45 s in CI (kept under its 30 minutes); LEAKTRACE_IDLE_SECS=120 for the README's figure.
+    let idle = Duration::from_secs(
+        std::env::var("LEAKTRACE_IDLE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(45),
+    );
     let cpu_before = cpu_seconds(tracer.pid());
     std::thread::sleep(idle);
     let cpu = cpu_seconds(tracer.pid()) - cpu_before;
@@ -218,8 +224,12 @@ fn a_target_idle_for_two_minutes_costs_almost_nothing_and_is_exact_after() {
     let report = done.report.unwrap();
     assert_clean(&report);
     assert_stack(&report, "alloc_buffer", 500, 5, &["alloc_buffer"]);
-    let statuses = done.stderr.matches("] live ").count();
-    assert!(statuses >= 200, "{statuses} status lines in two minutes");
+    // One status line every half second.
+    let statuses = done.stderr.matches("] live ").count() as u64;
+    assert!(
+        statuses >= idle.as_secs() * 2 * 9 / 10,
+        "{statuses} status lines in {idle:?}"
+    );
 }
 
 #[test]
