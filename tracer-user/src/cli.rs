@@ -131,6 +131,31 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// Push the live heap as a pprof profile (the one --format pprof writes) every
+    /// --push-every to the Grafana Pyroscope server at URL (http://host:4040), through its push
+    /// API; repeat for several servers. Sends never hold up tracing: a profile that finds the
+    /// queue full is dropped, and drops and failures are counted (push_dropped, push_failed).
+    #[arg(long, value_name = "URL", value_parser = push_url)]
+    pub push: Vec<String>,
+
+    /// How often --push sends a profile (e.g. 15s, 1m).
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = crate::export::soak::parse_duration)]
+    pub push_every: std::time::Duration,
+
+    /// A label every pushed series carries (repeatable): service_name=relay, env=prod. Besides
+    /// leaktrace's own: service_name (the program's file name unless given), host, pid and
+    /// command.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label)]
+    pub labels: Vec<(String, String)>,
+
+    /// The tenant (X-Scope-OrgID) of a multi-tenant push server.
+    #[arg(long, value_name = "ORG", requires = "push")]
+    pub push_tenant: Option<String>,
+
+    /// A file holding a bearer token for the push server (read at start).
+    #[arg(long, value_name = "PATH", requires = "push")]
+    pub push_token_file: Option<PathBuf>,
+
     /// Rows --metrics gives series of their own, of each kind (holding most; leaking or
     /// growing); the rest are counted in leaktrace_rows_not_exported.
     #[arg(long, value_name = "N", default_value_t = crate::metrics::DEFAULT_ROWS, requires = "metrics")]
@@ -235,6 +260,36 @@ pub enum Action {
     /// Print the man page (roff) on stdout (the Debian package installs it as leaktrace(1)).
     #[command(hide = true)]
     Man,
+}
+
+fn push_url(text: &str) -> Result<String, String> {
+    if text.starts_with("http://") && text.len() > "http://".len() {
+        Ok(text.trim_end_matches('/').to_owned())
+    } else if text.starts_with("https://") {
+        Err(format!(
+            "`{text}`: this build pushes over plain http only; push through a local agent or TLS proxy"
+        ))
+    } else {
+        Err(format!(
+            "`{text}` is not an http:// URL (e.g. http://pyroscope:4040)"
+        ))
+    }
+}
+
+fn label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))?;
+    let valid = !key.is_empty()
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !key.starts_with(|c: char| c.is_ascii_digit());
+    if valid {
+        Ok((key.to_owned(), value.to_owned()))
+    } else {
+        Err(format!(
+            "`{key}` is not a label name (letters, digits and _, not starting with a digit)"
+        ))
+    }
 }
 
 fn positive_secs(text: &str) -> Result<f64, String> {

@@ -22,6 +22,7 @@ pub mod export;
 pub mod heap;
 pub mod metrics;
 pub mod probe;
+pub mod push;
 pub mod report;
 pub mod session;
 pub mod source;

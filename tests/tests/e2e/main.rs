@@ -51,6 +51,7 @@ mod lifecycle;
 mod live_view;
 mod metrics;
 mod processes;
+mod push;
 mod rows;
 mod rust_fixture;
 mod sampling;

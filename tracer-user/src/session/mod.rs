@@ -300,6 +300,17 @@ fn run_one(
             .map_err(|err| Failure::runtime(format!("snapshot directory: {err}"), None))?;
         session.soak = Some((soak, every));
     }
+    if !cli.push.is_empty() {
+        let token = checked.push_token.clone();
+        let pusher = crate::push::Pusher::start(crate::push::Options {
+            urls: cli.push.clone(),
+            labels: cli.labels.clone(),
+            tenant: cli.push_tenant.clone(),
+            token,
+        })
+        .map_err(|err| Failure::runtime(format!("starting the pusher: {err}"), None))?;
+        session.pusher = Some((pusher, cli.push_every));
+    }
     if let Some(metrics) = metrics {
         if !live_view {
             eprintln!(
@@ -428,6 +439,8 @@ struct Session {
     soak: Option<(Soak, Duration)>,
     /// `--metrics`: the endpoint, given a new report every interval.
     metrics: Option<crate::metrics::Endpoint>,
+    /// `--push`: the pusher and how often it is given a report.
+    pusher: Option<(crate::push::Pusher, Duration)>,
     live_view: Option<LiveView>,
     /// The longest the live view's report of every row took to build, on this (the ingestion)
     /// thread, in microseconds.
@@ -479,6 +492,7 @@ impl Session {
             top: cli.top,
             soak: None,
             metrics: None,
+            pusher: None,
             live_view: None,
             slowest_view_report_us: 0,
             unwind: cli.unwind.name(),
@@ -633,6 +647,13 @@ impl Session {
         let mut soak_tick = tokio::time::interval(soak_every);
         soak_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         soak_tick.tick().await;
+        let push_every = self
+            .pusher
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |(_, every)| *every);
+        let mut push_tick = tokio::time::interval(push_every);
+        push_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        push_tick.tick().await;
         let mut status_tick = tokio::time::interval(self.interval);
         status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         status_tick.tick().await;
@@ -682,6 +703,7 @@ impl Session {
                     }
                 }
                 _ = soak_tick.tick(), if self.soak.is_some() => self.write_soak_snapshot(),
+                _ = push_tick.tick(), if self.pusher.is_some() => self.push(),
                 _ = interrupt.recv() => break StopReason::Interrupted,
                 _ = terminate.recv() => break StopReason::Terminated,
                 () = &mut target_exit, if target_ended.is_none() => {
@@ -803,6 +825,9 @@ impl Session {
             own_rss_bytes(),
             HealthKind::Info,
         )];
+        if let Some((pusher, _)) = &self.pusher {
+            session.extend(pusher.health());
+        }
         if let Some(view) = &self.live_view {
             session.extend(view.health());
             // Events wait in the ring buffer meanwhile.
@@ -868,6 +893,14 @@ impl Session {
             self.unwind,
             human_bytes(health.get("unwind_table_bytes")),
         );
+    }
+
+    /// `--push`: hands the current report to the pusher.
+    fn push(&mut self) {
+        let report = self.report();
+        if let Some((pusher, _)) = &mut self.pusher {
+            pusher.offer(&report);
+        }
     }
 
     /// `--snapshot-every`: writes the current report into the snapshot directory.

@@ -28,6 +28,8 @@ pub(super) struct Checked {
     pub(super) soak: Option<(PathBuf, Duration)>,
     /// `--export`: where, in which format, opened.
     pub(super) export: Option<(PathBuf, Format, File)>,
+    /// `--push-token-file`: the token it holds.
+    pub(super) push_token: Option<String>,
 }
 
 /// Checks the command line, privileges and paths before anything is attached, so a long
@@ -71,7 +73,25 @@ pub(super) fn check(cli: &Cli) -> Result<Checked, Failure> {
         Some(path) => Some((path.clone(), cli.export_format(), check_export_path(path)?)),
         None => None,
     };
-    Ok(Checked { soak, export })
+    let push_token = match &cli.push_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|err| {
+                    Failure::usage(
+                        format!("cannot read --push-token-file {}: {err}", path.display()),
+                        "give a readable file holding the token",
+                    )
+                })?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    Ok(Checked {
+        soak,
+        export,
+        push_token,
+    })
 }
 
 /// The traced process and its allocators.
