@@ -132,11 +132,14 @@ pub struct Cli {
     pub metrics: Option<std::net::SocketAddr>,
 
     /// Push the live heap as a pprof profile (the one --format pprof writes) every
-    /// --push-every to the Grafana Pyroscope server at URL (http://host:4040), through its push
-    /// API; repeat for several servers. Sends never hold up tracing: a profile that finds the
-    /// queue full is dropped, and drops and failures are counted (push_dropped, push_failed).
-    #[arg(long, value_name = "URL", value_parser = push_url)]
-    pub push: Vec<String>,
+    /// --push-every to a profiling server; repeat for several. KIND is pyroscope (the default:
+    /// Grafana Pyroscope's push API, http://host:4040), pyroscope-ingest (its /ingest API),
+    /// parca (Parca's WriteRaw over gRPC, http://host:7070) or otlp (an OpenTelemetry
+    /// collector's OTLP/HTTP profiles receiver, http://host:4318). Sends never hold up
+    /// tracing: a profile that finds the queue full is dropped, and drops and failures are
+    /// counted (push_dropped, push_failed).
+    #[arg(long, value_name = "[KIND=]URL", value_parser = crate::push::Target::parse)]
+    pub push: Vec<crate::push::Target>,
 
     /// How often --push sends a profile (e.g. 15s, 1m).
     #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = crate::export::soak::parse_duration)]
@@ -148,7 +151,7 @@ pub struct Cli {
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label)]
     pub labels: Vec<(String, String)>,
 
-    /// The tenant (X-Scope-OrgID) of a multi-tenant push server.
+    /// The tenant of a multi-tenant push server (X-Scope-OrgID; Parca: the request's tenant).
     #[arg(long, value_name = "ORG", requires = "push")]
     pub push_tenant: Option<String>,
 
@@ -260,20 +263,6 @@ pub enum Action {
     /// Print the man page (roff) on stdout (the Debian package installs it as leaktrace(1)).
     #[command(hide = true)]
     Man,
-}
-
-fn push_url(text: &str) -> Result<String, String> {
-    if text.starts_with("http://") && text.len() > "http://".len() {
-        Ok(text.trim_end_matches('/').to_owned())
-    } else if text.starts_with("https://") {
-        Err(format!(
-            "`{text}`: this build pushes over plain http only; push through a local agent or TLS proxy"
-        ))
-    } else {
-        Err(format!(
-            "`{text}` is not an http:// URL (e.g. http://pyroscope:4040)"
-        ))
-    }
 }
 
 fn label(text: &str) -> Result<(String, String), String> {

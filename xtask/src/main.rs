@@ -213,12 +213,19 @@ pub(crate) fn workspace() -> PathBuf {
 /// Runs a command, failing with its description when it fails.
 pub(crate) fn run_cmd(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: {}", describe(cmd));
+    let start = std::time::Instant::now();
     let status = cmd
         .status()
         .with_context(|| format!("starting {}", describe(cmd)))?;
     if !status.success() {
         bail!("{} failed ({status})", describe(cmd));
     }
+    // Where CI's 30 minutes go.
+    eprintln!(
+        "xtask: {:.0} s: {}",
+        start.elapsed().as_secs_f64(),
+        describe(cmd)
+    );
     Ok(())
 }
 

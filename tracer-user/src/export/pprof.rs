@@ -261,12 +261,18 @@ pub struct InvalidProfile {
 
 /// Writes `report` as a gzipped pprof profile. Fails with [`io::ErrorKind::InvalidData`] if the
 /// profile built is not valid (a bug), before writing anything.
-pub fn write<W: Write>(report: &Report, out: W) -> io::Result<()> {
+pub fn write<W: Write>(report: &Report, mut out: W) -> io::Result<()> {
     let profile = profile(report);
     check(&profile).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let mut gz = GzEncoder::new(out, Compression::default());
+    out.write_all(&encode(&profile)?)?;
+    out.flush()
+}
+
+/// The gzipped bytes of `profile` (checked or not: see [`check`]).
+pub fn encode(profile: &Profile) -> io::Result<Vec<u8>> {
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
     gz.write_all(&profile.encode_to_vec())?;
-    gz.finish()?.flush()
+    gz.finish()
 }
 
 /// Reads a gzipped (or plain) profile, as [`write()`] writes it.

@@ -303,7 +303,7 @@ fn run_one(
     if !cli.push.is_empty() {
         let token = checked.push_token.clone();
         let pusher = crate::push::Pusher::start(crate::push::Options {
-            urls: cli.push.clone(),
+            targets: cli.push.clone(),
             labels: cli.labels.clone(),
             tenant: cli.push_tenant.clone(),
             token,
