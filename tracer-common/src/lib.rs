@@ -215,6 +215,18 @@ pub struct Event {
     pub allocator: u8,
 }
 
+/// Phases of an event the programs can be told to leave out (the global `BENCH_SKIP`, set
+/// by the hidden `--bench-skip`): `cargo xtask bench` times full tracing with each knocked out
+/// in turn to find what each costs. Nothing is recorded right in such a run.
+pub mod bench_skip {
+    /// No ring buffer record (reserve, query, submit) for any event.
+    pub const SUBMIT: u32 = 1;
+    /// No stack hash and no stack map lookup or insert.
+    pub const STORE: u32 = 2;
+    /// No stack capture (neither unwinder nor the kernel's walk).
+    pub const CAPTURE: u32 = 4;
+}
+
 /// The attach cookie of an allocator probe: the [`AllocKind`] in bits 0-15, the allocator's
 /// index (user space's numbering, carried into [`Event::allocator`]) in bits 16-23, and in bits
 /// 24-39 where each of the first four arguments is at the probed instruction: a [`cookie::Reg`]

@@ -13,11 +13,12 @@ use aya_ebpf::{
     programs::RetProbeContext,
 };
 use tracer_common::{
-    Counter, MAX_FRAMES, StackTrace, ThreadState, VERIFY_STACK_BYTES, VerifyRecord, flags,
+    Counter, MAX_FRAMES, StackTrace, ThreadState, VERIFY_STACK_BYTES, VerifyRecord, bench_skip,
+    flags,
 };
 
 use crate::{
-    state::{STACKS, count, unwind_mode},
+    state::{STACKS, bench_skips, count, unwind_mode},
     unwind,
 };
 
@@ -48,6 +49,9 @@ pub(crate) fn capture_user_stack(
     rsp: u64,
     rbp: u64,
 ) -> (u64, u16) {
+    if bench_skips(bench_skip::CAPTURE) {
+        return (0, 0);
+    }
     let mode = unwind_mode();
     if mode != 0 {
         let (len, stack_flags) = unwind::unwind(state, rip, rsp, rbp, mode == 1);
@@ -79,6 +83,9 @@ pub(crate) fn capture_user_stack(
 /// Deduplicates the first `len` frames of the thread's scratch stack into `STACKS`.
 #[inline(always)]
 pub(crate) fn store_stack(state: &mut ThreadState, len: u32, stack_flags: u16) -> (u64, u16) {
+    if bench_skips(bench_skip::STORE) {
+        return (u64::from(len) | 1, stack_flags);
+    }
     // FNV-1a over the frames, with the length and flags folded in so a cut or incomplete stack
     // never aliases a complete one.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(len) ^ (u64::from(stack_flags) << 40);

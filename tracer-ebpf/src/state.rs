@@ -26,6 +26,18 @@ pub(crate) static WAKEUP_BYTES: u64 = 4 << 20;
 #[unsafe(no_mangle)]
 pub(crate) static UNWIND_MODE: u32 = 0;
 
+/// Phases to leave out, for the bench ([`tracer_common::bench_skip`]). Set before load.
+#[unsafe(no_mangle)]
+pub(crate) static BENCH_SKIP: u32 = 0;
+
+/// Whether the bench asked to leave out `phase` ([`tracer_common::bench_skip`]).
+#[inline(always)]
+pub(crate) fn bench_skips(phase: u32) -> bool {
+    // SAFETY: reading a global that user space sets before load; volatile so the compiler does
+    // not fold the default value in.
+    unsafe { core::ptr::read_volatile(&raw const BENCH_SKIP) & phase != 0 }
+}
+
 #[inline(always)]
 pub(crate) fn unwind_mode() -> u32 {
     // SAFETY: reading a global that user space sets before load; volatile so the compiler does
@@ -110,6 +122,9 @@ pub(crate) fn inside_outer_call(state: &ThreadState, sp: u64) -> bool {
 
 #[inline(always)]
 pub(crate) fn submit(event: Event) {
+    if bench_skips(tracer_common::bench_skip::SUBMIT) {
+        return;
+    }
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(Counter::RingbufFull);
         return;

@@ -192,6 +192,11 @@ pub struct Cli {
     #[arg(long, hide = true)]
     pub probe_floor: bool,
 
+    /// Benchmarking aid: phases the programs leave out (comma-separated: submit, store,
+    /// capture), to measure what each costs. Figures are then wrong (said on stderr).
+    #[arg(long, hide = true, value_name = "PHASES", value_parser = bench_skip, default_value = "")]
+    pub bench_skip: u32,
+
     /// Benchmarking aid: when sampling, use separate entry and return probes even where the
     /// kernel has uprobe sessions (every call then takes the return trap).
     #[arg(long, hide = true)]
@@ -263,6 +268,18 @@ pub enum Action {
     /// Print the man page (roff) on stdout (the Debian package installs it as leaktrace(1)).
     #[command(hide = true)]
     Man,
+}
+
+fn bench_skip(text: &str) -> Result<u32, String> {
+    use tracer_common::bench_skip::{CAPTURE, STORE, SUBMIT};
+    text.split(',')
+        .filter(|p| !p.is_empty())
+        .try_fold(0, |mask, phase| match phase {
+            "submit" => Ok(mask | SUBMIT),
+            "store" => Ok(mask | STORE),
+            "capture" => Ok(mask | CAPTURE),
+            other => Err(format!("`{other}` is not a phase (submit, store, capture)")),
+        })
 }
 
 fn label(text: &str) -> Result<(String, String), String> {

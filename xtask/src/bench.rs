@@ -162,10 +162,18 @@ struct RunOptions {
     depth: Option<u32>,
     /// Read the programs' run counts and times before stopping leaktrace.
     program_stats: bool,
+    /// Phases leaktrace's programs leave out (`--bench-skip`), to find what each costs.
+    skip: Option<&'static str>,
 }
 
 /// leaktrace's programs that run per allocator call.
-const PROGRAMS: [&str; 4] = ["alloc_enter", "alloc_exit", "alloc_session", "free_enter"];
+const PROGRAMS: [&str; 5] = [
+    "alloc_enter",
+    "alloc_exit",
+    "alloc_session",
+    "free_enter",
+    "floor_enter",
+];
 
 /// The ids of the BPF programs process `pid` holds, from the `prog_id:` lines of its
 /// descriptors' fdinfo (Debian's bpftool lists no owning pids).
@@ -394,6 +402,9 @@ fn run_once(
             cmd.args(["--no-tui", "-p", &pid.to_string(), "--export"])
                 .arg(&export);
             cmd.args(config.leaktrace_args().unwrap_or_default());
+            if let Some(skip) = options.skip {
+                cmd.args(["--bench-skip", skip]);
+            }
             Some(TracerProc::start(
                 cmd,
                 "leaktrace: tracing pid",
@@ -499,7 +510,8 @@ pub(crate) enum Peers {
     Skip,
 }
 
-pub(crate) fn run(workspace: &Path, reps: usize, ops: u64, peers: Peers) -> Result<()> {
+/// Builds the workload.
+fn workload(workspace: &Path) -> Result<PathBuf> {
     let workload = workspace.join("target/bench-workload");
     run_cmd(
         Command::new("gcc")
@@ -507,6 +519,32 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64, peers: Peers) -> Resu
             .arg(&workload)
             .arg(workspace.join("xtask/bench/workload.c")),
     )?;
+    Ok(workload)
+}
+
+/// `cargo xtask bench-programs`: the breakdown alone, against the median of three untraced
+/// runs.
+pub(crate) fn programs(workspace: &Path, ops: u64) -> Result<()> {
+    let workload = workload(workspace)?;
+    let leaktrace = workspace.join("target/release/leaktrace");
+    let mut untraced = (0..3)
+        .map(|_| {
+            run_once(
+                &workload,
+                &leaktrace,
+                Config::Untraced,
+                ops,
+                None,
+                RunOptions::default(),
+            )
+            .map(|s| s.ns_per_pair)
+        })
+        .collect::<Result<Vec<f64>>>()?;
+    breakdown(&workload, &leaktrace, ops, median(&mut untraced))
+}
+
+pub(crate) fn run(workspace: &Path, reps: usize, ops: u64, peers: Peers) -> Result<()> {
+    let workload = workload(workspace)?;
     let leaktrace = workspace.join("target/release/leaktrace");
     let mut configs = vec![
         Config::Untraced,
@@ -677,7 +715,7 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64, peers: Peers) -> Resu
         );
     }
     if peers == Peers::Run {
-        breakdown(&workload, &leaktrace, ops)?;
+        breakdown(&workload, &leaktrace, ops, base)?;
         crate::scale::run(workspace, &leaktrace)?;
     }
     Ok(())
@@ -685,61 +723,86 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64, peers: Peers) -> Resu
 
 /// Where full tracing's time goes: one more run per unwinding mode and stack depth, with the
 /// kernel counting each program's runs and run time (`kernel.bpf_stats_enabled`, which costs
-/// a little per run, so these runs are not among the timed ones).
-fn breakdown(workload: &Path, leaktrace: &Path, ops: u64) -> Result<()> {
+/// a little per run, so these runs are not among the timed ones). `untraced`: the timed runs'
+/// untraced ns per pair, for each run's added cost against the floor's in these runs.
+fn breakdown(workload: &Path, leaktrace: &Path, ops: u64, untraced: f64) -> Result<()> {
     const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
     let before = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
     std::fs::write(STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
     println!();
     println!("time in leaktrace's programs per malloc+free pair (kernel.bpf_stats_enabled):");
     println!(
-        "{:<26} {:>6} {:>10} {:>16} {:>16} {:>16} {:>12}",
+        "{:<26} {:>6} {:>10} {:>16} {:>16} {:>16} {:>12} {:>10}",
         "configuration",
         "frames",
         "runs/pair",
         "alloc_enter ns",
         "alloc_exit ns",
         "free_enter ns",
-        "all, us/pair"
+        "all, us/pair",
+        "x floor*"
     );
     let mut result = Ok(());
-    'runs: for depth in [4u32, 20, 60] {
+    // The floor's empty program: what a run costs with nothing in it (stats included).
+    let mut runs: Vec<(Config, u32, Option<&'static str>)> = vec![(Config::Floor, 20, None)];
+    for depth in [4u32, 20, 60] {
         for config in [Config::LeaktraceFp, Config::LeaktraceDwarf] {
-            let options = RunOptions {
-                depth: Some(depth),
-                program_stats: true,
-            };
-            let sample = match run_once(workload, leaktrace, config, ops, None, options) {
-                Ok(sample) => sample,
-                Err(err) => {
-                    result = Err(err);
-                    break 'runs;
-                }
-            };
-            let pairs = (u64::from(THREADS) * ops) as f64;
-            let per_pair = |name: &str| {
-                sample
-                    .programs
-                    .iter()
-                    .filter(|p| p.name == name)
-                    .map(|p| p.run_time_ns)
-                    .sum::<u64>() as f64
-                    / pairs
-            };
-            let all: f64 = PROGRAMS.iter().map(|n| per_pair(n)).sum();
-            let runs = sample.programs.iter().map(|p| p.runs).sum::<u64>() as f64 / pairs;
-            println!(
-                "{:<26} {:>6} {:>10.2} {:>16.0} {:>16.0} {:>16.0} {:>12.2}",
-                config.name(),
-                depth,
-                runs,
-                per_pair("alloc_enter") + per_pair("alloc_session"),
-                per_pair("alloc_exit"),
-                per_pair("free_enter"),
-                all / 1000.0
-            );
+            runs.push((config, depth, None));
         }
     }
+    // At 20 frames, the phases knocked out one after another: the ring buffer record, then the
+    // stack's hash and map, then the capture itself.
+    for config in [Config::LeaktraceFp, Config::LeaktraceDwarf] {
+        for skip in ["submit", "submit,store", "submit,store,capture"] {
+            runs.push((config, 20, Some(skip)));
+        }
+    }
+    let mut floor_ns = None;
+    for (config, depth, skip) in runs {
+        let options = RunOptions {
+            depth: Some(depth),
+            program_stats: true,
+            skip,
+        };
+        let sample = match run_once(workload, leaktrace, config, ops, None, options) {
+            Ok(sample) => sample,
+            Err(err) => {
+                result = Err(err);
+                break;
+            }
+        };
+        let pairs = (u64::from(THREADS) * ops) as f64;
+        let per_pair = |name: &str| {
+            sample
+                .programs
+                .iter()
+                .filter(|p| p.name == name)
+                .map(|p| p.run_time_ns)
+                .sum::<u64>() as f64
+                / pairs
+        };
+        let all: f64 = PROGRAMS.iter().map(|n| per_pair(n)).sum();
+        let runs = sample.programs.iter().map(|p| p.runs).sum::<u64>() as f64 / pairs;
+        let name = match skip {
+            Some(skip) => format!("{} -{skip}", config.name().trim_start_matches("leaktrace ")),
+            None => config.name().to_owned(),
+        };
+        let floor_added = *floor_ns.get_or_insert(sample.ns_per_pair - untraced);
+        println!(
+            "{:<26} {:>6} {:>10.2} {:>16.0} {:>16.0} {:>16.0} {:>12.2} {:>10.2}",
+            name,
+            depth,
+            runs,
+            per_pair("alloc_enter") + per_pair("alloc_session") + per_pair("floor_enter"),
+            per_pair("alloc_exit"),
+            per_pair("free_enter"),
+            all / 1000.0,
+            (sample.ns_per_pair - untraced) / floor_added.max(1e-9),
+        );
+    }
+    println!(
+        "* added per pair against the floor's, both with kernel.bpf_stats_enabled (which adds to every run); -PHASES: runs with those phases left out (--bench-skip), at 20 frames"
+    );
     std::fs::write(STATS, before.trim()).context("restoring kernel.bpf_stats_enabled")?;
     result
 }

@@ -29,7 +29,9 @@ use anyhow::{Context as _, Result, bail};
 use crate::{output, run_cmd};
 
 /// The tests run inside the guest: attach, launch, exact figures on a program without frame
-/// pointers, unwinding, sampling, the live view's headless path, and detaching without a trace.
+/// pointers, unwinding, sampling, a target exiting mid-trace, and detaching without a trace.
+/// (The live view is the same on every kernel: it runs on the host only, to keep CI in its 30
+/// minutes.)
 pub(crate) const SUBSET: &[&str] = &[
     "c_fixture::leaks_are_reported_exactly_by_stack_and_churn_is_not",
     "c_fixture::every_entry_point_is_accounted",
@@ -37,7 +39,6 @@ pub(crate) const SUBSET: &[&str] = &[
     "lifecycle::target_exiting_mid_trace_ends_with_a_symbolized_report",
     "unwinding::twelve_frames_without_frame_pointers_and_the_fp_negative_control",
     "sampling::realloc_releases_sampled_blocks_with_and_without_a_session",
-    "live_view::keys_sort_filter_baseline_export_and_quit",
     "faults::leaktrace_killed_leaves_no_program_and_no_probe_in_the_target",
     "kernels::",
 ];

@@ -93,6 +93,15 @@ enum Task {
     /// live view).
     #[command(hide = true)]
     BenchStacks,
+    /// The bench's breakdown alone: time in each program per malloc+free pair (with
+    /// kernel.bpf_stats_enabled) by unwinding mode and stack depth, and with each phase of an
+    /// event left out in turn.
+    #[command(hide = true)]
+    BenchPrograms {
+        /// malloc+free pairs per thread per run.
+        #[arg(long, default_value_t = 50_000)]
+        ops: u64,
+    },
     /// The bench's measurements alone, with nothing installed or built (run inside a kernel
     /// booted by `bench --kernel`).
     #[command(hide = true)]
@@ -163,6 +172,11 @@ fn main() -> Result<()> {
             setup(Need::Bench)?;
             let leaktrace = build_release()?;
             scale::run(&workspace(), &leaktrace)
+        }
+        Task::BenchPrograms { ops } => {
+            setup(Need::Bench)?;
+            build_release()?;
+            bench::programs(&workspace(), ops)
         }
         Task::BenchInside { reps, ops } => bench::run(&workspace(), reps, ops, bench::Peers::Skip),
     }

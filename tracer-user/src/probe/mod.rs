@@ -124,6 +124,8 @@ pub struct ProbeConfig {
     /// When sampling, use a uprobe session where the kernel has them (unsampled calls then
     /// skip the return trap). `false` forces separate entry and return probes.
     pub uprobe_session: bool,
+    /// Phases the programs leave out, for the bench ([`tracer_common::bench_skip`]; 0: none).
+    pub bench_skip: u32,
 }
 
 impl Default for ProbeConfig {
@@ -137,6 +139,7 @@ impl Default for ProbeConfig {
             sample_bytes: 0,
             target_pid: 0,
             uprobe_session: true,
+            bench_skip: 0,
         }
     }
 }
@@ -299,6 +302,7 @@ impl Probes {
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("UNWIND_MODE", &unwind_mode, true)
             .override_global("VERIFY_EVERY", &config.verify_every, true)
+            .override_global("BENCH_SKIP", &config.bench_skip, true)
             .override_global("SAMPLE_BYTES", &config.sample_bytes, true)
             .override_global("RI_OFFSETS", &ri_offsets, true)
             .override_global("TARGET_TGID", &config.target_pid, true)

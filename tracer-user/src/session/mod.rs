@@ -196,6 +196,11 @@ fn run_one(
     {
         go_said = go.prepare(&target.process.maps().unwrap_or_default())?;
     }
+    if cli.bench_skip != 0 {
+        eprintln!(
+            "leaktrace: --bench-skip: the programs leave phases out; what is recorded is wrong"
+        );
+    }
     let ebpf_config = EbpfConfig {
         unwind: cli.unwind,
         verify_every: cli.verify_unwind,
@@ -204,6 +209,7 @@ fn run_one(
         ringbuf_bytes: cli.ringbuf_mib << 20,
         max_stacks: cli.max_stacks,
         floor: cli.probe_floor,
+        bench_skip: cli.bench_skip,
         verbose: !live_view,
         progress: true,
     };

@@ -48,6 +48,8 @@ pub struct EbpfConfig {
     pub max_stacks: u32,
     /// `--probe-floor`: attach empty probes, for measuring the cost of the traps alone.
     pub floor: bool,
+    /// `--bench-skip`: phases the programs leave out ([`tracer_common::bench_skip`]).
+    pub bench_skip: u32,
     /// Say on stderr what tables are built and what fails (not while the live view draws).
     pub verbose: bool,
     /// Say on stderr how building the tables at load goes (before the live view starts, even
@@ -126,6 +128,7 @@ impl EbpfSource {
             unwind_rows,
             ringbuf_bytes: config.ringbuf_bytes,
             max_stacks: config.max_stacks,
+            bench_skip: config.bench_skip,
         })
         .map_err(|err| {
             Failure::runtime(
