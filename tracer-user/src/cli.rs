@@ -385,6 +385,19 @@ mod tests {
     }
 
     #[test]
+    fn bench_skip_names_phases() {
+        use tracer_common::bench_skip::{CAPTURE, STORE, SUBMIT};
+        assert_eq!(bench_skip(""), Ok(0));
+        assert_eq!(bench_skip("submit"), Ok(SUBMIT));
+        assert_eq!(
+            bench_skip("submit,store,capture"),
+            Ok(SUBMIT | STORE | CAPTURE)
+        );
+        let err = bench_skip("submit,unwind").expect_err("not a phase");
+        assert!(err.contains("`unwind`"), "{err}");
+    }
+
+    #[test]
     fn parses_pid_and_command_modes() {
         let cli = Cli::try_parse_from(["leaktrace", "-p", "42", "--duration", "1.5"]).expect("pid");
         assert_eq!(cli.pid, vec![42]);

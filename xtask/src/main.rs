@@ -96,7 +96,6 @@ enum Task {
     /// The bench's breakdown alone: time in each program per malloc+free pair (with
     /// kernel.bpf_stats_enabled) by unwinding mode and stack depth, and with each phase of an
     /// event left out in turn.
-    #[command(hide = true)]
     BenchPrograms {
         /// malloc+free pairs per thread per run.
         #[arg(long, default_value_t = 50_000)]
