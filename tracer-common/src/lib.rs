@@ -29,6 +29,11 @@ pub mod names {
     pub const ALLOC_SESSION: &str = "alloc_session";
     /// Return program for every allocating function; the attach cookie carries its kind.
     pub const ALLOC_EXIT: &str = "alloc_exit";
+    /// [`ALLOC_EXIT`] that follows frame pointers through a copy of the stack (`--unwind fp`
+    /// where the kernel has `bpf_loop`).
+    pub const ALLOC_EXIT_FP: &str = "alloc_exit_fp";
+    /// [`ALLOC_SESSION`] that follows frame pointers as [`ALLOC_EXIT_FP`] does.
+    pub const ALLOC_SESSION_FP: &str = "alloc_sess_fp";
     /// Entry program for `free`.
     pub const FREE_ENTER: &str = "free_enter";
     /// Raw tracepoint program on `sched_process_exec`.
@@ -464,6 +469,16 @@ pub struct VerifyRecord {
 
 /// Compact unwind rules compiled from a binary's `.eh_frame`, searched by the eBPF unwinder.
 pub mod unwind {
+    /// `UNWIND_MODE`: the kernel's frame-pointer walk (`bpf_get_stack`, kernels without
+    /// `bpf_loop`).
+    pub const MODE_KERNEL_FP: u32 = 0;
+    /// `UNWIND_MODE`: `.eh_frame` tables, frame pointers where a binary has none (auto).
+    pub const MODE_AUTO: u32 = 1;
+    /// `UNWIND_MODE`: `.eh_frame` tables only.
+    pub const MODE_TABLES: u32 = 2;
+    /// `UNWIND_MODE`: frame pointers followed through one copy of the stack by the programs of
+    /// their own (`alloc_exit_fp`, `alloc_sess_fp`).
+    pub const MODE_FP_WALK: u32 = 3;
     /// No CFI covers this address: fall back to frame pointers.
     pub const CFA_NONE: u8 = 0;
     /// CFA = rsp + `cfa_offset`.

@@ -14,12 +14,12 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use tracer_common::{AllocKind, Counter, Event, EventOp, PENDING_SLOTS, Pending, cookie};
+use tracer_common::{AllocKind, Counter, Event, EventOp, PENDING_SLOTS, Pending, cookie, unwind};
 
 use crate::{
     preempt,
     sampling::{SAMPLED, may_release_sampled, requested_bytes, sample_bytes, take_sample},
-    stack::{capture_stack, verify_sample},
+    stack::{capture_stack, capture_stack_fp, verify_sample},
     state::{
         args, count, current_tid, inside_outer_call, now_ns, submit, thread_state, unwind_mode,
     },
@@ -104,7 +104,9 @@ fn enter(ctx: &ProbeContext, session: bool) -> Return {
     }
     // The unwinder needs the real return address of calls still in progress: a return probe
     // swaps it for the kernel's trampoline right after this program runs.
-    let ret_addr = if unwind_mode() != 0 {
+    // (The frame-pointer walk asks the kernel instead, in the rare walk that meets one.)
+    let mode = unwind_mode();
+    let ret_addr = if mode == unwind::MODE_AUTO || mode == unwind::MODE_TABLES {
         // SAFETY: the helper reads target memory and fails instead of faulting.
         unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0)
     } else {
@@ -276,7 +278,22 @@ pub(crate) fn alloc_exit(ctx: RetProbeContext) -> u32 {
 /// `alloc_exit`'s body, a subprogram run with preemption disabled (see [`preempt`]).
 #[inline(never)]
 fn alloc_exit_body(ctx: *mut c_void) -> u32 {
-    leave(&RetProbeContext::new(ctx));
+    leave::<false>(&RetProbeContext::new(ctx));
+    0
+}
+
+/// `alloc_exit` for `--unwind fp` where the kernel has `bpf_loop`: frame pointers followed
+/// through one copy of the stack ([`capture_stack_fp`]), not the kernel's read per frame. A
+/// program of its own, so neither its walk nor the unwinder's is in the other's verification.
+#[uretprobe]
+pub(crate) fn alloc_exit_fp(ctx: RetProbeContext) -> u32 {
+    preempt::guarded(ctx.as_ptr(), alloc_exit_fp_body)
+}
+
+/// `alloc_exit_fp`'s body, a subprogram run with preemption disabled (see [`preempt`]).
+#[inline(never)]
+fn alloc_exit_fp_body(ctx: *mut c_void) -> u32 {
+    leave::<true>(&RetProbeContext::new(ctx));
     0
 }
 
@@ -295,6 +312,25 @@ pub(crate) fn alloc_session(ctx: *mut c_void) -> u32 {
 /// `alloc_session`'s body, a subprogram run with preemption disabled (see [`preempt`]).
 #[inline(never)]
 fn alloc_session_body(ctx: *mut c_void) -> u32 {
+    session::<false>(ctx)
+}
+
+/// [`alloc_session`] with the frame-pointer walk of [`alloc_exit_fp`].
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub(crate) fn alloc_sess_fp(ctx: *mut c_void) -> u32 {
+    preempt::guarded(ctx, alloc_sess_fp_body)
+}
+
+/// `alloc_sess_fp`'s body, a subprogram run with preemption disabled (see [`preempt`]).
+#[inline(never)]
+fn alloc_sess_fp_body(ctx: *mut c_void) -> u32 {
+    session::<true>(ctx)
+}
+
+/// A session program's entry or return; `FP_WALK` as in [`leave`].
+#[inline(always)]
+fn session<const FP_WALK: bool>(ctx: *mut c_void) -> u32 {
     let ctx = ProbeContext::new(ctx);
     // SAFETY: `ctx.regs` is the kernel-provided `pt_regs` for this probe hit.
     let ip = unsafe { (*ctx.regs).rip };
@@ -303,7 +339,7 @@ fn alloc_session_body(ctx: *mut c_void) -> u32 {
     // address, which cannot be a probe site (every site is at or just past a function start).
     let probe_ip = unsafe { bpf_get_func_ip(ctx.as_ptr()) };
     if ip != probe_ip {
-        leave(&RetProbeContext::new(ctx.as_ptr()));
+        leave::<FP_WALK>(&RetProbeContext::new(ctx.as_ptr()));
         return 0;
     }
     match enter(&ctx, true) {
@@ -313,8 +349,10 @@ fn alloc_session_body(ctx: *mut c_void) -> u32 {
 }
 
 /// Return of an allocating call: reads the result, captures the stack and sends the event.
+/// `FP_WALK`: the stack is taken by the frame-pointer walk ([`capture_stack_fp`]), else as
+/// `UNWIND_MODE` says.
 #[inline(always)]
-fn leave(ctx: &RetProbeContext) {
+fn leave<const FP_WALK: bool>(ctx: &RetProbeContext) {
     // SAFETY: a helper reading this program's attach cookie.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let kind = cookie::kind(cookie);
@@ -387,11 +425,12 @@ fn leave(ctx: &RetProbeContext) {
     }
     let ts_ns = now_ns();
     let (stack_id, stack_flags) = match outcome.op {
+        EventOp::Alloc | EventOp::Map if FP_WALK => capture_stack_fp(state, ctx),
         EventOp::Alloc | EventOp::Map => capture_stack(ctx, state),
         EventOp::Remap => (pending.args[1], 0),
         _ => (0, 0),
     };
-    if outcome.op != EventOp::Remap && stack_id != 0 && unwind_mode() != 0 {
+    if !FP_WALK && outcome.op != EventOp::Remap && stack_id != 0 && unwind_mode() != 0 {
         verify_sample(ctx, state, stack_id, stack_flags);
     }
     submit(Event {

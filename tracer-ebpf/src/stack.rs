@@ -39,6 +39,19 @@ pub(crate) fn capture_stack(ctx: &RetProbeContext, state: &mut ThreadState) -> (
     capture_user_stack(ctx.as_ptr(), state, regs.rip, regs.rsp, regs.rbp)
 }
 
+/// [`capture_stack`] for the frame-pointer programs: frame pointers followed through one copy
+/// of the stack ([`unwind::unwind_fp`]).
+#[inline(always)]
+pub(crate) fn capture_stack_fp(state: &mut ThreadState, ctx: &RetProbeContext) -> (u64, u16) {
+    if bench_skips(bench_skip::CAPTURE) {
+        return (0, 0);
+    }
+    // SAFETY: `ctx.regs` is the kernel-provided `pt_regs` for this probe hit.
+    let regs = unsafe { &*ctx.regs };
+    let (len, stack_flags) = unwind::unwind_fp(state, regs.rip, regs.rsp, regs.rbp);
+    store_stack(state, len, stack_flags)
+}
+
 /// Like [`capture_stack`] for any program of the current task whose user registers are
 /// `(rip, rsp, rbp)` (a system call's tracepoint reads them from the task's saved registers).
 #[inline(always)]

@@ -193,6 +193,20 @@ fn read_pair(walk: &Walk, addr: u64) -> Option<[u64; 2]> {
 /// when there is no copy.
 #[inline(always)]
 fn copy_stack(rsp: u64) -> (u64, u64) {
+    let Some(copy) = stack_copy() else {
+        return (0, 0);
+    };
+    let copied = fill_copy(copy, rsp);
+    // SAFETY: `copy` is this task's storage value, valid for the program run.
+    unsafe {
+        (*copy).address = (*copy).words.as_ptr() as u64;
+        (core::ptr::read_volatile(&raw const (*copy).address), copied)
+    }
+}
+
+/// This task's `STACK_COPY` value, created on first use (`None`: the kernel could not).
+#[inline(always)]
+fn stack_copy() -> Option<*mut StackCopy> {
     // SAFETY: the helper returns the current task as a pointer the verifier trusts; task
     // storage gets (or creates, zeroed) this task's value, or returns null.
     let copy = unsafe {
@@ -204,19 +218,21 @@ fn copy_stack(rsp: u64) -> (u64, u64) {
         )
     }
     .cast::<StackCopy>();
-    if copy.is_null() {
-        return (0, 0);
-    }
+    (!copy.is_null()).then_some(copy)
+}
+
+/// Copies the top of this thread's stack, from `rsp` up, into `copy`; returns the bytes copied
+/// (0: none).
+#[inline(always)]
+fn fill_copy(copy: *mut StackCopy, rsp: u64) -> u64 {
     // SAFETY: `copy` is this task's storage value; the helper writes at most the sizes passed,
     // which fit `words`, and fails (zeroing the destination) instead of faulting.
     unsafe {
-        (*copy).address = (*copy).words.as_ptr() as u64;
         let dst = (*copy).words.as_mut_ptr().cast();
         // Near the top of a stack a full copy would run off its end, and a failed read costs a
         // fault: copy no further than the thread's learned limit, and lower the limit on
         // every failure (the end lies below any read that failed).
         let limit = (*copy).limit;
-        let mut copied = 0;
         let mut size = COPY_BYTES as u64;
         if limit > rsp && limit - rsp < size {
             size = (limit - rsp) & !7;
@@ -226,13 +242,12 @@ fn copy_stack(rsp: u64) -> (u64, u64) {
                 break;
             }
             if raw_probe_read_user(dst, size as u32, rsp as *const c_void) == 0 {
-                copied = size;
-                break;
+                return size;
             }
             (*copy).limit = rsp + size;
             size = (size / 4) & !7;
         }
-        (core::ptr::read_volatile(&raw const (*copy).address), copied)
+        0
     }
 }
 
@@ -588,6 +603,152 @@ pub(crate) fn unwind(
         bpf_loop(
             MAX_FRAMES as u32,
             step as *mut c_void,
+            (&raw mut walk).cast(),
+            0,
+        );
+    }
+    (walk.len, walk.flags as u16)
+}
+
+/// Frames a call of [`fp_steps`] takes: a `bpf_loop` callback costs an indirect call and a
+/// return, each dear where the kernel mitigates speculation (retpolines, safe returns).
+const FP_FRAMES_PER_CALL: u64 = 4;
+
+/// A frame-pointer walk in progress, shared by the calls of [`fp_steps`].
+#[repr(C)]
+struct FpWalk {
+    /// This thread's state, whose `stack.ips` the walk fills.
+    state: *mut ThreadState,
+    /// This thread's stack copy (null: none): read in place, a load per word, where the
+    /// table walk's reads go through a helper.
+    copy: *const StackCopy,
+    /// The stack address of the copy's first word, and the bytes copied.
+    copy_base: u64,
+    /// See `copy_base`.
+    copy_len: u64,
+    /// The kernel's uretprobe trampoline in the target (0: not known yet).
+    trampoline: u64,
+    /// The current frame's stack pointer and frame pointer.
+    rsp: u64,
+    /// See `rsp`.
+    rbp: u64,
+    /// Frames written so far.
+    len: u32,
+    /// Stack flags collected (truncated, incomplete).
+    flags: u32,
+}
+
+/// The caller's saved rbp and the return address right above it, at `rbp`: from the copy
+/// where it holds them, else read from the target.
+#[inline(always)]
+fn fp_pair(walk: &FpWalk, rbp: u64) -> Option<(u64, u64)> {
+    let offset = rbp.wrapping_sub(walk.copy_base);
+    if !walk.copy.is_null() && rbp >= walk.copy_base && offset + 16 <= walk.copy_len {
+        let index = (offset / 8) as usize;
+        if index + 1 < COPY_WORDS {
+            // SAFETY: `copy` is this task's storage value, valid for the program run; both
+            // indexes are inside `words` (checked above).
+            let words = unsafe { &(*walk.copy).words };
+            return Some((words[index], words[index + 1]));
+        }
+    }
+    // SAFETY: the helper reads target memory and fails instead of faulting.
+    let [saved_rbp, ra] = unsafe { bpf_probe_read_user(rbp as *const [u64; 2]) }.ok()?;
+    Some((saved_rbp, ra))
+}
+
+/// One frame of a frame-pointer walk into `slot`: the caller's rbp is saved at rbp and the
+/// return address right above it. Returns 1 to stop.
+///
+/// Frame pointers alone cannot tell a chain's end from a break: code built without them
+/// (glibc's start code) leaves rbp holding anything. As the kernel's own walk does, a chain that
+/// leads to unreadable memory or back down the stack ends the stack there, unflagged.
+#[inline(always)]
+fn fp_frame(walk: &mut FpWalk, slot: u64) -> i64 {
+    if slot >= MAX_FRAMES as u64 {
+        walk.flags |= u32::from(flags::STACK_TRUNCATED);
+        count(Counter::StackTruncated);
+        return 1;
+    }
+    if walk.rbp == 0 {
+        // The outermost frame clears rbp: a complete stack.
+        return 1;
+    }
+    let Some((rbp, mut ra)) = fp_pair(walk, walk.rbp) else {
+        return 1;
+    };
+    let rsp = walk.rbp + 16;
+    if rsp <= walk.rsp || ra == 0 {
+        return 1;
+    }
+    if walk.trampoline != 0 && ra == walk.trampoline {
+        // A return address swapped for the kernel's trampoline by a return probe (a traced call
+        // still in progress further up, or another tool's): the kernel keeps the original.
+        match kernel_return_address(walk.rbp + 8) {
+            Some(original) => ra = original,
+            None => {
+                walk.flags |= u32::from(flags::STACK_INCOMPLETE);
+                count(Counter::UnwindUnsupported);
+                return 1;
+            }
+        }
+    }
+    // SAFETY: `walk.state` is this thread's map value; `slot < MAX_FRAMES` (checked above).
+    unsafe { (*walk.state).stack.ips[slot as usize] = ra };
+    walk.len = (slot + 1) as u32;
+    walk.rsp = rsp;
+    walk.rbp = rbp;
+    0
+}
+
+/// [`FP_FRAMES_PER_CALL`] frames of a frame-pointer walk (the `bpf_loop` callback of
+/// [`unwind_fp`]). Returns 1 to stop.
+///
+/// A callback of its own, run only by the frame-pointer programs: the table walk's [`step`] is
+/// then never in their verification, nor this in the table programs'.
+#[inline(never)]
+unsafe extern "C" fn fp_steps(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `FpWalk` on `unwind_fp`'s stack, passed through `bpf_loop`.
+    let walk = unsafe { &mut *ctx.cast::<FpWalk>() };
+    // Frame 0 is written before the loop; call `index` fills the slots after those of the
+    // calls before it.
+    let first = index.wrapping_mul(FP_FRAMES_PER_CALL).wrapping_add(1);
+    for k in 0..FP_FRAMES_PER_CALL {
+        if fp_frame(walk, first + k) != 0 {
+            return 1;
+        }
+    }
+    0
+}
+
+/// Follows frame pointers from the registers `(rip, rsp, rbp)` of the allocator's caller (at the
+/// return probe) into `state.stack.ips`, reading the stack from one copy of its top instead of
+/// once per frame as `bpf_get_stack` does; returns the number of frames and the stack flags.
+#[inline(always)]
+pub(crate) fn unwind_fp(state: *mut ThreadState, rip: u64, rsp: u64, rbp: u64) -> (u32, u16) {
+    // SAFETY: `state` is this thread's map value.
+    unsafe { (*state).stack.ips[0] = rip };
+    let (copy, copy_len) = match stack_copy() {
+        Some(copy) => (copy.cast_const(), fill_copy(copy, rsp)),
+        None => (core::ptr::null(), 0),
+    };
+    let mut walk = FpWalk {
+        state,
+        copy,
+        copy_base: rsp,
+        copy_len,
+        trampoline: TRAMPOLINE.get(0).copied().unwrap_or(0),
+        rsp,
+        rbp,
+        len: 1,
+        flags: 0,
+    };
+    // SAFETY: `fp_steps` is a BPF subprogram with the callback signature bpf_loop expects, and
+    // `walk` outlives the call.
+    unsafe {
+        bpf_loop(
+            (MAX_FRAMES as u64).div_ceil(FP_FRAMES_PER_CALL) as u32,
+            fp_steps as *mut c_void,
             (&raw mut walk).cast(),
             0,
         );

@@ -167,10 +167,12 @@ struct RunOptions {
 }
 
 /// leaktrace's programs that run per allocator call.
-const PROGRAMS: [&str; 5] = [
+const PROGRAMS: [&str; 7] = [
     "alloc_enter",
     "alloc_exit",
     "alloc_session",
+    "alloc_sess_fp",
+    "alloc_exit_fp",
     "free_enter",
     "floor_enter",
 ];
@@ -793,8 +795,11 @@ fn breakdown(workload: &Path, leaktrace: &Path, ops: u64, untraced: f64) -> Resu
             name,
             depth,
             runs,
-            per_pair("alloc_enter") + per_pair("alloc_session") + per_pair("floor_enter"),
-            per_pair("alloc_exit"),
+            per_pair("alloc_enter")
+                + per_pair("alloc_session")
+                + per_pair("alloc_sess_fp")
+                + per_pair("floor_enter"),
+            per_pair("alloc_exit") + per_pair("alloc_exit_fp"),
             per_pair("free_enter"),
             all / 1000.0,
             (sample.ns_per_pair - untraced) / floor_added.max(1e-9),

@@ -236,6 +236,60 @@ fn return_addresses_behind_another_tools_uretprobe_are_translated() {
     assert_eq!(num(stack, "live_allocs"), 3);
 }
 
+/// `--unwind fp` follows frame pointers in the programs, through one copy of the top of the
+/// stack (where the kernel has bpf_loop): frames past the copy are read from the target, a
+/// return address behind another tool's return probe is translated, and a deep stack is cut at
+/// exactly 127 frames.
+#[test]
+fn the_frame_pointer_walk_reads_past_its_copy_and_behind_return_probes() {
+    require_root();
+    let binary = fixture(Build::CFramePointers);
+    let mut target = Fixture::start(&binary);
+    let foreign = leaktrace_tests::foreign_uretprobe(&binary, "chain_06", target.pid);
+    target.cmd("chain 1 8"); // the trampoline's mapping now exists
+    let tracer = Tracer::attach(target.pid, &["--unwind", "fp"]);
+    tracer.wait_for_stderr("allocs/s", Duration::from_secs(5));
+    target.cmd("chain 3 100");
+    // 25 frames of over 256 bytes: about 7 KiB of stack, past the 4 KiB copy.
+    target.cmd("wide 24 120");
+    target.cmd("recurse 300 55");
+    let report = tracer.interrupt().report.unwrap();
+    drop(foreign);
+    assert_eq!(report["unwind"], "fp");
+
+    let stack = stack_from(&report, "chain_12");
+    let names = functions(stack);
+    let expected = chain();
+    assert_eq!(
+        names[..14].iter().map(String::as_str).collect::<Vec<_>>(),
+        expected[..14]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        "the chain, run and main, in order"
+    );
+    assert_complete(stack);
+    assert_eq!(num(stack, "live_allocs"), 3);
+
+    let wide = stack_from(&report, "wide_frame");
+    let names = functions(wide);
+    assert_eq!(
+        names.iter().filter(|n| *n == "wide_frame").count(),
+        25,
+        "{names:?}"
+    );
+    assert_eq!(&names[25..27], ["run", "main"], "{names:?}");
+    assert_eq!(
+        (num(wide, "live_bytes"), num(wide, "live_allocs")),
+        (120, 1)
+    );
+
+    let deep = stack_from(&report, "recurse");
+    assert_eq!(deep["frames"].as_array().unwrap().len(), 127);
+    assert_eq!(deep["truncated"], true);
+    assert!(functions(deep).iter().all(|n| n == "recurse"));
+}
+
 #[test]
 fn the_target_execing_a_new_image_keeps_full_stacks() {
     require_root();

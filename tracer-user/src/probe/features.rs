@@ -245,6 +245,12 @@ fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
 /// Whether helper `id` may be called from a uprobe program: `call id; r0 = 0; exit` is loaded,
 /// and only a verifier log naming the call as an invalid or unknown function means it is
 /// missing (other refusals, such as its unset arguments, mean the helper is there).
+/// Whether the kernel has `bpf_loop` (5.17+), which the programs' own frame-pointer walk runs
+/// under.
+pub(crate) fn bpf_loop_present() -> bool {
+    helper_present(helper::LOOP)
+}
+
 fn helper_present(id: i32) -> bool {
     const CALL: u8 = 0x85;
     const MOV64_IMM: u8 = 0xb7;

@@ -80,17 +80,20 @@ pub enum UnwindMode {
     Auto,
     /// `.eh_frame` tables only: a frame without tables ends the stack (flagged).
     Dwarf,
-    /// The kernel's frame-pointer walk only.
+    /// Frame pointers only: followed through one copy of the stack by the programs where the
+    /// kernel has `bpf_loop`, else by the kernel's `bpf_get_stack`.
     Fp,
 }
 
 impl UnwindMode {
-    /// The value of the eBPF global `UNWIND_MODE`.
+    /// The value of the eBPF global `UNWIND_MODE` with the shared programs (`Fp`: the
+    /// kernel's walk; where the kernel has `bpf_loop` it runs programs of its own instead).
     fn kernel_value(self) -> u32 {
+        use tracer_common::unwind::{MODE_AUTO, MODE_KERNEL_FP, MODE_TABLES};
         match self {
-            Self::Fp => 0,
-            Self::Auto => 1,
-            Self::Dwarf => 2,
+            Self::Fp => MODE_KERNEL_FP,
+            Self::Auto => MODE_AUTO,
+            Self::Dwarf => MODE_TABLES,
         }
     }
 
@@ -208,6 +211,8 @@ pub struct Probes {
     pair_multi: Option<(SessionProgram, SessionProgram)>,
     /// How returns are caught (decided at load, revised if the session link fails).
     returns: ReturnProbes,
+    /// The return program: `alloc_exit`, or `alloc_exit_fp` for the frame-pointer walk.
+    exit_program: &'static str,
     /// Why probes are attached one by one rather than as `uprobe_multi` links (`None`: they
     /// are not).
     separate_links: Option<String>,
@@ -267,7 +272,23 @@ impl Probes {
             return Err(ProbeError::NoObject);
         }
         let wakeup_bytes = u64::from(config.ringbuf_bytes / 4);
-        let unwind_mode = config.unwind.kernel_value();
+        // Frame pointers are followed through one copy of the stack by programs of their own
+        // where the kernel can run the walk (bpf_loop): `bpf_get_stack` reads target memory once
+        // per frame (see README, Figures).
+        let fp_walk = config.unwind == UnwindMode::Fp && features::bpf_loop_present();
+        let (unwind_mode, exit_program, session_program_name) = if fp_walk {
+            (
+                tracer_common::unwind::MODE_FP_WALK,
+                names::ALLOC_EXIT_FP,
+                names::ALLOC_SESSION_FP,
+            )
+        } else {
+            (
+                config.unwind.kernel_value(),
+                names::ALLOC_EXIT,
+                names::ALLOC_SESSION,
+            )
+        };
         // Kernel structure offsets for translating foreign uretprobe trampolines (0: unknown).
         let ri_offsets: [u32; 5] =
             crate::probe::btf::return_instance_offsets().map_or([0; 5], |o| {
@@ -330,7 +351,7 @@ impl Probes {
         let (session_program, returns) = if config.sample_bytes == 0 || !config.uprobe_session {
             (None, ReturnProbes::Uretprobes)
         } else {
-            match load_multi(&mut ebpf, names::ALLOC_SESSION, Attach::Session) {
+            match load_multi(&mut ebpf, session_program_name, Attach::Session) {
                 Ok(program) => (Some(program), ReturnProbes::Session),
                 Err(why) => (None, ReturnProbes::Fallback(why)),
             }
@@ -348,18 +369,13 @@ impl Probes {
         };
         let pair_multi = if multi && session_program.is_none() && free_multi.is_some() {
             load_multi(&mut ebpf, names::ALLOC_ENTER, Attach::Multi)
-                .and_then(|entry| {
-                    Ok((
-                        entry,
-                        load_multi(&mut ebpf, names::ALLOC_EXIT, Attach::Multi)?,
-                    ))
-                })
+                .and_then(|entry| Ok((entry, load_multi(&mut ebpf, exit_program, Attach::Multi)?)))
                 .ok()
         } else {
             None
         };
         if session_program.is_none() && pair_multi.is_none() {
-            load_pair(&mut ebpf)?;
+            load_pair(&mut ebpf, exit_program)?;
         }
         let stacks = take_map(&mut ebpf, names::STACKS)?;
         let counters = take_map(&mut ebpf, names::COUNTERS)?;
@@ -396,6 +412,7 @@ impl Probes {
             pair_multi,
             separate_links,
             returns,
+            exit_program,
             session_links: Vec::new(),
             free_multi_links: Vec::new(),
             entry_links: Vec::new(),
@@ -445,11 +462,11 @@ impl Probes {
         };
         let attach_err = |what: String| move |source| ProbeError::Program { what, source };
         // Frees first, then returns, then entries: see the module docs.
-        for stage in [names::FREE_ENTER, names::ALLOC_EXIT, names::ALLOC_ENTER] {
+        for stage in [names::FREE_ENTER, self.exit_program, names::ALLOC_ENTER] {
             if stage == names::FREE_ENTER && self.attach_free_multi(allocators, pid) {
                 continue;
             }
-            if stage == names::ALLOC_EXIT
+            if stage == self.exit_program
                 && (self.attach_session(allocators, pid)?
                     || self.attach_pair_multi(allocators, pid)?)
             {
@@ -472,10 +489,12 @@ impl Probes {
                         .attach(point(probe.file_offset, cookie), path, scope)
                         .map_err(attach_err(what.clone()))?;
                     let link = prog.take_link(id).map_err(attach_err(what))?;
-                    match stage {
-                        names::ALLOC_EXIT => self.return_links.push(link),
-                        names::FREE_ENTER => self.free_links.push(link),
-                        _ => self.entry_links.push(link),
+                    if stage == self.exit_program {
+                        self.return_links.push(link);
+                    } else if stage == names::FREE_ENTER {
+                        self.free_links.push(link);
+                    } else {
+                        self.entry_links.push(link);
                     }
                 }
             }
@@ -570,7 +589,7 @@ impl Probes {
         if failed {
             drop(links);
             self.pair_multi = None;
-            load_pair(&mut self.ebpf)?;
+            load_pair(&mut self.ebpf, self.exit_program)?;
             return Ok(false);
         }
         // Entries were attached last: they go first (see `detach`).
@@ -626,7 +645,7 @@ impl Probes {
                 drop(links);
                 self.returns = ReturnProbes::Fallback(reason);
                 self.session_program = None;
-                load_pair(&mut self.ebpf)?;
+                load_pair(&mut self.ebpf, self.exit_program)?;
                 Ok(false)
             }
         }
@@ -811,10 +830,10 @@ fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), ProbeError> {
         })
 }
 
-/// Loads the separate entry and return programs of allocating calls.
-fn load_pair(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+/// Loads the separate entry and return (`exit`) programs of allocating calls.
+fn load_pair(ebpf: &mut Ebpf, exit: &'static str) -> Result<(), ProbeError> {
     load_program(ebpf, names::ALLOC_ENTER)?;
-    load_program(ebpf, names::ALLOC_EXIT)
+    load_program(ebpf, exit)
 }
 
 /// Loads program `name` for `uprobe_multi` links, sharing the maps and BTF of the object aya

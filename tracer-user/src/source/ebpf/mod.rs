@@ -401,11 +401,13 @@ impl Source for EbpfSource {
     }
 
     fn mappings_changed(&mut self, maps: &[Mapping]) {
-        if self.config.unwind != UnwindMode::Fp && self.cutoff_ns.is_none() {
-            // Libraries loaded since (dlopen) get tables and mappings.
-            self.refresh_unwind(maps);
-            // The kernel's uretprobe trampoline: its own mapping, once any return probe has
-            // fired in the target.
+        if self.cutoff_ns.is_none() {
+            if self.config.unwind != UnwindMode::Fp {
+                // Libraries loaded since (dlopen) get tables and mappings.
+                self.refresh_unwind(maps);
+            }
+            // The kernel's uretprobe trampoline (both walks translate return addresses swapped
+            // for it): its own mapping, once any return probe has fired in the target.
             if let Some(uprobes) = maps.iter().find(|m| m.path == "[uprobes]")
                 && self.trampoline != Some(uprobes.start)
                 && self.probes.set_trampoline(uprobes.start).is_ok()
