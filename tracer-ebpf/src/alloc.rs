@@ -103,12 +103,23 @@ fn enter(ctx: &ProbeContext, session: bool) -> Return {
         count(Counter::PendingClobbered);
     }
     // The unwinder needs the real return address of calls still in progress: a return probe
-    // swaps it for the kernel's trampoline right after this program runs.
-    // (The frame-pointer walk asks the kernel instead, in the rare walk that meets one.)
+    // swaps it for the kernel's trampoline right after this program runs. Where the walk can
+    // read the kernel's own list of swapped addresses, the trampoline is saved instead, which
+    // sends the walk there (a walk meets one rarely; a read of target memory here would cost
+    // every call). The frame-pointer walk always asks the kernel.
     let mode = unwind_mode();
     let ret_addr = if mode == unwind::MODE_AUTO || mode == unwind::MODE_TABLES {
-        // SAFETY: the helper reads target memory and fails instead of faulting.
-        unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0)
+        let trampoline = if crate::unwind::kernel_return_addresses_known() {
+            crate::unwind::trampoline()
+        } else {
+            0
+        };
+        if trampoline != 0 {
+            trampoline
+        } else {
+            // SAFETY: the helper reads target memory and fails instead of faulting.
+            unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0)
+        }
     } else {
         0
     };

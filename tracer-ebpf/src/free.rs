@@ -9,7 +9,7 @@ use tracer_common::{AllocKind, Counter, Event, EventOp};
 use crate::{
     preempt,
     sampling::{SAMPLED, sample_bytes},
-    state::{args, count, current_tid, inside_outer_call, now_ns, submit, thread_state},
+    state::{arg, count, current_tid, inside_outer_call, now_ns, submit, thread_state},
 };
 
 #[uprobe]
@@ -25,7 +25,7 @@ fn free_body(ctx: *mut c_void) -> u32 {
     let regs = unsafe { &*ctx.regs };
     // SAFETY: a helper reading this program's attach cookie.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    let [addr, ..] = args(ctx.regs, cookie);
+    let addr = arg(ctx.regs, cookie, 0);
     if addr == 0 {
         return 0;
     }

@@ -150,6 +150,13 @@ pub(crate) fn args(regs: *const pt_regs, cookie: u64) -> [u64; 4] {
     [pick(0), pick(1), pick(2), pick(3)]
 }
 
+/// Argument `index` of a probed call alone (see [`args`]): one register read where `args`
+/// makes four (each a subprogram call, dear where the kernel mitigates speculation).
+#[inline(always)]
+pub(crate) fn arg(regs: *const pt_regs, cookie: u64, index: u32) -> u64 {
+    register(regs, u64::from(cookie::arg(cookie, index)))
+}
+
 /// Register number `wanted` ([`cookie::Reg`]) of `regs` (0 for a number no register has).
 ///
 /// Each register is read at its own constant offset (the verifier refuses a load through a

@@ -200,6 +200,21 @@ static STACK_COPY: TaskStorage = TaskStorage {
 #[unsafe(no_mangle)]
 static RI_OFFSETS: [u32; 5] = [0; 5];
 
+/// Whether the walks can read the return addresses the kernel's return probes swapped out from
+/// the kernel's own list (its BTF gave the layout): the allocating calls' entries then need not
+/// save theirs.
+#[inline(always)]
+pub(crate) fn kernel_return_addresses_known() -> bool {
+    // SAFETY: reading a global set before load.
+    unsafe { core::ptr::read_volatile(&raw const RI_OFFSETS[0]) != 0 }
+}
+
+/// The kernel's uretprobe trampoline in the target, 0 until user space has seen it.
+#[inline(always)]
+pub(crate) fn trampoline() -> u64 {
+    TRAMPOLINE.get(0).copied().unwrap_or(0)
+}
+
 /// Most pending return instances looked through per frame.
 const MAX_RETURN_INSTANCES: u32 = 16;
 

@@ -12,7 +12,7 @@ use std::{
     num::NonZeroU32,
     os::fd::{AsFd as _, BorrowedFd},
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -75,6 +75,9 @@ pub struct EbpfSource {
     last_maps: Vec<Mapping>,
     /// Where the kernel's uretprobe trampoline is published as being.
     trampoline: Option<u64>,
+    /// When the target's mappings were last looked through for the trampoline before the
+    /// session's next reading of them ([`EbpfSource::look_for_trampoline`]).
+    trampoline_looked: Option<Instant>,
     /// Stack ids already yielded.
     known: HashSet<u64, FastHash>,
     undecodable: u64,
@@ -171,12 +174,46 @@ impl EbpfSource {
             exec_maps: Vec::new(),
             last_maps,
             trampoline: None,
+            trampoline_looked: None,
             known: HashSet::default(),
             undecodable: 0,
             checks_waited: false,
             cutoff_ns: None,
             counters_at_cutoff: None,
         })
+    }
+
+    /// Publishes the kernel's uretprobe trampoline to the walks, from the target's mappings
+    /// `maps`: its own mapping, once any return probe has fired in the target. Both walks
+    /// translate return addresses swapped for it, and the entries of allocating calls save it
+    /// in place of the real return address once it is known (a read of target memory saved).
+    fn publish_trampoline(&mut self, maps: &[Mapping]) {
+        if self.cutoff_ns.is_some() {
+            return;
+        }
+        if let Some(uprobes) = maps.iter().find(|m| m.path == "[uprobes]")
+            && self.trampoline != Some(uprobes.start)
+            && self.probes.set_trampoline(uprobes.start).is_ok()
+        {
+            self.trampoline = Some(uprobes.start);
+        }
+    }
+
+    /// Until the trampoline is known, looks for it at every poll, at most every 20 ms,
+    /// rather than waiting for the session's next reading of the mappings (a second): the
+    /// kernel maps it at the first return probe to fire, right after attach.
+    fn look_for_trampoline(&mut self) {
+        const EVERY: Duration = Duration::from_millis(20);
+        if self.trampoline.is_some()
+            || self.cutoff_ns.is_some()
+            || self.trampoline_looked.is_some_and(|at| at.elapsed() < EVERY)
+        {
+            return;
+        }
+        self.trampoline_looked = Some(Instant::now());
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{}/maps", self.pid)) {
+            self.publish_trampoline(&crate::target::parse_maps(&text));
+        }
     }
 
     /// Attaches every probe to the target.
@@ -398,22 +435,14 @@ impl Source for EbpfSource {
             self.check_unwinds();
         }
         self.checks_waited = !out.stacks.is_empty();
+        self.look_for_trampoline();
     }
 
     fn mappings_changed(&mut self, maps: &[Mapping]) {
-        if self.cutoff_ns.is_none() {
-            if self.config.unwind != UnwindMode::Fp {
-                // Libraries loaded since (dlopen) get tables and mappings.
-                self.refresh_unwind(maps);
-            }
-            // The kernel's uretprobe trampoline (both walks translate return addresses swapped
-            // for it): its own mapping, once any return probe has fired in the target.
-            if let Some(uprobes) = maps.iter().find(|m| m.path == "[uprobes]")
-                && self.trampoline != Some(uprobes.start)
-                && self.probes.set_trampoline(uprobes.start).is_ok()
-            {
-                self.trampoline = Some(uprobes.start);
-            }
+        self.publish_trampoline(maps);
+        if self.cutoff_ns.is_none() && self.config.unwind != UnwindMode::Fp {
+            // Libraries loaded since (dlopen) get tables and mappings.
+            self.refresh_unwind(maps);
         }
         self.last_maps = maps.to_vec();
         self.check_unwinds();
