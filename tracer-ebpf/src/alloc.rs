@@ -21,7 +21,7 @@ use crate::{
     sampling::{SAMPLED, may_release_sampled, requested_bytes, sample_bytes, take_sample},
     stack::{capture_stack, capture_stack_fp, verify_sample},
     state::{
-        args, count, current_tid, inside_outer_call, now_ns, submit, thread_state, unwind_mode,
+        arg, args, count, current_tid, inside_outer_call, now_ns, submit, thread_state, unwind_mode,
     },
 };
 
@@ -60,7 +60,15 @@ fn enter(ctx: &ProbeContext, session: bool) -> Return {
     if kind >= PENDING_SLOTS {
         return Return::Skippable;
     }
-    let args = args(ctx.regs, cookie);
+    // malloc's kind reads its size alone (the commonest call: one register read, not four).
+    let args = if kind == AllocKind::Malloc as usize
+        || kind == AllocKind::Valloc as usize
+        || kind == AllocKind::Pvalloc as usize
+    {
+        [arg(ctx.regs, cookie, 0), 0, 0, 0]
+    } else {
+        args(ctx.regs, cookie)
+    };
     let mapping = is_mapping(kind as u32);
     if kind == AllocKind::Mmap as usize
         && (args[3] & MAP_ANONYMOUS == 0 || args[3] & MAP_SHARED != 0)
