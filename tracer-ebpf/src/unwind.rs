@@ -166,7 +166,9 @@ pub(crate) struct StackCopy {
     /// An address the stack ends below (a copy reaching it failed); 0: none known yet.
     limit: u64,
     /// The copied stack.
-    words: [u64; COPY_WORDS],
+    /// One word more than is ever copied, so that the frame-pointer walk's two reads from a
+    /// masked index are in bounds to every verifier (6.1's does not narrow a bound by `!=`).
+    words: [u64; COPY_WORDS + 1],
 }
 
 /// A task-local storage map definition in the BTF layout the loader reads (aya-ebpf 0.2 has no
@@ -750,14 +752,18 @@ struct FpWalk {
 #[inline(always)]
 fn fp_pair(walk: &FpWalk, rbp: u64) -> Option<(u64, u64)> {
     let offset = rbp.wrapping_sub(walk.copy_base);
-    if !walk.copy.is_null() && rbp >= walk.copy_base && offset + 16 <= walk.copy_len {
-        let index = (offset / 8) as usize;
-        if index + 1 < COPY_WORDS {
-            // SAFETY: `copy` is this task's storage value, valid for the program run; both
-            // indexes are inside `words` (checked above).
-            let words = unsafe { &(*walk.copy).words };
-            return Some((words[index], words[index + 1]));
-        }
+    if !walk.copy.is_null()
+        && rbp >= walk.copy_base
+        && offset % 8 == 0
+        && offset + 16 <= walk.copy_len
+    {
+        // Masked as well as checked (a bound older verifiers follow); `words` has a word to
+        // spare for the second read.
+        let index = (offset / 8) as usize & (COPY_WORDS - 1);
+        // SAFETY: `copy` is this task's storage value, valid for the program run; both
+        // indexes are inside `words` (masked above).
+        let words = unsafe { &(*walk.copy).words };
+        return Some((words[index], words[index + 1]));
     }
     // SAFETY: the helper reads target memory and fails instead of faulting.
     let [saved_rbp, ra] = unsafe { bpf_probe_read_user(rbp as *const [u64; 2]) }.ok()?;

@@ -38,6 +38,7 @@ pub(crate) const SUBSET: &[&str] = &[
     "lifecycle::launch_mode_traces_from_the_first_instruction",
     "lifecycle::target_exiting_mid_trace_ends_with_a_symbolized_report",
     "unwinding::twelve_frames_without_frame_pointers_and_the_fp_negative_control",
+    "unwinding::the_frame_pointer_walk_reads_past_its_copy_and_behind_return_probes",
     "sampling::realloc_releases_sampled_blocks_with_and_without_a_session",
     "faults::leaktrace_killed_leaves_no_program_and_no_probe_in_the_target",
     "kernels::",
