@@ -206,7 +206,9 @@ impl EbpfSource {
         const EVERY: Duration = Duration::from_millis(20);
         if self.trampoline.is_some()
             || self.cutoff_ns.is_some()
-            || self.trampoline_looked.is_some_and(|at| at.elapsed() < EVERY)
+            || self
+                .trampoline_looked
+                .is_some_and(|at| at.elapsed() < EVERY)
         {
             return;
         }
