@@ -31,7 +31,7 @@ use aya_ebpf::{
         },
     },
     macros::{btf_map, map},
-    maps::{Array, PerCpuArray},
+    maps::Array,
 };
 use tracer_common::{
     Counter, MAX_FRAMES, PENDING_SLOTS, ThreadState, flags,
@@ -53,93 +53,9 @@ static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, 0);
 #[map(name = "MAPPINGS")]
 static MAPPINGS: Array<ExecMapping> = Array::with_max_entries(2 * MAX_MAPPINGS, 0);
 
-/// Index 0: the bank in use (bit 16), its number of entries (low 16 bits), and a generation
-/// (bits 17 and up) that changes with every update (it invalidates `ROW_CACHE`).
+/// Index 0: the bank in use (bit 16) and its number of entries (low 16 bits).
 #[map(name = "MAPPING_COUNT")]
 static MAPPING_COUNT: Array<u32> = Array::with_max_entries(1, 0);
-
-/// Entries of [`ROW_CACHE`] (a power of two).
-const ROW_CACHE_ENTRIES: u32 = 4096;
-
-/// The row found for a pc, cached so that the frames the walks keep meeting (the same call
-/// sites, allocation after allocation) skip both binary searches: each is a few `bpf_loop`
-/// calls, dear where the kernel mitigates speculation. One per CPU (the programs run with
-/// migration disabled), direct-mapped by pc.
-#[map(name = "ROW_CACHE")]
-static ROW_CACHE: PerCpuArray<RowCacheEntry> = PerCpuArray::with_max_entries(ROW_CACHE_ENTRIES, 0);
-
-/// One cached lookup: the row (its `pc` left out) that applies at `pc`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct RowCacheEntry {
-    /// The looked-up pc (an absolute address; 0: empty).
-    pc: u64,
-    /// The row's rules, packed ([`pack_row`]).
-    row: u64,
-    /// [`row_check`] of the entry under the mappings' header it was found with: an entry from
-    /// before the mappings changed, or one torn by a program preempted halfway through writing
-    /// it (kernels without the preemption guard), fails it.
-    check: u64,
-}
-
-/// `row`'s rules in one word (its `pc` is left out).
-#[inline(always)]
-fn pack_row(row: &UnwindRow) -> u64 {
-    u64::from(row.cfa_offset as u32)
-        | u64::from(row.rbp_offset as u16) << 32
-        | u64::from(row.cfa_type) << 48
-        | u64::from(row.rbp_type) << 56
-}
-
-/// The rules [`pack_row`] packed.
-#[inline(always)]
-fn unpack_row(packed: u64) -> UnwindRow {
-    UnwindRow {
-        pc: 0,
-        cfa_offset: packed as u32 as i32,
-        rbp_offset: (packed >> 32) as u16 as i16,
-        cfa_type: (packed >> 48) as u8,
-        rbp_type: (packed >> 56) as u8,
-    }
-}
-
-/// Ties an entry's fields to each other and to the mappings' `header`.
-#[inline(always)]
-fn row_check(pc: u64, packed: u64, header: u32) -> u64 {
-    pc.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        ^ packed.rotate_left(29)
-        ^ u64::from(header).wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
-}
-
-/// The slot of `pc` in [`ROW_CACHE`].
-#[inline(always)]
-fn row_cache_slot(pc: u64) -> u32 {
-    (pc.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as u32 & (ROW_CACHE_ENTRIES - 1)
-}
-
-/// The row cached for `pc` under the mappings' `header`, if any.
-#[inline(always)]
-fn cached_row(pc: u64, header: u32) -> Option<UnwindRow> {
-    let entry = ROW_CACHE.get_ptr(row_cache_slot(pc))?;
-    // SAFETY: pointer from a successful per-CPU array lookup, valid for the program run.
-    let (entry_pc, packed, check) = unsafe { ((*entry).pc, (*entry).row, (*entry).check) };
-    (entry_pc == pc && check == row_check(pc, packed, header)).then(|| unpack_row(packed))
-}
-
-/// Caches `row` as the row for `pc` under the mappings' `header`.
-#[inline(always)]
-fn cache_row(pc: u64, header: u32, row: &UnwindRow) {
-    let Some(entry) = ROW_CACHE.get_ptr_mut(row_cache_slot(pc)) else {
-        return;
-    };
-    let packed = pack_row(row);
-    // SAFETY: pointer from a successful per-CPU array lookup, valid for the program run.
-    unsafe {
-        (*entry).pc = pc;
-        (*entry).row = packed;
-        (*entry).check = row_check(pc, packed, header);
-    }
-}
 
 /// Index 0: the address of the kernel's uretprobe trampoline in the target (the start of its
 /// `[uprobes]` mapping), 0 until it exists. Written by user space.
@@ -572,24 +488,17 @@ unsafe extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
         walk.rip.wrapping_sub(1)
     };
     let header = MAPPING_COUNT.get(0).copied().unwrap_or(0);
-    let row = match cached_row(lookup_pc, header) {
-        Some(row) => row,
-        None => {
-            let row = match find_mapping(lookup_pc, header) {
-                Some(mapping) if mapping.rows_len > 0 => {
-                    find_row(&mapping, lookup_pc.wrapping_sub(mapping.bias)).unwrap_or_default()
-                }
-                Some(_) => UnwindRow::default(),
-                // Code leaktrace has no mapping for yet (a library just loaded): frame
-                // pointers, but without a frame chain the stack ends here unexplained.
-                None if walk.fp_fallback != 0 && walk.rbp != 0 && walk.rbp_known != 0 => {
-                    return frame_pointer_step(walk, slot);
-                }
-                None => return fail(walk, Counter::UnwindNoMapping),
-            };
-            cache_row(lookup_pc, header, &row);
-            row
+    let row = match find_mapping(lookup_pc, header) {
+        Some(mapping) if mapping.rows_len > 0 => {
+            find_row(&mapping, lookup_pc.wrapping_sub(mapping.bias)).unwrap_or_default()
         }
+        Some(_) => UnwindRow::default(),
+        // Code leaktrace has no mapping for yet (a library just loaded): frame pointers, but
+        // without a frame chain the stack ends here unexplained.
+        None if walk.fp_fallback != 0 && walk.rbp != 0 && walk.rbp_known != 0 => {
+            return frame_pointer_step(walk, slot);
+        }
+        None => return fail(walk, Counter::UnwindNoMapping),
     };
     let (cfa, rbp_slot) = match row.cfa_type {
         CFA_RSP => (walk.rsp.wrapping_add(row.cfa_offset as i64 as u64), row),

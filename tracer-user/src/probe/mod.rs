@@ -233,9 +233,6 @@ pub struct Probes {
     mapping_count: Array<MapData, u32>,
     /// The `MAPPINGS` bank the unwinder reads (0 or 1).
     mapping_bank: u32,
-    /// Bumped with every update of the mappings: the unwinder's cache of rows by pc holds only
-    /// what was found under the current one.
-    mapping_generation: u32,
 }
 
 impl std::fmt::Debug for Probes {
@@ -431,7 +428,6 @@ impl Probes {
             mappings,
             mapping_count,
             mapping_bank: 0,
-            mapping_generation: 0,
         })
     }
 
@@ -784,16 +780,13 @@ impl Probes {
                     source,
                 })?;
         }
-        // Bits 17 and up: 15 bits of generation.
-        let generation = (self.mapping_generation + 1) & 0x7fff;
         self.mapping_count
-            .set(0, (generation << 17) | (bank << 16) | n as u32, 0)
+            .set(0, (bank << 16) | n as u32, 0)
             .map_err(|source| ProbeError::Map {
                 name: names::MAPPING_COUNT,
                 source,
             })?;
         self.mapping_bank = bank;
-        self.mapping_generation = generation;
         Ok(())
     }
 
