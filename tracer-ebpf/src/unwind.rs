@@ -696,7 +696,7 @@ fn fp_pair(walk: &FpWalk, rbp: u64) -> Option<(u64, u64)> {
     let offset = rbp.wrapping_sub(walk.copy_base);
     if !walk.copy.is_null()
         && rbp >= walk.copy_base
-        && offset % 8 == 0
+        && offset.is_multiple_of(8)
         && offset + 16 <= walk.copy_len
     {
         // Masked as well as checked (a bound older verifiers follow); `words` has a word to
