@@ -34,6 +34,14 @@ pub mod names {
     pub const ALLOC_EXIT_FP: &str = "alloc_exit_fp";
     /// [`ALLOC_SESSION`] that follows frame pointers as [`ALLOC_EXIT_FP`] does.
     pub const ALLOC_SESSION_FP: &str = "alloc_sess_fp";
+    /// The walks' global functions (their BTF linkage global: the kernel verifies each
+    /// once, on its own), by the unmangled names `tracer-ebpf/src/unwind.rs` gives them.
+    pub const GLOBAL_FUNCTIONS: [&str; 4] = [
+        "leaktrace_unwind_step",
+        "leaktrace_find_row",
+        "leaktrace_kernel_return_address",
+        "leaktrace_fp_walk",
+    ];
     /// Entry program for `free`.
     pub const FREE_ENTER: &str = "free_enter";
     /// Raw tracepoint program on `sched_process_exec`.

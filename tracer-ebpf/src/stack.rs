@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     Counter, MAX_FRAMES, StackTrace, ThreadState, VERIFY_STACK_BYTES, VerifyRecord, bench_skip,
-    flags,
+    flags, unwind as unwind_modes,
 };
 
 use crate::{
@@ -46,6 +46,12 @@ pub(crate) fn capture_stack_fp(state: &mut ThreadState, ctx: &RetProbeContext) -
     if bench_skips(bench_skip::CAPTURE) {
         return (0, 0);
     }
+    if unwind_mode() != unwind_modes::MODE_FP_WALK {
+        // A kernel without `bpf_loop` (before 5.17): the kernel's own frame-pointer walk. The
+        // table walk is never in these programs: its global functions call `bpf_loop`, and the
+        // kernel verifies a global function even where no call reaches it.
+        return kernel_stack(ctx.as_ptr(), state);
+    }
     // SAFETY: `ctx.regs` is the kernel-provided `pt_regs` for this probe hit.
     let regs = unsafe { &*ctx.regs };
     let (len, stack_flags) = unwind::unwind_fp(state, regs.rip, regs.rsp, regs.rbp);
@@ -70,6 +76,13 @@ pub(crate) fn capture_user_stack(
         let (len, stack_flags) = unwind::unwind(state, rip, rsp, rbp, mode == 1);
         return store_stack(state, len, stack_flags);
     }
+    kernel_stack(ctx, state)
+}
+
+/// The user stack by the kernel's frame-pointer walk (`bpf_get_stack`), stored as
+/// [`store_stack`] does.
+#[inline(always)]
+fn kernel_stack(ctx: *mut c_void, state: &mut ThreadState) -> (u64, u16) {
     // SAFETY: the helper writes at most the size we pass, which is the size of `ips`, into this
     // thread's own map value.
     let bytes = unsafe {

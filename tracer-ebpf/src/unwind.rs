@@ -31,10 +31,10 @@ use aya_ebpf::{
         },
     },
     macros::{btf_map, map},
-    maps::Array,
+    maps::{Array, PerCpuArray},
 };
 use tracer_common::{
-    Counter, MAX_FRAMES, PENDING_SLOTS, ThreadState, flags,
+    Counter, MAX_FRAMES, PENDING_SLOTS, StackTrace, ThreadState, flags,
     unwind::{
         CFA_END, CFA_NONE, CFA_PLT, CFA_RBP, CFA_RSP, CFA_SIGNAL, ExecMapping, MAX_MAPPINGS,
         RBP_AT_CFA, RBP_SAME, SIGNAL_RBP_OFFSET, SIGNAL_RIP_OFFSET, SIGNAL_RSP_OFFSET, UnwindRow,
@@ -53,9 +53,117 @@ static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, 0);
 #[map(name = "MAPPINGS")]
 static MAPPINGS: Array<ExecMapping> = Array::with_max_entries(2 * MAX_MAPPINGS, 0);
 
-/// Index 0: the bank in use (bit 16) and its number of entries (low 16 bits).
+/// Index 0: the bank in use (bit 16), its number of entries (low 16 bits), and a generation
+/// (bits 17 and up) that changes with every update (it invalidates `ROW_CACHE`).
 #[map(name = "MAPPING_COUNT")]
 static MAPPING_COUNT: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Entries of [`ROW_CACHE`] (a power of two).
+const ROW_CACHE_ENTRIES: u32 = 4096;
+
+/// The row found for a pc, cached so that the frames the walks keep meeting (the same call
+/// sites, allocation after allocation) skip both binary searches: each is a few `bpf_loop`
+/// calls, dear where the kernel mitigates speculation. One per CPU (the programs run with
+/// migration disabled), direct-mapped by pc.
+#[map(name = "ROW_CACHE")]
+static ROW_CACHE: PerCpuArray<RowCacheEntry> = PerCpuArray::with_max_entries(ROW_CACHE_ENTRIES, 0);
+
+/// One cached lookup: the row (its `pc` left out) that applies at `pc`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct RowCacheEntry {
+    /// The looked-up pc (an absolute address; 0: empty).
+    pc: u64,
+    /// The row's rules, packed ([`pack_row`]).
+    row: u64,
+    /// [`row_check`] of the entry under the mappings' header it was found with: an entry from
+    /// before the mappings changed, or one torn by a program preempted halfway through writing
+    /// it (kernels without the preemption guard), fails it.
+    check: u64,
+}
+
+/// What [`leaktrace_find_row`] returns for a pc in no known mapping (its `cfa_type` byte is
+/// no rule's).
+const NO_MAPPING: u64 = u64::MAX;
+
+/// `row`'s rules in one word (its `pc` is left out).
+#[inline(always)]
+fn pack_row(row: &UnwindRow) -> u64 {
+    u64::from(row.cfa_offset as u32)
+        | (u64::from(row.rbp_offset as u16) << 32)
+        | (u64::from(row.cfa_type) << 48)
+        | (u64::from(row.rbp_type) << 56)
+}
+
+/// The rules [`pack_row`] packed.
+#[inline(always)]
+fn unpack_row(packed: u64) -> UnwindRow {
+    UnwindRow {
+        pc: 0,
+        cfa_offset: packed as u32 as i32,
+        rbp_offset: (packed >> 32) as u16 as i16,
+        cfa_type: (packed >> 48) as u8,
+        rbp_type: (packed >> 56) as u8,
+    }
+}
+
+/// Ties an entry's fields to each other and to the mappings' `header`.
+#[inline(always)]
+fn row_check(pc: u64, packed: u64, header: u32) -> u64 {
+    pc.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ packed.rotate_left(29)
+        ^ u64::from(header).wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
+}
+
+/// The slot of `pc` in [`ROW_CACHE`].
+#[inline(always)]
+fn row_cache_slot(pc: u64) -> u32 {
+    (pc.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as u32 & (ROW_CACHE_ENTRIES - 1)
+}
+
+/// The unwind row that applies at `pc` (an absolute address), packed ([`pack_row`]): from
+/// [`ROW_CACHE`], else found by [`leaktrace_find_row`] (and cached there). Inlined into the
+/// step: a hit costs one lookup, no call.
+#[inline(always)]
+fn unwind_row(pc: u64) -> u64 {
+    let header = MAPPING_COUNT.get(0).copied().unwrap_or(0);
+    if let Some(entry) = ROW_CACHE.get_ptr(row_cache_slot(pc)) {
+        // SAFETY: pointer from a successful per-CPU array lookup, valid for the program run.
+        let (entry_pc, packed, check) = unsafe { ((*entry).pc, (*entry).row, (*entry).check) };
+        if entry_pc == pc && check == row_check(pc, packed, header) {
+            return packed;
+        }
+    }
+    leaktrace_find_row(pc, u64::from(header))
+}
+
+/// The unwind row that applies at `pc` under the mappings' `header`, packed, found by the two
+/// binary searches and cached in [`ROW_CACHE`]. A mapping without rows gives the empty row (no
+/// CFI); a pc in no mapping gives [`NO_MAPPING`].
+///
+/// A global function (BTF linkage global, kept by its unmangled name): the kernel verifies it
+/// once on its own, like [`leaktrace_unwind_step`].
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn leaktrace_find_row(pc: u64, header: u64) -> u64 {
+    let header = header as u32;
+    let packed = match find_mapping(pc, header) {
+        Some(mapping) if mapping.rows_len > 0 => {
+            pack_row(&find_row(&mapping, pc.wrapping_sub(mapping.bias)).unwrap_or_default())
+        }
+        Some(_) => pack_row(&UnwindRow::default()),
+        None => return NO_MAPPING,
+    };
+    if let Some(entry) = ROW_CACHE.get_ptr_mut(row_cache_slot(pc)) {
+        // SAFETY: pointer from a successful per-CPU array lookup, valid for the program run.
+        unsafe {
+            (*entry).pc = pc;
+            (*entry).row = packed;
+            (*entry).check = row_check(pc, packed, header);
+        }
+    }
+    packed
+}
 
 /// Index 0: the address of the kernel's uretprobe trampoline in the target (the start of its
 /// `[uprobes]` mapping), 0 until it exists. Written by user space.
@@ -143,15 +251,13 @@ const MAPPING_SEARCH_STEPS: u32 = 9;
 /// that the verifier still checks a call quickly.
 const SEARCH_STEPS_PER_CALL: u32 = 4;
 
-/// The walk's state, shared by the steps.
+/// A table walk in progress: the current frame and what the steps share. Everything here is
+/// plain numbers, so the global [`leaktrace_unwind_step`] can take it by pointer.
 #[repr(C)]
 struct Walk {
-    state: *mut ThreadState,
     rip: u64,
     rsp: u64,
     rbp: u64,
-    /// Frames written so far.
-    len: u32,
     /// 1 when `rip` is exact (first frame, or after a signal frame), not a return address.
     exact: u32,
     /// 1 to allow frame-pointer steps where no CFI covers the pc.
@@ -160,8 +266,6 @@ struct Walk {
     flags: u32,
     /// 0 once a frame's rbp rule could not be followed: rbp no longer holds the caller's value.
     rbp_known: u32,
-    /// Explicit padding.
-    _pad: u32,
     /// The kernel's uretprobe trampoline in the target (0: not known yet), read once per walk.
     trampoline: u64,
     /// Where the thread's stack copy holds its words (0: no copy), the stack address of the
@@ -171,6 +275,22 @@ struct Walk {
     copy_base: u64,
     /// See `copy_address`.
     copy_len: u64,
+    /// Set by a step whose return address (now `rip`) may be one a return probe swapped for
+    /// the trampoline: the stack slot it was read from; 0 otherwise.
+    ra_slot: u64,
+}
+
+/// What the `bpf_loop` callback [`step`] gets: the walk, and the thread state its frames go to.
+#[repr(C)]
+struct WalkRun {
+    /// This thread's state, whose `stack.ips` the walk fills.
+    state: *mut ThreadState,
+    /// Frames written so far.
+    len: u32,
+    /// Explicit padding.
+    _pad: u32,
+    /// The walk itself.
+    walk: Walk,
 }
 
 /// The word of target memory at `addr`, read directly (for the rarer reads: signal frames, an
@@ -431,6 +551,15 @@ fn read_kernel(addr: u64) -> Option<u64> {
     unsafe { bpf_probe_read_kernel(addr as *const u64) }.ok()
 }
 
+/// [`kernel_return_address`] as a global function for the table walk's step (0: not found),
+/// verified once on its own like [`leaktrace_unwind_step`]: its loop over the kernel's list is
+/// then not followed again for every state of the step.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn leaktrace_kernel_return_address(slot: u64) -> u64 {
+    kernel_return_address(slot).unwrap_or(0)
+}
+
 /// The original return address for a stack slot another tool's return probe hijacked: the
 /// kernel keeps it in the thread's list of pending return instances, which this walks as the
 /// kernel's own frame-pointer unwinder does (`fixup_uretprobe_trampoline_entries`).
@@ -468,43 +597,84 @@ fn fail(walk: &mut Walk, why: Counter) -> i64 {
     1
 }
 
-/// One frame: from the current frame's registers to its caller's. Returns 1 to stop.
+/// One frame: from the current frame's registers to its caller's, written to the thread's
+/// stack. Returns 1 to stop.
+///
+/// The frame is computed by [`leaktrace_unwind_step`], a global function the kernel verifies
+/// once on its own; this callback only writes the frame and, where a return probe may have
+/// swapped the return address, finds the real one. A callback is verified in the walk's
+/// context, state after state: kept this small, it verifies in little time.
 #[inline(never)]
 unsafe extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `Walk` on `unwind`'s stack, passed through `bpf_loop`.
-    let walk = unsafe { &mut *ctx.cast::<Walk>() };
+    // SAFETY: `ctx` is the `WalkRun` on `unwind`'s stack, passed through `bpf_loop`.
+    let run = unsafe { &mut *ctx.cast::<WalkRun>() };
     // The slot this step fills: frame 0 is written before the loop and every step that goes
     // on writes one more, so the step's index says where. The index is a range to the
-    // verifier, where `walk.len`, a count it follows exactly, would set each step apart.
+    // verifier, where `run.len`, a count it follows exactly, would set each step apart.
     let slot = index.wrapping_add(1);
     if slot >= MAX_FRAMES as u64 {
-        walk.flags |= u32::from(flags::STACK_TRUNCATED);
+        run.walk.flags |= u32::from(flags::STACK_TRUNCATED);
         count(Counter::StackTruncated);
         return 1;
     }
+    run.walk.ra_slot = 0;
+    if leaktrace_unwind_step(&raw mut run.walk) != 0 {
+        return 1;
+    }
+    let ra_slot = run.walk.ra_slot;
+    if ra_slot != 0 {
+        // Possibly a return address swapped for the trampoline by a return probe.
+        // SAFETY: `run.state` is this thread's map value, valid for the program run.
+        let mut ra = real_return_address(unsafe { &*run.state }, ra_slot, run.walk.rip);
+        if run.walk.trampoline != 0 && ra == run.walk.trampoline {
+            match leaktrace_kernel_return_address(ra_slot) {
+                0 => return fail(&mut run.walk, Counter::UnwindUnsupported),
+                original => ra = original,
+            }
+        }
+        run.walk.rip = ra;
+    }
+    // SAFETY: `run.state` is this thread's map value; `slot < MAX_FRAMES` (checked above).
+    unsafe { (*run.state).stack.ips[slot as usize] = run.walk.rip };
+    run.len = (slot + 1) as u32;
+    0
+}
+
+/// One frame of the table walk: moves `walk` from the current frame to its caller's. Returns 0
+/// to go on, 1 to stop (the stack is complete, or the walk failed: flagged and counted).
+///
+/// A global function (BTF linkage global, kept by its unmangled name, taking only a pointer to
+/// plain numbers): the kernel verifies it once on its own, and the callback's call of it as a
+/// call that may change `*walk` in any way. Row lookups (the per-CPU cache, the binary searches)
+/// and every rule are then out of the callback's verification, which follows the walk state
+/// after state. Kernels 6.10 to 6.14 refuse global calls while preemption is disabled: user
+/// space then loads the programs with this function static (see `probe::object`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn leaktrace_unwind_step(walk: *mut Walk) -> i64 {
+    // SAFETY: `walk` points at the `Walk` of the calling step's `WalkRun` (the kernel checks
+    // every caller passes memory of its size; null is refused here, as it demands).
+    let Some(walk) = (unsafe { walk.as_mut() }) else {
+        return 1;
+    };
     let lookup_pc = if walk.exact != 0 {
         walk.rip
     } else {
         walk.rip.wrapping_sub(1)
     };
-    let header = MAPPING_COUNT.get(0).copied().unwrap_or(0);
-    let row = match find_mapping(lookup_pc, header) {
-        Some(mapping) if mapping.rows_len > 0 => {
-            find_row(&mapping, lookup_pc.wrapping_sub(mapping.bias)).unwrap_or_default()
-        }
-        Some(_) => UnwindRow::default(),
+    let packed = unwind_row(lookup_pc);
+    if packed == NO_MAPPING {
         // Code leaktrace has no mapping for yet (a library just loaded): frame pointers, but
         // without a frame chain the stack ends here unexplained.
-        None if walk.fp_fallback != 0 && walk.rbp != 0 && walk.rbp_known != 0 => {
-            return frame_pointer_step(walk, slot);
+        if walk.fp_fallback != 0 && walk.rbp != 0 && walk.rbp_known != 0 {
+            return frame_pointer_step(walk);
         }
-        None => return fail(walk, Counter::UnwindNoMapping),
-    };
-    let (cfa, rbp_slot) = match row.cfa_type {
-        CFA_RSP => (walk.rsp.wrapping_add(row.cfa_offset as i64 as u64), row),
-        CFA_RBP if walk.rbp_known != 0 => {
-            (walk.rbp.wrapping_add(row.cfa_offset as i64 as u64), row)
-        }
+        return fail(walk, Counter::UnwindNoMapping);
+    }
+    let row = unpack_row(packed);
+    let cfa = match row.cfa_type {
+        CFA_RSP => walk.rsp.wrapping_add(row.cfa_offset as i64 as u64),
+        CFA_RBP if walk.rbp_known != 0 => walk.rbp.wrapping_add(row.cfa_offset as i64 as u64),
         CFA_PLT => {
             // A .plt stub: CFA = rsp + base, plus 8 once past the stub's push; the row carries
             // the base (`cfa_offset`) and the threshold within the 16-byte stub (`rbp_offset`:
@@ -514,10 +684,7 @@ unsafe extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
             } else {
                 0
             };
-            (
-                walk.rsp.wrapping_add(row.cfa_offset as i64 as u64) + extra,
-                row,
-            )
+            walk.rsp.wrapping_add(row.cfa_offset as i64 as u64) + extra
         }
         CFA_END => return 1,
         CFA_SIGNAL => {
@@ -529,36 +696,22 @@ unsafe extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
                 return fail(walk, Counter::UnwindReadFailed);
             };
             walk.rbp_known = 1;
-            return push(walk, slot, rip, rsp, rbp, true);
+            return push(walk, rip, rsp, rbp, true);
         }
-        CFA_NONE if walk.fp_fallback != 0 => return frame_pointer_step(walk, slot),
+        CFA_NONE if walk.fp_fallback != 0 => return frame_pointer_step(walk),
         _ => return fail(walk, Counter::UnwindUnsupported),
     };
-    // Where rbp is saved right below the return address (every frame-pointer prologue), one
-    // read takes both.
     // One read for the return address and the word below it, which is the caller's rbp in
     // every frame-pointer prologue (and some other stack slot, just as readable, elsewhere).
-    let pair = rbp_slot.rbp_type == RBP_AT_CFA && rbp_slot.rbp_offset == -16;
+    let pair = row.rbp_type == RBP_AT_CFA && row.rbp_offset == -16;
     let (ra, saved_rbp) = match read_pair(walk, cfa - 16) {
         Some([rbp, ra]) => (ra, rbp),
         None => return fail(walk, Counter::UnwindReadFailed),
     };
-    let mut ra = ra;
-    if walk.trampoline == 0 || ra == walk.trampoline {
-        // Possibly a return address swapped for the trampoline by a return probe.
-        // SAFETY: `walk.state` is this thread's map value, valid for the program run.
-        ra = real_return_address(unsafe { &*walk.state }, cfa - 8, ra);
-        if walk.trampoline != 0 && ra == walk.trampoline {
-            match kernel_return_address(cfa - 8) {
-                Some(original) => ra = original,
-                None => return fail(walk, Counter::UnwindUnsupported),
-            }
-        }
-    }
-    let rbp = match rbp_slot.rbp_type {
+    let rbp = match row.rbp_type {
         RBP_SAME => walk.rbp,
         RBP_AT_CFA if pair => saved_rbp,
-        RBP_AT_CFA => match read(cfa.wrapping_add(rbp_slot.rbp_offset as i64 as u64)) {
+        RBP_AT_CFA => match read(cfa.wrapping_add(row.rbp_offset as i64 as u64)) {
             Some(rbp) => rbp,
             None => return fail(walk, Counter::UnwindReadFailed),
         },
@@ -568,13 +721,18 @@ unsafe extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
             walk.rbp
         }
     };
-    push(walk, slot, ra, cfa, rbp, false)
+    let swapped = walk.trampoline == 0 || ra == walk.trampoline;
+    let stop = push(walk, ra, cfa, rbp, false);
+    if stop == 0 && swapped {
+        walk.ra_slot = cfa - 8;
+    }
+    stop
 }
 
 /// One frame-pointer step, where no CFI covers the pc: the caller's rbp is saved at rbp and the
 /// return address right above it.
 #[inline(always)]
-fn frame_pointer_step(walk: &mut Walk, slot: u64) -> i64 {
+fn frame_pointer_step(walk: &mut Walk) -> i64 {
     if walk.rbp_known == 0 {
         return fail(walk, Counter::UnwindUnsupported);
     }
@@ -586,12 +744,12 @@ fn frame_pointer_step(walk: &mut Walk, slot: u64) -> i64 {
         return fail(walk, Counter::UnwindReadFailed);
     };
     let rsp = walk.rbp + 16;
-    push(walk, slot, ra, rsp, rbp, false)
+    push(walk, ra, rsp, rbp, false)
 }
 
-/// Moves the walk to the caller frame `(rip, rsp, rbp)` and records its return address.
+/// Moves the walk to the caller frame `(rip, rsp, rbp)`. Returns 1 to stop.
 #[inline(always)]
-fn push(walk: &mut Walk, slot: u64, rip: u64, rsp: u64, rbp: u64, exact: bool) -> i64 {
+fn push(walk: &mut Walk, rip: u64, rsp: u64, rbp: u64, exact: bool) -> i64 {
     if rip == 0 {
         // The outermost frame's caller: a complete stack.
         return 1;
@@ -600,15 +758,6 @@ fn push(walk: &mut Walk, slot: u64, rip: u64, rsp: u64, rbp: u64, exact: bool) -
         // The stack must unwind upwards (signal frames may switch stacks).
         return fail(walk, Counter::UnwindNoProgress);
     }
-    let index = slot as usize;
-    if index >= MAX_FRAMES {
-        walk.flags |= u32::from(flags::STACK_TRUNCATED);
-        count(Counter::StackTruncated);
-        return 1;
-    }
-    // SAFETY: `walk.state` is this thread's map value; `index < MAX_FRAMES`.
-    unsafe { (*walk.state).stack.ips[index] = rip };
-    walk.len = (slot + 1) as u32;
     walk.rip = rip;
     walk.rsp = rsp;
     walk.rbp = rbp;
@@ -629,50 +778,43 @@ pub(crate) fn unwind(
     // SAFETY: `state` is this thread's map value.
     unsafe { (*state).stack.ips[0] = rip };
     let (copy_address, copy_len) = copy_stack(rsp);
-    let mut walk = Walk {
+    let mut run = WalkRun {
         state,
-        rip,
-        rsp,
-        rbp,
         len: 1,
-        // At the return probe, rip is where the caller resumes: its state is exact.
-        exact: 1,
-        fp_fallback: u32::from(fp_fallback),
-        flags: 0,
-        rbp_known: 1,
         _pad: 0,
-        trampoline: TRAMPOLINE.get(0).copied().unwrap_or(0),
-        copy_address,
-        copy_base: rsp,
-        copy_len,
+        walk: Walk {
+            rip,
+            rsp,
+            rbp,
+            // At the return probe, rip is where the caller resumes: its state is exact.
+            exact: 1,
+            fp_fallback: u32::from(fp_fallback),
+            flags: 0,
+            rbp_known: 1,
+            trampoline: TRAMPOLINE.get(0).copied().unwrap_or(0),
+            copy_address,
+            copy_base: rsp,
+            copy_len,
+            ra_slot: 0,
+        },
     };
     // SAFETY: `step` is a BPF subprogram with the callback signature bpf_loop expects, and
-    // `walk` outlives the call.
+    // `run` outlives the call.
     unsafe {
         bpf_loop(
             MAX_FRAMES as u32,
             step as *mut c_void,
-            (&raw mut walk).cast(),
+            (&raw mut run).cast(),
             0,
         );
     }
-    (walk.len, walk.flags as u16)
+    (run.len, run.walk.flags as u16)
 }
 
-/// Frames a call of [`fp_steps`] takes. A `bpf_loop` callback costs an indirect call and a
-/// return, dear where the kernel mitigates speculation, but more frames per call did not verify
-/// in time on Debian's 7.2: with two or four, checking the callback took minutes under
-/// emulation (seconds natively), against 9 s with one.
-const FP_FRAMES_PER_CALL: u64 = 1;
-
-/// A frame-pointer walk in progress, shared by the calls of [`fp_steps`].
+/// A frame-pointer walk in progress. Plain numbers only, so the global [`leaktrace_fp_walk`]
+/// can take it by pointer.
 #[repr(C)]
 struct FpWalk {
-    /// This thread's state, whose `stack.ips` the walk fills.
-    state: *mut ThreadState,
-    /// This thread's stack copy (null: none): read in place, a load per word, where the
-    /// table walk's reads go through a helper.
-    copy: *const StackCopy,
     /// The stack address of the copy's first word, and the bytes copied.
     copy_base: u64,
     /// See `copy_base`.
@@ -692,9 +834,9 @@ struct FpWalk {
 /// The caller's saved rbp and the return address right above it, at `rbp`: from the copy
 /// where it holds them, else read from the target.
 #[inline(always)]
-fn fp_pair(walk: &FpWalk, rbp: u64) -> Option<(u64, u64)> {
+fn fp_pair(walk: &FpWalk, copy: Option<&StackCopy>, rbp: u64) -> Option<(u64, u64)> {
     let offset = rbp.wrapping_sub(walk.copy_base);
-    if !walk.copy.is_null()
+    if let Some(copy) = copy
         && rbp >= walk.copy_base
         && offset.is_multiple_of(8)
         && offset + 16 <= walk.copy_len
@@ -702,34 +844,31 @@ fn fp_pair(walk: &FpWalk, rbp: u64) -> Option<(u64, u64)> {
         // Masked as well as checked (a bound older verifiers follow); `words` has a word to
         // spare for the second read.
         let index = (offset / 8) as usize & (COPY_WORDS - 1);
-        // SAFETY: `copy` is this task's storage value, valid for the program run; both
-        // indexes are inside `words` (masked above).
-        let words = unsafe { &(*walk.copy).words };
-        return Some((words[index], words[index + 1]));
+        return Some((copy.words[index], copy.words[index + 1]));
     }
     // SAFETY: the helper reads target memory and fails instead of faulting.
     let [saved_rbp, ra] = unsafe { bpf_probe_read_user(rbp as *const [u64; 2]) }.ok()?;
     Some((saved_rbp, ra))
 }
 
-/// One frame of a frame-pointer walk into `slot`: the caller's rbp is saved at rbp and the
-/// return address right above it. Returns 1 to stop.
+/// One frame of a frame-pointer walk into `stack.ips[slot]`: the caller's rbp is saved at rbp
+/// and the return address right above it. Returns 1 to stop.
 ///
 /// Frame pointers alone cannot tell a chain's end from a break: code built without them
 /// (glibc's start code) leaves rbp holding anything. As the kernel's own walk does, a chain that
 /// leads to unreadable memory or back down the stack ends the stack there, unflagged.
 #[inline(always)]
-fn fp_frame(walk: &mut FpWalk, slot: u64) -> i64 {
-    if slot >= MAX_FRAMES as u64 {
-        walk.flags |= u32::from(flags::STACK_TRUNCATED);
-        count(Counter::StackTruncated);
-        return 1;
-    }
+fn fp_frame(
+    walk: &mut FpWalk,
+    stack: &mut StackTrace,
+    copy: Option<&StackCopy>,
+    slot: usize,
+) -> i64 {
     if walk.rbp == 0 {
         // The outermost frame clears rbp: a complete stack.
         return 1;
     }
-    let Some((rbp, mut ra)) = fp_pair(walk, walk.rbp) else {
+    let Some((rbp, mut ra)) = fp_pair(walk, copy, walk.rbp) else {
         return 1;
     };
     let rsp = walk.rbp + 16;
@@ -739,41 +878,86 @@ fn fp_frame(walk: &mut FpWalk, slot: u64) -> i64 {
     if walk.trampoline != 0 && ra == walk.trampoline {
         // A return address swapped for the kernel's trampoline by a return probe (a traced call
         // still in progress further up, or another tool's): the kernel keeps the original.
-        match kernel_return_address(walk.rbp + 8) {
-            Some(original) => ra = original,
-            None => {
+        match leaktrace_kernel_return_address(walk.rbp + 8) {
+            0 => {
                 walk.flags |= u32::from(flags::STACK_INCOMPLETE);
                 count(Counter::UnwindUnsupported);
                 return 1;
             }
+            original => ra = original,
         }
     }
-    // SAFETY: `walk.state` is this thread's map value; `slot < MAX_FRAMES` (checked above).
-    unsafe { (*walk.state).stack.ips[slot as usize] = ra };
-    walk.len = (slot + 1) as u32;
+    stack.ips[slot] = ra;
+    walk.len = slot as u32 + 1;
     walk.rsp = rsp;
     walk.rbp = rbp;
     0
 }
 
-/// [`FP_FRAMES_PER_CALL`] frames of a frame-pointer walk (the `bpf_loop` callback of
-/// [`unwind_fp`]). Returns 1 to stop.
+/// A frame-pointer walk from `walk`'s frame, into `stack.ips` from slot 1, reading the stack
+/// from `copy` (null: no copy) where it holds it.
 ///
-/// A callback of its own, run only by the frame-pointer programs: the table walk's [`step`] is
-/// then never in their verification, nor this in the table programs'.
+/// A global function with a plain loop, a frame per iteration: the kernel verifies it once on
+/// its own, iteration by iteration, where a `bpf_loop` callback per frame cost an indirect call
+/// and a return each (15 to 20 ns on these machines) and several frames per callback took
+/// Debian's 7.2 minutes to verify under emulation.
+#[unsafe(no_mangle)]
 #[inline(never)]
-unsafe extern "C" fn fp_steps(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `FpWalk` on `unwind_fp`'s stack, passed through `bpf_loop`.
-    let walk = unsafe { &mut *ctx.cast::<FpWalk>() };
-    // Frame 0 is written before the loop; call `index` fills the slots after those of the
-    // calls before it.
-    let first = index.wrapping_mul(FP_FRAMES_PER_CALL).wrapping_add(1);
-    for k in 0..FP_FRAMES_PER_CALL {
-        if fp_frame(walk, first + k) != 0 {
-            return 1;
+extern "C" fn leaktrace_fp_walk(
+    walk: *mut FpWalk,
+    stack: *mut StackTrace,
+    copy: *const StackCopy,
+) -> i64 {
+    // SAFETY: the kernel checks each caller passes memory of the pointees' sizes, or null;
+    // null is refused here, as it demands.
+    let (Some(walk), Some(stack)) = (unsafe { walk.as_mut() }, unsafe { stack.as_mut() }) else {
+        return 0;
+    };
+    // SAFETY: as above (a null copy means none).
+    let copy = unsafe { copy.as_ref() };
+    for slot in 1..MAX_FRAMES {
+        if fp_frame(walk, stack, copy, slot) != 0 {
+            return 0;
         }
     }
+    walk.flags |= u32::from(flags::STACK_TRUNCATED);
+    count(Counter::StackTruncated);
     0
+}
+
+/// 1 where user space made the global functions static ([`tracer_common::names::GLOBAL_FUNCTIONS`],
+/// on kernels that refuse global calls with preemption disabled). Set before load.
+#[unsafe(no_mangle)]
+static STATIC_FUNCTIONS: u32 = 0;
+
+/// A frame-pointer walk as a `bpf_loop` over frames, for where the global functions are
+/// static: the plain loop of [`leaktrace_fp_walk`] would then be verified in its caller's
+/// context, iteration by iteration, past the verifier's budget.
+#[repr(C)]
+struct FpLoop {
+    walk: FpWalk,
+    /// This thread's state, whose `stack.ips` the walk fills.
+    state: *mut ThreadState,
+    /// This thread's stack copy (null: none).
+    copy: *const StackCopy,
+}
+
+/// One frame of an [`FpLoop`] (the `bpf_loop` callback). Returns 1 to stop.
+#[inline(never)]
+unsafe extern "C" fn fp_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `FpLoop` on `unwind_fp`'s stack, passed through `bpf_loop`.
+    let run = unsafe { &mut *ctx.cast::<FpLoop>() };
+    // Frame 0 is written before the loop; call `index` fills the slot after it.
+    let slot = index.wrapping_add(1);
+    if slot >= MAX_FRAMES as u64 {
+        run.walk.flags |= u32::from(flags::STACK_TRUNCATED);
+        count(Counter::StackTruncated);
+        return 1;
+    }
+    // SAFETY: `run.state` is this thread's map value and `run.copy` this task's storage value
+    // (or null), both valid for the program run.
+    let (stack, copy) = unsafe { (&mut (*run.state).stack, run.copy.as_ref()) };
+    fp_frame(&mut run.walk, stack, copy, slot as usize)
 }
 
 /// Follows frame pointers from the registers `(rip, rsp, rbp)` of the allocator's caller (at the
@@ -788,8 +972,6 @@ pub(crate) fn unwind_fp(state: *mut ThreadState, rip: u64, rsp: u64, rbp: u64) -
         None => (core::ptr::null(), 0),
     };
     let mut walk = FpWalk {
-        state,
-        copy,
         copy_base: rsp,
         copy_len,
         trampoline: TRAMPOLINE.get(0).copied().unwrap_or(0),
@@ -798,15 +980,23 @@ pub(crate) fn unwind_fp(state: *mut ThreadState, rip: u64, rsp: u64, rbp: u64) -
         len: 1,
         flags: 0,
     };
-    // SAFETY: `fp_steps` is a BPF subprogram with the callback signature bpf_loop expects, and
-    // `walk` outlives the call.
-    unsafe {
-        bpf_loop(
-            (MAX_FRAMES as u64).div_ceil(FP_FRAMES_PER_CALL) as u32,
-            fp_steps as *mut c_void,
-            (&raw mut walk).cast(),
-            0,
-        );
+    // SAFETY: reading a global set before load.
+    if unsafe { core::ptr::read_volatile(&raw const STATIC_FUNCTIONS) } != 0 {
+        let mut run = FpLoop { walk, state, copy };
+        // SAFETY: `fp_step` is a BPF subprogram with the callback signature bpf_loop expects,
+        // and `run` outlives the call.
+        unsafe {
+            bpf_loop(
+                MAX_FRAMES as u32,
+                fp_step as *mut c_void,
+                (&raw mut run).cast(),
+                0,
+            );
+        }
+        return (run.walk.len, run.walk.flags as u16);
     }
+    // SAFETY: `state` is this thread's map value; `walk` and `copy` (this task's storage value,
+    // or null) outlive the call.
+    unsafe { leaktrace_fp_walk(&raw mut walk, &raw mut (*state).stack, copy) };
     (walk.len, walk.flags as u16)
 }

@@ -519,7 +519,7 @@ fn test(filter: Option<&str>) -> Result<()> {
         "e2e",
     ]);
     // The glibc build runs the tests (the static musl build passes them all too, but its
-    // allocator makes the 40 MB attach test's start-up 10-30 % slower, at its 2 s bound); what
+    // allocator makes the 40 MB attach test's start-up 10-30 % slower); what
     // a production host installs is tested by the `dist::` tests.
     let leaktrace = build_release()?;
     e2e.env("LEAKTRACE_BIN", &leaktrace);

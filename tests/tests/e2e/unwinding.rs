@@ -50,6 +50,36 @@ fn twelve_frames_without_frame_pointers_and_the_fp_negative_control() {
     assert!(names.len() < 12, "{names:?}");
 }
 
+/// The table walk's global functions loaded static, as on kernels 6.10 to 6.14 (which refuse a
+/// global call with preemption disabled): the same twelve frames, the fallback said.
+#[test]
+fn the_unwinder_loaded_as_one_program_unwinds_the_same() {
+    require_root();
+    let mut target = Fixture::start(&fixture(Build::COmitFramePointer));
+    let mut leaktrace = std::process::Command::new(leaktrace_tests::leaktrace_bin());
+    leaktrace.env("LEAKTRACE_STATIC_FUNCTIONS", "1");
+    let pid = target.pid.to_string();
+    let tracer = Tracer::start_command(leaktrace, "out.json", &["-p", &pid]);
+    target.cmd("chain 4 100");
+    let done = tracer.interrupt();
+    assert!(
+        done.stderr.contains("unwinder: verified as one program"),
+        "{}",
+        done.stderr
+    );
+    let report = done.report.unwrap();
+    let stack = stack_from(&report, "chain_12");
+    assert_eq!(
+        (num(stack, "live_bytes"), num(stack, "live_allocs")),
+        (400, 4)
+    );
+    let names = functions(stack);
+    let expected = chain();
+    let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+    assert_eq!(&names[..12], &expected[..12], "all twelve, in order, first");
+    assert_complete(stack);
+}
+
 #[test]
 fn rust_release_binary_without_frame_pointers() {
     require_root();
@@ -242,18 +272,36 @@ fn return_addresses_behind_another_tools_uretprobe_are_translated() {
 /// exactly 127 frames.
 #[test]
 fn the_frame_pointer_walk_reads_past_its_copy_and_behind_return_probes() {
+    frame_pointer_walk(false);
+}
+
+/// The same, with the walk's global functions loaded static (as on kernels 6.10 to 6.14): the
+/// walk is then a `bpf_loop` callback per frame, the same frames found.
+#[test]
+fn the_frame_pointer_walk_loaded_as_one_program_walks_the_same() {
+    frame_pointer_walk(true);
+}
+
+fn frame_pointer_walk(static_functions: bool) {
     require_root();
     let binary = fixture(Build::CFramePointers);
     let mut target = Fixture::start(&binary);
     let foreign = leaktrace_tests::foreign_uretprobe(&binary, "chain_06", target.pid);
     target.cmd("chain 1 8"); // the trampoline's mapping now exists
-    let tracer = Tracer::attach(target.pid, &["--unwind", "fp"]);
+    let mut leaktrace = std::process::Command::new(leaktrace_tests::leaktrace_bin());
+    if static_functions {
+        leaktrace.env("LEAKTRACE_STATIC_FUNCTIONS", "1");
+    }
+    let pid = target.pid.to_string();
+    let tracer = Tracer::start_command(leaktrace, "out.json", &["-p", &pid, "--unwind", "fp"]);
     tracer.wait_for_stderr("allocs/s", Duration::from_secs(5));
     target.cmd("chain 3 100");
     // 25 frames of over 256 bytes: about 7 KiB of stack, past the 4 KiB copy.
     target.cmd("wide 24 120");
     target.cmd("recurse 300 55");
-    let report = tracer.interrupt().report.unwrap();
+    let done = tracer.interrupt();
+    let done_stderr = done.stderr;
+    let report = done.report.unwrap();
     drop(foreign);
     assert_eq!(report["unwind"], "fp");
 
@@ -288,6 +336,11 @@ fn the_frame_pointer_walk_reads_past_its_copy_and_behind_return_probes() {
     assert_eq!(deep["frames"].as_array().unwrap().len(), 127);
     assert_eq!(deep["truncated"], true);
     assert!(functions(deep).iter().all(|n| n == "recurse"));
+    assert_eq!(
+        done_stderr.contains("unwinder: verified as one program"),
+        static_functions,
+        "{done_stderr}"
+    );
 }
 
 #[test]
@@ -377,8 +430,11 @@ fn kernel_unwinds_match_a_user_space_unwind_of_the_same_stack() {
     }
 }
 
+/// Tables built, programs verified and attached within a second: it takes about 0.4 s, where
+/// the kernel's verification of `alloc_exit` alone took 1.1 to 1.5 s before the unwinder's step
+/// became a global function (and would again, were it loaded static by mistake).
 #[test]
-fn attaching_to_a_40_mb_rust_binary_takes_under_two_seconds() {
+fn attaching_to_a_40_mb_rust_binary_takes_under_a_second() {
     require_root();
     // The cargo binary of the toolchain: a 40 MB Rust release build with its .eh_frame.
     let sysroot = std::process::Command::new("rustc")
@@ -394,7 +450,7 @@ fn attaching_to_a_40_mb_rust_binary_takes_under_two_seconds() {
     );
     let cargo = cargo.to_str().unwrap().to_owned();
     // The better of two runs: at the end of a long CI run one attach took 2.08 s where it
-    // takes 1.5 to 1.6 s on its own, the machine being busy with something else.
+    // took 1.5 to 1.6 s on its own, the machine being busy with something else.
     let mut best: Option<(f64, Finished)> = None;
     for _ in 0..2 {
         let start = Instant::now();
@@ -405,7 +461,7 @@ fn attaching_to_a_40_mb_rust_binary_takes_under_two_seconds() {
         if best.as_ref().is_none_or(|(s, _)| attach_s < *s) {
             best = Some((attach_s, done));
         }
-        if attach_s < 2.0 {
+        if attach_s < 1.0 {
             break;
         }
     }
@@ -421,7 +477,7 @@ fn attaching_to_a_40_mb_rust_binary_takes_under_two_seconds() {
         "{}",
         done.stderr
     );
-    assert!(attach_s < 2.0, "attaching took {attach_s:.2}s");
+    assert!(attach_s < 1.0, "attaching took {attach_s:.2}s");
     let report = done.report.unwrap();
     assert!(num(&report["diagnostics"], "unwind_table_bytes") > 1 << 20);
 }

@@ -116,6 +116,34 @@ pub fn function_ids(btf: &[u8], wanted: &[&str]) -> HashMap<String, u32> {
     out
 }
 
+/// A function's linkage (the `vlen` of its `BTF_KIND_FUNC`): static, verified as part of each
+/// caller.
+pub const LINKAGE_STATIC: u16 = 0;
+
+/// Sets the linkage of the functions named in `names` in raw BTF `btf` to `linkage`; returns
+/// how many it changed.
+pub fn set_function_linkage(btf: &mut [u8], names: &[&str], linkage: u16) -> usize {
+    let mut infos = Vec::new();
+    let _ = for_each_type(btf, |ty| {
+        if ty.kind == KIND_FUNC
+            && ty.vlen != usize::from(linkage)
+            && ty.name().is_some_and(|name| names.contains(&name.as_str()))
+        {
+            // The type's `info` word, right after its name.
+            infos.push(ty.data - 8);
+        }
+        Some(())
+    });
+    for &at in &infos {
+        if let Some(word) = btf.get_mut(at..at + 4) {
+            let info = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+            let info = (info & !0xffff) | u32::from(linkage);
+            word.copy_from_slice(&info.to_le_bytes());
+        }
+    }
+    infos.len()
+}
+
 /// Member byte offsets of the named structs, as parsed from BTF.
 #[derive(Debug, Default)]
 pub struct StructOffsets {
@@ -188,14 +216,16 @@ pub struct KernelBtf {
     pub functions: HashMap<String, u32>,
 }
 
-/// The kernel structs leaktrace reads: the return-instance layout, and `bpf_mem_alloc` (its
-/// presence says run-time allocated maps are safe in tracing programs, see
-/// [`crate::probe::object`]).
-const KERNEL_STRUCTS: [&str; 4] = [
+/// The kernel structs leaktrace reads: the return-instance layout, `bpf_mem_alloc` (its
+/// presence says run-time allocated maps are safe in tracing programs) and the verifier's
+/// `bpf_subprog_info` (its `might_sleep` says global functions may be called with preemption
+/// disabled), see [`crate::probe::object`].
+const KERNEL_STRUCTS: [&str; 5] = [
     "task_struct",
     "uprobe_task",
     "return_instance",
     "bpf_mem_alloc",
+    "bpf_subprog_info",
 ];
 
 /// The kfuncs leaktrace calls (see [`crate::probe::preempt`]).
@@ -263,6 +293,49 @@ mod tests {
         assert_eq!(offsets.offset("point", "x"), Some(0));
         assert_eq!(offsets.offset("point", "y"), Some(4));
         assert_eq!(offsets.offset("point", "z"), None);
+    }
+
+    #[test]
+    fn sets_the_linkage_of_named_functions_only() {
+        // Header, a prototype, then two global functions "f" and "g" of it, then the strings.
+        let strings = b"\0f\0g\0";
+        let mut types = Vec::new();
+        let push = |v: &mut Vec<u8>, x: u32| v.extend_from_slice(&x.to_le_bytes());
+        push(&mut types, 0);
+        push(&mut types, KIND_FUNC_PROTO << 24); // no parameters
+        push(&mut types, 0); // returns void
+        for name in [1u32, 3] {
+            push(&mut types, name);
+            push(&mut types, (KIND_FUNC << 24) | 1); // global
+            push(&mut types, 1); // of the prototype
+        }
+        let mut btf = vec![0x9f, 0xeb, 1, 0];
+        push(&mut btf, 24);
+        push(&mut btf, 0);
+        push(&mut btf, types.len() as u32);
+        push(&mut btf, types.len() as u32);
+        push(&mut btf, strings.len() as u32);
+        btf.extend_from_slice(&types);
+        btf.extend_from_slice(strings);
+        let linkage = |btf: &[u8], wanted: &str| {
+            let mut found = None;
+            for_each_type(btf, |ty| {
+                if ty.kind == KIND_FUNC && ty.name().as_deref() == Some(wanted) {
+                    found = Some(ty.vlen);
+                }
+                Some(())
+            });
+            found
+        };
+        assert_eq!(
+            set_function_linkage(&mut btf, &["f", "h"], LINKAGE_STATIC),
+            1
+        );
+        assert_eq!(linkage(&btf, "f"), Some(0));
+        assert_eq!(linkage(&btf, "g"), Some(1));
+        // Already static: nothing to change; the functions are still found by name.
+        assert_eq!(set_function_linkage(&mut btf, &["f"], LINKAGE_STATIC), 0);
+        assert_eq!(function_ids(&btf, &["f", "g"]).len(), 2);
     }
 
     #[test]

@@ -63,6 +63,9 @@ pub struct Features {
     /// Whether the stack and sample maps are preallocated (smaller) because the kernel warns
     /// about run-time allocated ones (see [`crate::probe::object`]).
     pub maps_preallocated: bool,
+    /// Whether the stack walks' global functions are loaded static because the kernel refuses
+    /// global calls with preemption disabled (see [`crate::probe::object`]).
+    pub static_functions: bool,
 }
 
 impl Features {
@@ -119,6 +122,7 @@ impl Features {
             pidfd_info: crate::target::pidfd_exit_info_supported(),
             preempt_guard: crate::probe::object::prepared().guard,
             maps_preallocated: crate::probe::object::prepared().preallocated,
+            static_functions: crate::probe::object::prepared().static_functions,
         }
     }
 
@@ -174,6 +178,13 @@ impl Features {
             lines.push(
                 "preemption: programs not guarded (no kernel BTF to call bpf_preempt_disable \
                  by); a preemptible kernel of 6.13 or later could corrupt their stacks"
+                    .to_owned(),
+            );
+        }
+        if self.static_functions {
+            lines.push(
+                "unwinder: verified as one program (this kernel refuses global functions with \
+                 preemption disabled: 6.10 to 6.14); loading takes longer"
                     .to_owned(),
             );
         }

@@ -233,6 +233,9 @@ pub struct Probes {
     mapping_count: Array<MapData, u32>,
     /// The `MAPPINGS` bank the unwinder reads (0 or 1).
     mapping_bank: u32,
+    /// Bumped with every update of the mappings: the unwinder's cache of rows by pc holds only
+    /// what was found under the current one.
+    mapping_generation: u32,
 }
 
 impl std::fmt::Debug for Probes {
@@ -272,16 +275,17 @@ impl Probes {
             return Err(ProbeError::NoObject);
         }
         let wakeup_bytes = u64::from(config.ringbuf_bytes / 4);
-        // Frame pointers are followed through one copy of the stack by programs of their own
-        // where the kernel can run the walk (bpf_loop): `bpf_get_stack` reads target memory once
-        // per frame (see README, Figures).
-        let fp_walk = config.unwind == UnwindMode::Fp && features::bpf_loop_present();
-        let (unwind_mode, exit_program, session_program_name) = if fp_walk {
-            (
-                tracer_common::unwind::MODE_FP_WALK,
-                names::ALLOC_EXIT_FP,
-                names::ALLOC_SESSION_FP,
-            )
+        // Frame pointers are followed by programs of their own: through one copy of the stack
+        // where the kernel can run the walk (bpf_loop), as `bpf_get_stack` reads target memory
+        // once per frame (see README, Figures); by `bpf_get_stack` before 5.17, whose kernels
+        // could not load the table programs at all (their global functions call bpf_loop).
+        let (unwind_mode, exit_program, session_program_name) = if config.unwind == UnwindMode::Fp {
+            let mode = if features::bpf_loop_present() {
+                tracer_common::unwind::MODE_FP_WALK
+            } else {
+                tracer_common::unwind::MODE_KERNEL_FP
+            };
+            (mode, names::ALLOC_EXIT_FP, names::ALLOC_SESSION_FP)
         } else {
             (
                 config.unwind.kernel_value(),
@@ -326,6 +330,11 @@ impl Probes {
             .override_global("BENCH_SKIP", &config.bench_skip, true)
             .override_global("SAMPLE_BYTES", &config.sample_bytes, true)
             .override_global("RI_OFFSETS", &ri_offsets, true)
+            .override_global(
+                "STATIC_FUNCTIONS",
+                &u32::from(prepared.static_functions),
+                true,
+            )
             .override_global("TARGET_TGID", &config.target_pid, true)
             .map_max_entries(
                 names::VERIFY,
@@ -428,6 +437,7 @@ impl Probes {
             mappings,
             mapping_count,
             mapping_bank: 0,
+            mapping_generation: 0,
         })
     }
 
@@ -780,13 +790,16 @@ impl Probes {
                     source,
                 })?;
         }
+        // Bits 17 and up: 15 bits of generation.
+        let generation = (self.mapping_generation + 1) & 0x7fff;
         self.mapping_count
-            .set(0, (bank << 16) | n as u32, 0)
+            .set(0, (generation << 17) | (bank << 16) | n as u32, 0)
             .map_err(|source| ProbeError::Map {
                 name: names::MAPPING_COUNT,
                 source,
             })?;
         self.mapping_bank = bank;
+        self.mapping_generation = generation;
         Ok(())
     }
 

@@ -8,6 +8,11 @@
 //!   allocate at run time are preallocated instead, at a size that keeps their memory small
 //!   ([`PREALLOCATED_STACKS`], [`PREALLOCATED_SAMPLED`]); stacks beyond it are counted
 //!   (`stack_map_full`, `sample_map_full`).
+//! - The stack walks' global functions ([`names::GLOBAL_FUNCTIONS`]), which the kernel verifies
+//!   once each on its own, are made static where the kernel refuses to call a global function
+//!   with preemption disabled (6.10 to 6.14, with the guards): each call is then verified with
+//!   its caller, which takes the kernel about 1 s longer at load, and the frame-pointer walk
+//!   runs as a `bpf_loop` callback per frame (`STATIC_FUNCTIONS`).
 use std::sync::OnceLock;
 
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
@@ -35,20 +40,31 @@ pub struct Prepared {
     pub guard: Guard,
     /// Whether the run-time allocated maps were made preallocated (kernels before 6.1).
     pub preallocated: bool,
+    /// Whether the stack walks' global functions were made static (see the module's doc).
+    pub static_functions: bool,
 }
+
+/// Set to 1, makes the stack walks' global functions static on any kernel (to test that form
+/// where the kernel would not need it).
+pub const STATIC_FUNCTIONS_VAR: &str = "LEAKTRACE_STATIC_FUNCTIONS";
 
 /// The object for this kernel (prepared on first use).
 pub fn prepared() -> &'static Prepared {
-    static PREPARED: OnceLock<(Vec<u64>, usize, Guard, bool)> = OnceLock::new();
+    static PREPARED: OnceLock<(Vec<u64>, usize, Guard, bool, bool)> = OnceLock::new();
     static VIEW: OnceLock<Prepared> = OnceLock::new();
     VIEW.get_or_init(|| {
-        let (words, len, guard, preallocated) = PREPARED.get_or_init(|| {
+        let (words, len, guard, preallocated, static_functions) = PREPARED.get_or_init(|| {
             let mut bytes = super::OBJECT.to_vec();
             let (disable, enable, guard) = preempt::resolve();
             preempt::rewrite(&mut bytes, disable, enable);
             let preallocated = !run_time_allocation_is_quiet();
             if preallocated {
                 clear_no_prealloc(&mut bytes, &RUN_TIME_ALLOCATED);
+            }
+            let static_functions = (guard == Guard::Kfuncs && !global_calls_while_guarded())
+                || std::env::var(STATIC_FUNCTIONS_VAR).is_ok_and(|v| v == "1");
+            if static_functions {
+                make_static(&mut bytes, &names::GLOBAL_FUNCTIONS);
             }
             // Kept as words: the ELF parsers read the object in place and need it aligned.
             let mut words = vec![0u64; bytes.len().div_ceil(8)];
@@ -57,7 +73,7 @@ pub fn prepared() -> &'static Prepared {
                 buf[..chunk.len()].copy_from_slice(chunk);
                 *word = u64::from_ne_bytes(buf);
             }
-            (words, bytes.len(), guard, preallocated)
+            (words, bytes.len(), guard, preallocated, static_functions)
         });
         // SAFETY: `words` lives as long as the process (a static), holds at least `len` bytes,
         // and any bytes may be viewed as `u8`.
@@ -66,6 +82,7 @@ pub fn prepared() -> &'static Prepared {
             bytes,
             guard: *guard,
             preallocated: *preallocated,
+            static_functions: *static_functions,
         }
     })
 }
@@ -74,6 +91,34 @@ pub fn prepared() -> &'static Prepared {
 /// warning: its BTF has `bpf_mem_alloc` (6.1+), the allocator that made them safe.
 fn run_time_allocation_is_quiet() -> bool {
     crate::probe::btf::kernel().is_some_and(|btf| btf.structs.has("bpf_mem_alloc"))
+}
+
+/// Whether this kernel lets a program call a global function with preemption disabled: its
+/// verifier tracks which functions may sleep (`bpf_subprog_info.might_sleep`, 6.15), and only
+/// those are refused there. Before, every global call was (from 6.10, with the guards' kfuncs).
+fn global_calls_while_guarded() -> bool {
+    crate::probe::btf::kernel().is_some_and(|btf| {
+        btf.structs
+            .offset("bpf_subprog_info", "might_sleep")
+            .is_some()
+    })
+}
+
+/// Makes the functions named `functions` static in the `.BTF` section of ELF `bytes`. Returns
+/// how many it changed.
+fn make_static(bytes: &mut [u8], functions: &[&str]) -> usize {
+    let range = object::File::parse(&*bytes).ok().and_then(|file| {
+        let (start, size) = file.section_by_name(".BTF")?.file_range()?;
+        Some(usize::try_from(start).ok()?..usize::try_from(start.checked_add(size)?).ok()?)
+    });
+    match range.and_then(|range| bytes.get_mut(range)) {
+        Some(btf) => crate::probe::btf::set_function_linkage(
+            btf,
+            functions,
+            crate::probe::btf::LINKAGE_STATIC,
+        ),
+        None => 0,
+    }
 }
 
 /// Clears `BPF_F_NO_PREALLOC` from the legacy map definitions named `maps` in ELF `bytes`.
@@ -131,6 +176,24 @@ mod tests {
             stacks.map_flags() & aya_obj::generated::BPF_F_NO_PREALLOC,
             0
         );
+    }
+
+    #[test]
+    fn the_global_functions_can_be_made_static() {
+        // Given the built object, whose walks have four global functions
+        let mut bytes = super::super::OBJECT.to_vec();
+        // When made static, all four change, and again nothing does
+        assert_eq!(make_static(&mut bytes, &names::GLOBAL_FUNCTIONS), 4);
+        assert_eq!(make_static(&mut bytes, &names::GLOBAL_FUNCTIONS), 0);
+        // And aya still reads the object
+        aya_obj::Object::parse(&bytes).expect("parses");
+    }
+
+    #[test]
+    fn this_kernel_calls_global_functions_with_preemption_disabled() {
+        // Given the kernel these tests run on (6.18: the verifier tracks which may sleep)
+        assert!(global_calls_while_guarded());
+        assert!(!prepared().static_functions || std::env::var(STATIC_FUNCTIONS_VAR).is_ok());
     }
 
     #[test]
