@@ -289,6 +289,8 @@ struct WalkRun {
     len: u32,
     /// Explicit padding.
     _pad: u32,
+    /// This thread's stack copy (null: none), for [`leaktrace_unwind_step`] to read in place.
+    copy: *const StackCopy,
     /// The walk itself.
     walk: Walk,
 }
@@ -304,15 +306,25 @@ fn read(addr: u64) -> Option<u64> {
 /// Two consecutive words of target stack memory at `addr`: from the thread's copy when it
 /// holds them, else in one read of target memory.
 ///
-/// The copy is read with `bpf_probe_read_kernel` from its address kept as a plain number
-/// (`StackCopy::address`), not indexed as a map value: an index would tie its bounds to the stack
-/// pointer the walk carries, and the verifier could then never merge the states of successive
-/// frames in the bpf_loop body. The check here keeps the read inside the copy.
+/// `copy` (given where [`leaktrace_unwind_step`] is verified on its own) is read in place, two
+/// loads. Without it the copy is read with `bpf_probe_read_kernel` from its address kept as a
+/// plain number (`StackCopy::address`), not indexed as a map value: verified in the `bpf_loop`
+/// body, an index would tie its bounds to the stack pointer the walk carries, and the verifier
+/// could then never merge the states of successive frames. The check here keeps the read
+/// inside the copy.
 #[inline(always)]
-fn read_pair(walk: &Walk, addr: u64) -> Option<[u64; 2]> {
+fn read_pair(walk: &Walk, copy: Option<&StackCopy>, addr: u64) -> Option<[u64; 2]> {
     if walk.copy_address != 0 {
         let offset = addr.wrapping_sub(walk.copy_base);
         if addr >= walk.copy_base && offset + 16 <= walk.copy_len {
+            if let Some(copy) = copy
+                && offset.is_multiple_of(8)
+            {
+                // In place, as the frame-pointer walk reads it: masked as well as checked, with
+                // a word to spare for the second read.
+                let index = (offset / 8) as usize & (COPY_WORDS - 1);
+                return Some([copy.words[index], copy.words[index + 1]]);
+            }
             // SAFETY: the source lies inside the copy's words (checked above); the helper
             // copies 16 bytes of kernel memory and fails instead of faulting.
             return unsafe {
@@ -329,7 +341,7 @@ fn read_pair(walk: &Walk, addr: u64) -> Option<[u64; 2]> {
 /// the copied words are, as a number (see `read_pair`), and how many bytes were copied; `(0, 0)`
 /// when there is no copy.
 #[inline(always)]
-fn copy_stack(rsp: u64) -> (u64, u64) {
+fn copy_stack(rsp: u64) -> (*const StackCopy, u64, u64) {
     // SAFETY: the helper returns the current task as a pointer the verifier trusts; task
     // storage gets (or creates, zeroed) this task's value, or returns null.
     let copy = unsafe {
@@ -342,7 +354,7 @@ fn copy_stack(rsp: u64) -> (u64, u64) {
     }
     .cast::<StackCopy>();
     if copy.is_null() {
-        return (0, 0);
+        return (core::ptr::null(), 0, 0);
     }
     // SAFETY: `copy` is this task's storage value; the helper writes at most the sizes passed,
     // which fit `words`, and fails (zeroing the destination) instead of faulting.
@@ -369,7 +381,11 @@ fn copy_stack(rsp: u64) -> (u64, u64) {
             (*copy).limit = rsp + size;
             size = (size / 4) & !7;
         }
-        (core::ptr::read_volatile(&raw const (*copy).address), copied)
+        (
+            copy.cast_const(),
+            core::ptr::read_volatile(&raw const (*copy).address),
+            copied,
+        )
     }
 }
 
@@ -618,7 +634,7 @@ unsafe extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     run.walk.ra_slot = 0;
-    if leaktrace_unwind_step(&raw mut run.walk) != 0 {
+    if leaktrace_unwind_step(&raw mut run.walk, run.copy) != 0 {
         return 1;
     }
     let ra_slot = run.walk.ra_slot;
@@ -651,11 +667,20 @@ unsafe extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
 /// space then loads the programs with this function static (see `probe::object`).
 #[unsafe(no_mangle)]
 #[inline(never)]
-extern "C" fn leaktrace_unwind_step(walk: *mut Walk) -> i64 {
+extern "C" fn leaktrace_unwind_step(walk: *mut Walk, copy: *const StackCopy) -> i64 {
     // SAFETY: `walk` points at the `Walk` of the calling step's `WalkRun` (the kernel checks
     // every caller passes memory of its size; null is refused here, as it demands).
     let Some(walk) = (unsafe { walk.as_mut() }) else {
         return 1;
+    };
+    // The copy is read in place where the function is verified on its own; made static, it is
+    // verified in every state of the walk, and that read went over the verifier's budget: the
+    // helper reads it there.
+    let copy = if static_functions() {
+        None
+    } else {
+        // SAFETY: as for `walk` (a null copy means none).
+        unsafe { copy.as_ref() }
     };
     let lookup_pc = if walk.exact != 0 {
         walk.rip
@@ -667,7 +692,7 @@ extern "C" fn leaktrace_unwind_step(walk: *mut Walk) -> i64 {
         // Code leaktrace has no mapping for yet (a library just loaded): frame pointers, but
         // without a frame chain the stack ends here unexplained.
         if walk.fp_fallback != 0 && walk.rbp != 0 && walk.rbp_known != 0 {
-            return frame_pointer_step(walk);
+            return frame_pointer_step(walk, copy);
         }
         return fail(walk, Counter::UnwindNoMapping);
     }
@@ -698,13 +723,13 @@ extern "C" fn leaktrace_unwind_step(walk: *mut Walk) -> i64 {
             walk.rbp_known = 1;
             return push(walk, rip, rsp, rbp, true);
         }
-        CFA_NONE if walk.fp_fallback != 0 => return frame_pointer_step(walk),
+        CFA_NONE if walk.fp_fallback != 0 => return frame_pointer_step(walk, copy),
         _ => return fail(walk, Counter::UnwindUnsupported),
     };
     // One read for the return address and the word below it, which is the caller's rbp in
     // every frame-pointer prologue (and some other stack slot, just as readable, elsewhere).
     let pair = row.rbp_type == RBP_AT_CFA && row.rbp_offset == -16;
-    let (ra, saved_rbp) = match read_pair(walk, cfa - 16) {
+    let (ra, saved_rbp) = match read_pair(walk, copy, cfa - 16) {
         Some([rbp, ra]) => (ra, rbp),
         None => return fail(walk, Counter::UnwindReadFailed),
     };
@@ -732,7 +757,7 @@ extern "C" fn leaktrace_unwind_step(walk: *mut Walk) -> i64 {
 /// One frame-pointer step, where no CFI covers the pc: the caller's rbp is saved at rbp and the
 /// return address right above it.
 #[inline(always)]
-fn frame_pointer_step(walk: &mut Walk) -> i64 {
+fn frame_pointer_step(walk: &mut Walk, copy: Option<&StackCopy>) -> i64 {
     if walk.rbp_known == 0 {
         return fail(walk, Counter::UnwindUnsupported);
     }
@@ -740,7 +765,7 @@ fn frame_pointer_step(walk: &mut Walk) -> i64 {
         // The outermost frame clears rbp: a complete stack.
         return 1;
     }
-    let Some([rbp, ra]) = read_pair(walk, walk.rbp) else {
+    let Some([rbp, ra]) = read_pair(walk, copy, walk.rbp) else {
         return fail(walk, Counter::UnwindReadFailed);
     };
     let rsp = walk.rbp + 16;
@@ -777,11 +802,18 @@ pub(crate) fn unwind(
 ) -> (u32, u16) {
     // SAFETY: `state` is this thread's map value.
     unsafe { (*state).stack.ips[0] = rip };
-    let (copy_address, copy_len) = copy_stack(rsp);
+    let (copy, copy_address, copy_len) = copy_stack(rsp);
     let mut run = WalkRun {
         state,
         len: 1,
         _pad: 0,
+        // Not kept where the step is verified in the walk's context (static): a pointer that
+        // may be null would split every state of the walk in two, past the verifier's budget.
+        copy: if static_functions() {
+            core::ptr::null()
+        } else {
+            copy
+        },
         walk: Walk {
             rip,
             rsp,
@@ -930,6 +962,14 @@ extern "C" fn leaktrace_fp_walk(
 #[unsafe(no_mangle)]
 static STATIC_FUNCTIONS: u32 = 0;
 
+/// Whether the global functions were made static ([`STATIC_FUNCTIONS`]): the walks then take
+/// the shapes that verify in their callers' context.
+#[inline(always)]
+fn static_functions() -> bool {
+    // SAFETY: reading a global set before load.
+    unsafe { core::ptr::read_volatile(&raw const STATIC_FUNCTIONS) != 0 }
+}
+
 /// A frame-pointer walk as a `bpf_loop` over frames, for where the global functions are
 /// static: the plain loop of [`leaktrace_fp_walk`] would then be verified in its caller's
 /// context, iteration by iteration, past the verifier's budget.
@@ -980,8 +1020,7 @@ pub(crate) fn unwind_fp(state: *mut ThreadState, rip: u64, rsp: u64, rbp: u64) -
         len: 1,
         flags: 0,
     };
-    // SAFETY: reading a global set before load.
-    if unsafe { core::ptr::read_volatile(&raw const STATIC_FUNCTIONS) } != 0 {
+    if static_functions() {
         let mut run = FpLoop { walk, state, copy };
         // SAFETY: `fp_step` is a BPF subprogram with the callback signature bpf_loop expects,
         // and `run` outlives the call.
