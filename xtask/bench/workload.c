@@ -1,7 +1,8 @@
 /*
  * Benchmark workload: THREADS threads each do OPS malloc+free pairs (16 B to 4 KiB) through a
  * twenty-frame call chain (or DEPTH frames, when given as the third argument) (built with frame pointers, so both unwinding modes see all of it). It prints "ready PID", waits for a line on stdin (so a tracer can attach
- * first), runs, and prints "ns_per_pair X": the mean of each thread's own loop time per pair.
+ * first), runs, and prints "ns_per_pair X": the mean of each thread's own loop time per pair
+ * (per call of `mixed`, with BENCH_MIX=1).
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -38,6 +39,29 @@ NOINLINE void f14(long i) { f13(i); KEEP(i); }
 NOINLINE void f15(long i) { f14(i); KEEP(i); }
 NOINLINE void f16(long i) { f15(i); KEEP(i); }
 
+/* With BENCH_MIX=1 in the environment: the held-out-like mix instead of the pairs, through ten
+ * frames (mixed, m1 to m7, worker, start_thread; clone): sizes 16 B to 64 KiB, 1 call in 10 a
+ * calloc, 1 in 10 a malloc followed by a realloc to half its size, each block then freed. */
+static int mix = 0;
+NOINLINE void mixed(long i) {
+    size_t size = 16 + (size_t)((unsigned long)i * 2654435761UL) % 65520;
+    long kind = i % 10;
+    void *p = kind == 0 ? calloc(1, size) : malloc(size);
+    if (kind == 1) {
+        void *q = realloc(p, size / 2 + 16);
+        if (q) p = q;
+    }
+    KEEP(p);
+    free(p);
+}
+NOINLINE void m1(long i) { mixed(i); KEEP(i); }
+NOINLINE void m2(long i) { m1(i); KEEP(i); }
+NOINLINE void m3(long i) { m2(i); KEEP(i); }
+NOINLINE void m4(long i) { m3(i); KEEP(i); }
+NOINLINE void m5(long i) { m4(i); KEEP(i); }
+NOINLINE void m6(long i) { m5(i); KEEP(i); }
+NOINLINE void m7(long i) { m6(i); KEEP(i); }
+
 /* With a depth argument: `descend` recurses to DEPTH - 4 frames, then pairs (the 4 being pair,
  * worker, start_thread and clone), for the per-program breakdown at 4, 20 and 60 frames. */
 static long depth = -1;
@@ -45,7 +69,9 @@ NOINLINE void descend(long d, long i) { if (d <= 0) pair(i); else descend(d - 1,
 
 static void *worker(void *out) {
     long start = now_ns();
-    if (depth >= 0)
+    if (mix)
+        for (long i = 0; i < ops; i++) m7(i);
+    else if (depth >= 0)
         for (long i = 0; i < ops; i++) descend(depth > 4 ? depth - 4 : 0, i);
     else
         for (long i = 0; i < ops; i++) f16(i);
@@ -57,6 +83,8 @@ int main(int argc, char **argv) {
     int threads = argc > 1 ? atoi(argv[1]) : 2;
     ops = argc > 2 ? atol(argv[2]) : 50000;
     if (argc > 3) depth = atol(argv[3]);
+    const char *mix_env = getenv("BENCH_MIX");
+    mix = mix_env && mix_env[0] == '1';
     if (threads < 1 || threads > 64) threads = 2;
     printf("ready %d\n", (int)getpid());
     fflush(stdout);
