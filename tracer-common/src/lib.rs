@@ -37,7 +37,7 @@ pub mod names {
     /// The walks' global functions (their BTF linkage global: the kernel verifies each
     /// once, on its own), by the unmangled names `tracer-ebpf/src/unwind.rs` gives them.
     pub const GLOBAL_FUNCTIONS: [&str; 4] = [
-        "leaktrace_unwind_step",
+        "leaktrace_unwind_frames",
         "leaktrace_find_row",
         "leaktrace_kernel_return_address",
         "leaktrace_fp_walk",

@@ -142,7 +142,7 @@ fn unwind_row(pc: u64) -> u64 {
 /// CFI); a pc in no mapping gives [`NO_MAPPING`].
 ///
 /// A global function (BTF linkage global, kept by its unmangled name): the kernel verifies it
-/// once on its own, like [`leaktrace_unwind_step`].
+/// once on its own, like [`leaktrace_unwind_frames`].
 #[unsafe(no_mangle)]
 #[inline(never)]
 extern "C" fn leaktrace_find_row(pc: u64, header: u64) -> u64 {
@@ -252,7 +252,7 @@ const MAPPING_SEARCH_STEPS: u32 = 9;
 const SEARCH_STEPS_PER_CALL: u32 = 4;
 
 /// A table walk in progress: the current frame and what the steps share. Everything here is
-/// plain numbers, so the global [`leaktrace_unwind_step`] can take it by pointer.
+/// plain numbers, so the global [`leaktrace_unwind_frames`] can take it by pointer.
 #[repr(C)]
 struct Walk {
     rip: u64,
@@ -278,6 +278,10 @@ struct Walk {
     /// Set by a step whose return address (now `rip`) may be one a return probe swapped for
     /// the trampoline: the stack slot it was read from; 0 otherwise.
     ra_slot: u64,
+    /// Frames written so far.
+    len: u32,
+    /// Explicit padding.
+    _pad: u32,
 }
 
 /// What the `bpf_loop` callback [`step`] gets: the walk, and the thread state its frames go to.
@@ -285,11 +289,7 @@ struct Walk {
 struct WalkRun {
     /// This thread's state, whose `stack.ips` the walk fills.
     state: *mut ThreadState,
-    /// Frames written so far.
-    len: u32,
-    /// Explicit padding.
-    _pad: u32,
-    /// This thread's stack copy (null: none), for [`leaktrace_unwind_step`] to read in place.
+    /// This thread's stack copy (null: none), for [`leaktrace_unwind_frames`] to read in place.
     copy: *const StackCopy,
     /// The walk itself.
     walk: Walk,
@@ -306,7 +306,7 @@ fn read(addr: u64) -> Option<u64> {
 /// Two consecutive words of target stack memory at `addr`: from the thread's copy when it
 /// holds them, else in one read of target memory.
 ///
-/// `copy` (given where [`leaktrace_unwind_step`] is verified on its own) is read in place, two
+/// `copy` (given where [`leaktrace_unwind_frames`] is verified on its own) is read in place, two
 /// loads. Without it the copy is read with `bpf_probe_read_kernel` from its address kept as a
 /// plain number (`StackCopy::address`), not indexed as a map value: verified in the `bpf_loop`
 /// body, an index would tie its bounds to the stack pointer the walk carries, and the verifier
@@ -568,7 +568,7 @@ fn read_kernel(addr: u64) -> Option<u64> {
 }
 
 /// [`kernel_return_address`] as a global function for the table walk's step (0: not found),
-/// verified once on its own like [`leaktrace_unwind_step`]: its loop over the kernel's list is
+/// verified once on its own like [`leaktrace_unwind_frames`]: its loop over the kernel's list is
 /// then not followed again for every state of the step.
 #[unsafe(no_mangle)]
 #[inline(never)]
@@ -613,28 +613,54 @@ fn fail(walk: &mut Walk, why: Counter) -> i64 {
     1
 }
 
-/// One frame: from the current frame's registers to its caller's, written to the thread's
+/// Frames per call of [`leaktrace_unwind_frames`] where it is global: the `bpf_loop` callback
+/// and the call cost about 20 ns a frame when made for every frame, and a function of a few
+/// frames still verifies quickly on its own.
+const FRAMES_PER_CALL: u32 = 16;
+
+/// What [`leaktrace_unwind_frames`] returns when the callback is to write the frame it reached
+/// (not written, `walk.len` not moved): one whose return address a return probe may have
+/// swapped (`walk.ra_slot`), or every frame where the function is static.
+const WRITE_FRAME: i64 = 2;
+
+/// Some frames: from the current frame's registers to its callers', written to the thread's
 /// stack. Returns 1 to stop.
 ///
-/// The frame is computed by [`leaktrace_unwind_step`], a global function the kernel verifies
-/// once on its own; this callback only writes the frame and, where a return probe may have
-/// swapped the return address, finds the real one. A callback is verified in the walk's
-/// context, state after state: kept this small, it verifies in little time.
+/// The frames are computed and written by [`leaktrace_unwind_frames`], a global function the
+/// kernel verifies once on its own; this callback only finds the real return address where a
+/// return probe may have swapped it. A callback is verified in the walk's context, state after
+/// state: kept this small, it verifies in little time.
 #[inline(never)]
 unsafe extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `WalkRun` on `unwind`'s stack, passed through `bpf_loop`.
     let run = unsafe { &mut *ctx.cast::<WalkRun>() };
-    // The slot this step fills: frame 0 is written before the loop and every step that goes
-    // on writes one more, so the step's index says where. The index is a range to the
-    // verifier, where `run.len`, a count it follows exactly, would set each step apart.
-    let slot = index.wrapping_add(1);
+    // Where the function is static (verified here, in the walk's context), a frame per step:
+    // the slot it fills is the step's index, a range to the verifier, where the count the walk
+    // keeps would be exact and set every step apart. Frame 0 is written before the loop.
+    let slot = if static_functions() {
+        index.wrapping_add(1)
+    } else {
+        u64::from(run.walk.len)
+    };
     if slot >= MAX_FRAMES as u64 {
         run.walk.flags |= u32::from(flags::STACK_TRUNCATED);
         count(Counter::StackTruncated);
         return 1;
     }
-    run.walk.ra_slot = 0;
-    if leaktrace_unwind_step(&raw mut run.walk, run.copy) != 0 {
+    // SAFETY: `run.state` is this thread's map value, valid for the program run.
+    let stack = unsafe { &raw mut (*run.state).stack };
+    match leaktrace_unwind_frames(&raw mut run.walk, stack, run.copy) {
+        0 => return 0,
+        WRITE_FRAME => {}
+        _ => return 1,
+    }
+    // The global function may have moved on: the count it keeps says where.
+    let slot = if static_functions() {
+        slot as usize
+    } else {
+        run.walk.len as usize
+    };
+    if slot >= MAX_FRAMES {
         return 1;
     }
     let ra_slot = run.walk.ra_slot;
@@ -651,37 +677,75 @@ unsafe extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
         run.walk.rip = ra;
     }
     // SAFETY: `run.state` is this thread's map value; `slot < MAX_FRAMES` (checked above).
-    unsafe { (*run.state).stack.ips[slot as usize] = run.walk.rip };
-    run.len = (slot + 1) as u32;
+    unsafe { (*run.state).stack.ips[slot] = run.walk.rip };
+    run.walk.len = slot as u32 + 1;
+    0
+}
+
+/// Frames of the table walk, into `stack.ips` from slot `walk.len`: each moves `walk` from the
+/// current frame to its caller's. Returns 0 to go on, 1 to stop (the stack is complete, or the
+/// walk failed: flagged and counted), [`WRITE_FRAME`] for a frame the caller writes.
+///
+/// A global function (BTF linkage global, kept by its unmangled name, taking only pointers to
+/// plain numbers): the kernel verifies it once on its own, and the callback's call of it as a
+/// call that may change `*walk` and `*stack` in any way. Row lookups (the per-CPU cache, the
+/// binary searches) and every rule are then out of the callback's verification, which follows
+/// the walk state after state. Kernels 6.10 to 6.14 refuse global calls while preemption is
+/// disabled: user space then loads the programs with this function static (see
+/// `probe::object`), and it takes one frame per call, which the callback writes.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn leaktrace_unwind_frames(
+    walk: *mut Walk,
+    stack: *mut StackTrace,
+    copy: *const StackCopy,
+) -> i64 {
+    // SAFETY: the kernel checks every caller passes memory of the pointees' sizes, or null;
+    // null is refused here, as it demands.
+    let (Some(walk), Some(stack)) = (unsafe { walk.as_mut() }, unsafe { stack.as_mut() }) else {
+        return 1;
+    };
+    if static_functions() {
+        // Verified in every state of the walk, where reading the copy in place went over the
+        // verifier's budget: the helper reads it there.
+        walk.ra_slot = 0;
+        return match unwind_frame(walk, None) {
+            0 => WRITE_FRAME,
+            _ => 1,
+        };
+    }
+    for _ in 0..FRAMES_PER_CALL {
+        // Read afresh each frame: as a count the loop moves, the compiler would index `ips`
+        // with a pointer it steps, whose bounds the verifier cannot follow.
+        // SAFETY: reading a field of `walk`.
+        let slot = unsafe { core::ptr::read_volatile(&raw const walk.len) } as usize;
+        if slot >= MAX_FRAMES {
+            walk.flags |= u32::from(flags::STACK_TRUNCATED);
+            count(Counter::StackTruncated);
+            return 1;
+        }
+        // Reloaded each frame: computed once before the loop, the address of its words would
+        // be taken before the null check, which the verifier refuses.
+        // SAFETY: reading a local; `copy` is as for `walk` (null: no copy).
+        let copy = unsafe { core::ptr::read_volatile(&raw const copy).as_ref() };
+        walk.ra_slot = 0;
+        if unwind_frame(walk, copy) != 0 {
+            return 1;
+        }
+        if walk.ra_slot != 0 {
+            return WRITE_FRAME;
+        }
+        stack.ips[slot] = walk.rip;
+        walk.len = slot as u32 + 1;
+    }
     0
 }
 
 /// One frame of the table walk: moves `walk` from the current frame to its caller's. Returns 0
-/// to go on, 1 to stop (the stack is complete, or the walk failed: flagged and counted).
-///
-/// A global function (BTF linkage global, kept by its unmangled name, taking only a pointer to
-/// plain numbers): the kernel verifies it once on its own, and the callback's call of it as a
-/// call that may change `*walk` in any way. Row lookups (the per-CPU cache, the binary searches)
-/// and every rule are then out of the callback's verification, which follows the walk state
-/// after state. Kernels 6.10 to 6.14 refuse global calls while preemption is disabled: user
-/// space then loads the programs with this function static (see `probe::object`).
-#[unsafe(no_mangle)]
-#[inline(never)]
-extern "C" fn leaktrace_unwind_step(walk: *mut Walk, copy: *const StackCopy) -> i64 {
-    // SAFETY: `walk` points at the `Walk` of the calling step's `WalkRun` (the kernel checks
-    // every caller passes memory of its size; null is refused here, as it demands).
-    let Some(walk) = (unsafe { walk.as_mut() }) else {
-        return 1;
-    };
-    // The copy is read in place where the function is verified on its own; made static, it is
-    // verified in every state of the walk, and that read went over the verifier's budget: the
-    // helper reads it there.
-    let copy = if static_functions() {
-        None
-    } else {
-        // SAFETY: as for `walk` (a null copy means none).
-        unsafe { copy.as_ref() }
-    };
+/// to go on, 1 to stop (the stack is complete, or the walk failed: flagged and counted). Sets
+/// `walk.ra_slot` where the return address may be one a return probe swapped.
+#[inline(always)]
+fn unwind_frame(walk: &mut Walk, copy: Option<&StackCopy>) -> i64 {
     let lookup_pc = if walk.exact != 0 {
         walk.rip
     } else {
@@ -805,8 +869,6 @@ pub(crate) fn unwind(
     let (copy, copy_address, copy_len) = copy_stack(rsp);
     let mut run = WalkRun {
         state,
-        len: 1,
-        _pad: 0,
         // Not kept where the step is verified in the walk's context (static): a pointer that
         // may be null would split every state of the walk in two, past the verifier's budget.
         copy: if static_functions() {
@@ -828,6 +890,8 @@ pub(crate) fn unwind(
             copy_base: rsp,
             copy_len,
             ra_slot: 0,
+            len: 1,
+            _pad: 0,
         },
     };
     // SAFETY: `step` is a BPF subprogram with the callback signature bpf_loop expects, and
@@ -840,7 +904,7 @@ pub(crate) fn unwind(
             0,
         );
     }
-    (run.len, run.walk.flags as u16)
+    (run.walk.len, run.walk.flags as u16)
 }
 
 /// A frame-pointer walk in progress. Plain numbers only, so the global [`leaktrace_fp_walk`]
