@@ -187,8 +187,8 @@ pub struct Cli {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub go_memprofile_rate: Option<u64>,
 
-    /// Benchmarking aid: attach empty probes to malloc and free only (no events, no report
-    /// figures), to measure the cost of the traps alone.
+    /// Benchmarking aid: attach empty probes to the C library's allocating functions and free
+    /// only, on entry (no events, no report figures), to measure the cost of the traps alone.
     #[arg(long, hide = true)]
     pub probe_floor: bool,
 

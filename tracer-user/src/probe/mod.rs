@@ -35,7 +35,7 @@ use tracer_common::{
 
 use crate::{
     probe::uprobe_session::{Attach, SessionLink, SessionProgram},
-    target::allocator::{Allocators, ProbePoint},
+    target::allocator::Allocators,
 };
 
 /// The eBPF object built by `build.rs`.
@@ -676,8 +676,11 @@ impl Probes {
         })
     }
 
-    /// Attaches only the empty program to the C API's malloc and free (`--probe-floor`): the
-    /// cost of the two traps a tracer of every allocation cannot avoid, for benchmarks.
+    /// Attaches only the empty program to every entry point of the C API's allocator that
+    /// leaktrace probes (`--probe-floor`: `malloc`, `calloc`, `realloc`, `free`...): the entry
+    /// trap each call costs a tracer that sees every allocation and free, for benchmarks. A
+    /// workload of malloc+free pairs then takes two traps per pair; one that also calls
+    /// `calloc` or `realloc` takes theirs too, as a tracer must.
     pub fn attach_floor(
         &mut self,
         allocators: &Allocators,
@@ -689,13 +692,7 @@ impl Probes {
         };
         let path = &object.attach_path;
         let prog: &mut UProbe = program(&mut self.ebpf, names::FLOOR_ENTER)?;
-        let is =
-            |p: &&ProbePoint, name: &str| p.symbol == name || p.aliases.iter().any(|a| a == name);
-        for probe in object
-            .points
-            .iter()
-            .filter(|p| is(p, "malloc") || is(p, "free"))
-        {
+        for probe in &object.points {
             let what = format!("attaching the floor probe to {}", probe.symbol);
             let id = prog
                 .attach(
