@@ -433,8 +433,9 @@ pub const PENDING_SLOTS: usize = 16;
 pub struct ThreadState {
     /// Stack pointer at the entry of the outermost traced call in progress (0: none).
     pub outer_sp: u64,
-    /// When that call began; an old one is taken as stale (its return was never seen).
-    pub outer_started_ns: u64,
+    /// When that call began, in jiffies (the kernel's ticks); an old one is taken as stale
+    /// (its return was never seen).
+    pub outer_started_jiffies: u64,
     /// Its [`AllocKind`].
     pub outer_kind: u32,
     /// Explicit padding.

@@ -21,7 +21,8 @@ use crate::{
     sampling::{SAMPLED, may_release_sampled, requested_bytes, sample_bytes, take_sample},
     stack::{capture_stack, capture_stack_fp, verify_sample},
     state::{
-        arg, args, count, current_tid, inside_outer_call, now_ns, submit, thread_state, unwind_mode,
+        arg, args, count, current_tid, inside_outer_call, now_jiffies, now_ns, submit,
+        thread_state, unwind_mode,
     },
 };
 
@@ -104,7 +105,7 @@ fn enter(ctx: &ProbeContext, session: bool) -> Return {
         return Return::Skippable;
     }
     state.outer_sp = sp;
-    state.outer_started_ns = now_ns();
+    state.outer_started_jiffies = now_jiffies();
     state.outer_kind = kind as u32;
     if state.pending[kind].active != 0 {
         // A call of the same kind is already pending on this thread: its state is replaced.

@@ -5,7 +5,7 @@ use aya_ebpf::{
     bindings::{
         BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
     },
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_jiffies64},
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -13,8 +13,12 @@ use tracer_common::{Counter, Event, StackTrace, ThreadState, cookie};
 
 /// Ring buffer size in bytes; user space overrides it at load (`set_max_entries`).
 const DEFAULT_RINGBUF_BYTES: u32 = 16 << 20;
-/// A pending outer call older than this is taken as stale (its return was never seen).
-const OUTER_STALE_NS: u64 = 1_000_000_000;
+/// A pending outer call older than this many jiffies is taken as stale (its return was never
+/// seen): 1 s at the commonest tick rate (1000 Hz), up to 10 s at 100 Hz.
+const OUTER_STALE_JIFFIES: u64 = 1000;
+
+/// Events per CPU between two looks at how full the event buffer is (a power of two).
+const QUERY_EVERY: u64 = 8;
 
 /// Bytes of unread data above which a submit wakes the reader; below it the reader is not woken
 /// per event and drains the buffer on its own timer. Set by user space before load.
@@ -89,6 +93,14 @@ pub(crate) fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// The kernel's tick count: a load, where the monotonic clock [`now_ns`] reads the time
+/// source (35 to 40 ns a read on a virtual machine), for what only needs seconds.
+#[inline(always)]
+pub(crate) fn now_jiffies() -> u64 {
+    // SAFETY: a helper with no arguments.
+    unsafe { bpf_jiffies64() }
+}
+
 /// This thread's state, created (zeroed) on first use.
 #[inline(always)]
 pub(crate) fn thread_state(tid: u32, create: bool) -> Option<*mut ThreadState> {
@@ -116,8 +128,8 @@ pub(crate) fn inside_outer_call(state: &ThreadState, sp: u64) -> bool {
     // the outer call's own stack pointer.
     state.outer_sp != 0
         && sp <= state.outer_sp
-        // The clock is read last: most calls have no outer call in progress.
-        && now_ns().wrapping_sub(state.outer_started_ns) < OUTER_STALE_NS
+        // The tick count is read last: most calls have no outer call in progress.
+        && now_jiffies().wrapping_sub(state.outer_started_jiffies) < OUTER_STALE_JIFFIES
 }
 
 #[inline(always)]
@@ -130,16 +142,29 @@ pub(crate) fn submit(event: Event) {
         return;
     };
     entry.write(event);
+    // The count of events sent on this CPU, which also says when to look at how full the
+    // buffer is: once in `QUERY_EVERY` events, not on every one (a helper call each).
+    let sent = match COUNTERS.get_ptr_mut(Counter::Sent as u32) {
+        Some(slot) => {
+            // SAFETY: as in `count`.
+            unsafe {
+                *slot += 1;
+                *slot
+            }
+        }
+        None => 0,
+    };
     // SAFETY: reading a global that user space sets before load; volatile so the compiler does
     // not fold the default value in.
     let wakeup_bytes = unsafe { core::ptr::read_volatile(&raw const WAKEUP_BYTES) };
-    let wake = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= wakeup_bytes {
+    let wake = if sent % QUERY_EVERY == 0
+        && EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= wakeup_bytes
+    {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
     entry.submit(u64::from(wake));
-    count(Counter::Sent);
 }
 
 /// The first four arguments of a probed call, from the registers the attach cookie says
