@@ -157,13 +157,12 @@ pub(crate) fn submit(event: Event) {
     // SAFETY: reading a global that user space sets before load; volatile so the compiler does
     // not fold the default value in.
     let wakeup_bytes = unsafe { core::ptr::read_volatile(&raw const WAKEUP_BYTES) };
-    let wake = if sent % QUERY_EVERY == 0
-        && EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= wakeup_bytes
-    {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
+    let wake =
+        if sent % QUERY_EVERY == 0 && EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= wakeup_bytes {
+            BPF_RB_FORCE_WAKEUP
+        } else {
+            BPF_RB_NO_WAKEUP
+        };
     entry.submit(u64::from(wake));
 }
 

@@ -276,9 +276,24 @@ impl TracerProc {
         }
     }
 
+    /// Stops the tracer as a user would, with Ctrl-C (SIGINT). A tracer that ignores it (a
+    /// Python peer started with SIGINT ignored, as a shell's background job is) gets SIGTERM
+    /// after 10 s, then SIGKILL after 10 more, so the bench never waits forever.
     fn stop(mut self) -> Result<String> {
-        // SAFETY: kill(2) takes plain integers; the pid is our own child's.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        let pid = self.child.id() as libc::pid_t;
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
+            // SAFETY: kill(2) takes plain integers; the pid is our own child's, not yet reaped.
+            unsafe { libc::kill(pid, signal) };
+            let sent = Instant::now();
+            while sent.elapsed() < Duration::from_secs(10) {
+                if self.child.try_wait()?.is_some() {
+                    std::thread::sleep(Duration::from_millis(100));
+                    return Ok(self.output.lock().map(|o| o.clone()).unwrap_or_default());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            eprintln!("bench: the tracer (pid {pid}) outlived signal {signal} for 10 s");
+        }
         let _ = self.child.wait();
         std::thread::sleep(Duration::from_millis(100));
         Ok(self.output.lock().map(|o| o.clone()).unwrap_or_default())
