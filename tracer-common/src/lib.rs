@@ -440,6 +440,9 @@ pub struct ThreadState {
     pub outer_kind: u32,
     /// Explicit padding.
     pub _pad: u32,
+    /// The id of the last stack this thread stored in the stack map (0: none). The map only
+    /// grows, so an allocation from the same stack as the last skips the map lookup.
+    pub stored_stack: u64,
     /// Pending calls, keyed by thread (the entry) and kind (the slot).
     pub pending: [Pending; PENDING_SLOTS],
     /// Scratch space for capturing this thread's stack.
@@ -606,7 +609,7 @@ mod tests {
         assert_eq!(size_of::<Pending>(), 4 * 8 + 8 + 8 + 4 + 4);
         assert_eq!(
             size_of::<ThreadState>(),
-            24 + PENDING_SLOTS * size_of::<Pending>() + size_of::<StackTrace>()
+            32 + PENDING_SLOTS * size_of::<Pending>() + size_of::<StackTrace>()
         );
         for kind in AllocKind::ALLOCATING.into_iter().chain([AllocKind::Free]) {
             assert!((kind as usize) < PENDING_SLOTS, "{kind:?}");

@@ -125,6 +125,11 @@ pub(crate) fn store_stack(state: &mut ThreadState, len: u32, stack_flags: u16) -
     let id = hash | 1;
     state.stack.len = len;
     state.stack.flags = u32::from(stack_flags);
+    if id == state.stored_stack {
+        // This thread's last stack again (an allocation in a loop): stored, and the map never
+        // drops a stack.
+        return (id, stack_flags);
+    }
     if STACKS.get_ptr(id).is_none() {
         // By reference: a 1 KiB value does not fit on the 512-byte BPF stack.
         let stack: &StackTrace = &state.stack;
@@ -137,6 +142,7 @@ pub(crate) fn store_stack(state: &mut ThreadState, len: u32, stack_flags: u16) -
             }
         }
     }
+    state.stored_stack = id;
     (id, stack_flags)
 }
 
