@@ -20,7 +20,8 @@ const THREADS: u32 = 2;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Config {
     Untraced,
-    /// Empty probes on malloc and free only: the two traps any tracer of every call pays.
+    /// Empty probes on the entries of the C library's allocating functions and free only: the
+    /// entry trap per call any tracer of every allocation pays (two per malloc+free pair).
     Floor,
     /// leaktrace sampling by bytes (mean 512 KiB), as a uprobe session where the kernel has them.
     LeaktraceSampled,
