@@ -121,12 +121,18 @@ fn row_cache_slot(pc: u64) -> u32 {
     (pc.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as u32 & (ROW_CACHE_ENTRIES - 1)
 }
 
-/// The unwind row that applies at `pc` (an absolute address), packed ([`pack_row`]): from
-/// [`ROW_CACHE`], else found by [`leaktrace_find_row`] (and cached there). Inlined into the
-/// step: a hit costs one lookup, no call.
+/// The mappings' header (`MAPPING_COUNT`), read once per call of [`leaktrace_unwind_frames`]
+/// rather than once per frame.
 #[inline(always)]
-fn unwind_row(pc: u64) -> u64 {
-    let header = MAPPING_COUNT.get(0).copied().unwrap_or(0);
+fn mapping_header() -> u32 {
+    MAPPING_COUNT.get(0).copied().unwrap_or(0)
+}
+
+/// The unwind row that applies at `pc` (an absolute address) under the mappings' `header`,
+/// packed ([`pack_row`]): from [`ROW_CACHE`], else found by [`leaktrace_find_row`] (and cached
+/// there). Inlined into the walk: a hit costs one lookup, no call.
+#[inline(always)]
+fn unwind_row(pc: u64, header: u32) -> u64 {
     if let Some(entry) = ROW_CACHE.get_ptr(row_cache_slot(pc)) {
         // SAFETY: pointer from a successful per-CPU array lookup, valid for the program run.
         let (entry_pc, packed, check) = unsafe { ((*entry).pc, (*entry).row, (*entry).check) };
@@ -709,11 +715,12 @@ extern "C" fn leaktrace_unwind_frames(
         // Verified in every state of the walk, where reading the copy in place went over the
         // verifier's budget: the helper reads it there.
         walk.ra_slot = 0;
-        return match unwind_frame(walk, None) {
+        return match unwind_frame(walk, None, mapping_header()) {
             0 => WRITE_FRAME,
             _ => 1,
         };
     }
+    let header = mapping_header();
     for _ in 0..FRAMES_PER_CALL {
         // Read afresh each frame: as a count the loop moves, the compiler would index `ips`
         // with a pointer it steps, whose bounds the verifier cannot follow.
@@ -729,7 +736,7 @@ extern "C" fn leaktrace_unwind_frames(
         // SAFETY: reading a local; `copy` is as for `walk` (null: no copy).
         let copy = unsafe { core::ptr::read_volatile(&raw const copy).as_ref() };
         walk.ra_slot = 0;
-        if unwind_frame(walk, copy) != 0 {
+        if unwind_frame(walk, copy, header) != 0 {
             return 1;
         }
         if walk.ra_slot != 0 {
@@ -745,13 +752,13 @@ extern "C" fn leaktrace_unwind_frames(
 /// to go on, 1 to stop (the stack is complete, or the walk failed: flagged and counted). Sets
 /// `walk.ra_slot` where the return address may be one a return probe swapped.
 #[inline(always)]
-fn unwind_frame(walk: &mut Walk, copy: Option<&StackCopy>) -> i64 {
+fn unwind_frame(walk: &mut Walk, copy: Option<&StackCopy>, header: u32) -> i64 {
     let lookup_pc = if walk.exact != 0 {
         walk.rip
     } else {
         walk.rip.wrapping_sub(1)
     };
-    let packed = unwind_row(lookup_pc);
+    let packed = unwind_row(lookup_pc, header);
     if packed == NO_MAPPING {
         // Code leaktrace has no mapping for yet (a library just loaded): frame pointers, but
         // without a frame chain the stack ends here unexplained.
