@@ -144,6 +144,9 @@ impl Config {
 struct Sample {
     ns_per_pair: f64,
     lost: Option<u64>,
+    /// CPU time the tracer process spent while the workload ran, per pair (its reader and
+    /// model compete with the workload's threads for the same cores).
+    tracer_cpu_ns: Option<f64>,
     /// Per leaktrace program: runs and nanoseconds spent (with `kernel.bpf_stats_enabled`).
     programs: Vec<ProgramStats>,
 }
@@ -448,8 +451,15 @@ fn run_once(
         }
     };
     let mut stdin = child.stdin.take().context("stdin")?;
+    let tracer_cpu_before = tracer.as_ref().and_then(|t| cpu_time_ns(t.child.id()));
     writeln!(stdin, "go")?;
     let ns_per_pair: f64 = read_until("ns_per_pair ")?.parse()?;
+    let pairs = (u64::from(THREADS) * ops) as f64;
+    let tracer_cpu_ns = tracer
+        .as_ref()
+        .and_then(|t| cpu_time_ns(t.child.id()))
+        .zip(tracer_cpu_before)
+        .map(|(after, before)| after.saturating_sub(before) as f64 / pairs);
     let _ = child.wait();
     let mut lost = None;
     let mut programs = Vec::new();
@@ -477,8 +487,28 @@ fn run_once(
     Ok(Sample {
         ns_per_pair,
         lost,
+        tracer_cpu_ns,
         programs,
     })
+}
+
+/// `, tracer CPU N ns/pair` for a run's log line, or nothing for an untraced run.
+fn cpu_note(cpu: Option<f64>) -> String {
+    cpu.map(|ns| format!(", tracer CPU {ns:.0} ns/pair"))
+        .unwrap_or_default()
+}
+
+/// CPU time all threads of process `pid` have run, in nanoseconds (the first field of each
+/// thread's `schedstat`).
+fn cpu_time_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    Some(
+        tasks
+            .filter_map(Result::ok)
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum(),
+    )
 }
 
 /// The C library process `pid` maps (where the bpftrace row probes malloc and free).
@@ -605,6 +635,7 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64, peers: Peers) -> Resu
         );
     }
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    let mut tracer_cpu: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     let mut lost_total = 0u64;
     let mut cannot_run: Vec<(Config, String)> = Vec::new();
     for rep in 0..reps {
@@ -622,12 +653,16 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64, peers: Peers) -> Resu
             ) {
                 Ok(sample) => {
                     eprintln!(
-                        "bench: rep {rep} {:<36} {:>10.0} ns/pair",
+                        "bench: rep {rep} {:<36} {:>10.0} ns/pair{}",
                         config.name(),
-                        sample.ns_per_pair
+                        sample.ns_per_pair,
+                        cpu_note(sample.tracer_cpu_ns)
                     );
                     lost_total += sample.lost.unwrap_or(0);
                     samples[i].push(sample.ns_per_pair);
+                    if let Some(cpu) = sample.tracer_cpu_ns {
+                        tracer_cpu[i].push(cpu);
+                    }
                 }
                 Err(err) if config.is_peer() => {
                     // Said once, and the row left out.
@@ -660,14 +695,24 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64, peers: Peers) -> Resu
         "{THREADS} threads x {ops} malloc+free pairs, {reps} interleaved repetitions, medians:"
     );
     println!(
-        "{:<36} {:>12} {:>14} {:>12} {:>9}",
-        "configuration", "ns/pair", "added us/pair", "vs untraced", "vs floor"
+        "{:<36} {:>12} {:>14} {:>12} {:>9} {:>17}",
+        "configuration",
+        "ns/pair",
+        "added us/pair",
+        "vs untraced",
+        "vs floor",
+        "tracer CPU us/pair"
     );
     // The two-trap floor's added cost, against which every added cost is also put.
     let floor_added = median_of(Config::Floor).map(|floor| floor - base);
-    for (config, m) in configs.iter().zip(&medians) {
+    for ((config, m), cpu) in configs.iter().zip(&medians).zip(&tracer_cpu) {
         let Some(m) = *m else {
             continue;
+        };
+        let cpu = if cpu.is_empty() {
+            String::new()
+        } else {
+            format!("{:.2}", median(&mut cpu.clone()) / 1000.0)
         };
         // Added against the untraced run with the same allocator.
         let base = median_of(config.baseline()).unwrap_or(base);
@@ -681,12 +726,13 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64, peers: Peers) -> Resu
             _ => String::new(),
         };
         println!(
-            "{:<36} {:>12.0} {:>14.2} {:>11.1}x {:>9}",
+            "{:<36} {:>12.0} {:>14.2} {:>11.1}x {:>9} {:>17}",
             config.name(),
             m,
             added / 1000.0,
             m / base,
-            vs_floor
+            vs_floor,
+            cpu
         );
     }
     for (config, why) in &cannot_run {
@@ -766,9 +812,10 @@ fn mix(workload: &Path, leaktrace: &Path, reps: usize, ops: u64) -> Result<()> {
         for (i, config) in configs.iter().enumerate() {
             let sample = run_once(workload, leaktrace, *config, ops, None, options)?;
             eprintln!(
-                "bench: mix rep {rep} {:<32} {:>10.0} ns/op",
+                "bench: mix rep {rep} {:<32} {:>10.0} ns/op{}",
                 config.name(),
-                sample.ns_per_pair
+                sample.ns_per_pair,
+                cpu_note(sample.tracer_cpu_ns)
             );
             lost += sample.lost.unwrap_or(0);
             samples[i].push(sample.ns_per_pair);
