@@ -205,7 +205,7 @@ pub mod flags {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
-    /// `bpf_ktime_get_ns()` when the event happened (return for allocations, entry for frees).
+    /// `bpf_ktime_get_ns()` at the call's return (a `free` sends a [`FreeEvent`] instead).
     pub ts_ns: u64,
     /// The address made live (alloc) or released (free).
     pub addr: u64,
@@ -226,6 +226,22 @@ pub struct Event {
     /// Which of the target's allocators made the call: the index user space put in the
     /// attach cookie ([`cookie`]).
     pub allocator: u8,
+}
+
+/// A free of a block, as written to the ring buffer by `free`'s entry: the address alone,
+/// 8 bytes where an [`Event`] takes 48 (told apart by length).
+///
+/// It carries no time: the reader gives it the newest time of the records before it in the
+/// buffer. That keeps every order the heap model needs. The buffer holds records in the order
+/// they were reserved, and each program reads the clock before it reserves, so no record
+/// before a free was stamped later than the free was reserved; and whatever the free makes
+/// possible (the block handed out again) happens after the free is reserved, so is stamped
+/// later. The clock read it saves costs 35 to 40 ns per free on a virtual machine.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FreeEvent {
+    /// The address released.
+    pub addr: u64,
 }
 
 /// Phases of an event the programs can be told to leave out (the global `BENCH_SKIP`, set
@@ -605,6 +621,7 @@ mod tests {
     #[test]
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<Event>(), 5 * 8 + 4 + 1 + 1 + 1 + 1);
+        assert_eq!(size_of::<FreeEvent>(), 8);
         assert_eq!(size_of::<StackTrace>(), 8 + MAX_FRAMES * 8);
         assert_eq!(size_of::<Pending>(), 4 * 8 + 8 + 8 + 4 + 4);
         assert_eq!(

@@ -4,12 +4,12 @@ use core::ffi::c_void;
 use aya_ebpf::{
     EbpfContext as _, helpers::bpf_get_attach_cookie, macros::uprobe, programs::ProbeContext,
 };
-use tracer_common::{AllocKind, Counter, Event, EventOp};
+use tracer_common::{Counter, FreeEvent};
 
 use crate::{
     preempt,
     sampling::{SAMPLED, sample_bytes},
-    state::{arg, count, current_tid, inside_outer_call, now_ns, submit, thread_state},
+    state::{arg, count, current_tid, inside_outer_call, submit, thread_state},
 };
 
 #[uprobe]
@@ -51,17 +51,7 @@ fn free_body(ctx: *mut c_void) -> u32 {
         // Another thread freed it first (a double free in the target).
         return 0;
     }
-    submit(Event {
-        ts_ns: now_ns(),
-        addr,
-        old_addr: 0,
-        size: 0,
-        stack_id: 0,
-        tid,
-        kind: AllocKind::Free as u8,
-        op: EventOp::Free as u8,
-        flags: 0,
-        allocator: 0,
-    });
+    // The address alone, no time (see `FreeEvent`).
+    submit(FreeEvent { addr });
     0
 }

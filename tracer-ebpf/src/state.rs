@@ -9,7 +9,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{Counter, Event, StackTrace, ThreadState, cookie};
+use tracer_common::{Counter, StackTrace, ThreadState, cookie};
 
 /// Ring buffer size in bytes; user space overrides it at load (`set_max_entries`).
 const DEFAULT_RINGBUF_BYTES: u32 = 16 << 20;
@@ -132,12 +132,14 @@ pub(crate) fn inside_outer_call(state: &ThreadState, sp: u64) -> bool {
         && now_jiffies().wrapping_sub(state.outer_started_jiffies) < OUTER_STALE_JIFFIES
 }
 
+/// Sends `event` (a [`tracer_common::Event`] or a [`tracer_common::FreeEvent`]) through the
+/// ring buffer.
 #[inline(always)]
-pub(crate) fn submit(event: Event) {
+pub(crate) fn submit<T: 'static>(event: T) {
     if bench_skips(tracer_common::bench_skip::SUBMIT) {
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+    let Some(mut entry) = EVENTS.reserve::<T>(0) else {
         count(Counter::RingbufFull);
         return;
     };

@@ -1,5 +1,5 @@
 //! Decoding the kernel's event records at the edge, into the heap model's events.
-use tracer_common::{AllocKind, Event, EventOp};
+use tracer_common::{AllocKind, Event, EventOp, FreeEvent};
 
 use crate::source::{HeapEvent, Op};
 
@@ -12,15 +12,44 @@ pub struct Decoded {
     pub allocator: u8,
 }
 
-/// Decodes one ring-buffer record; `None` for a record of the wrong size or with unknown codes.
-pub fn decode(bytes: &[u8]) -> Option<Decoded> {
-    if bytes.len() != size_of::<Event>() {
-        return None;
+/// Decodes the records of one ring buffer, in the buffer's order: it keeps the newest time of
+/// the records read so far, which a [`FreeEvent`] (sent without one) takes.
+#[derive(Clone, Copy, Debug)]
+pub struct Decoder {
+    newest_ts_ns: u64,
+}
+
+impl Decoder {
+    /// A decoder for a buffer whose programs were attached after `start_ns` (the events' clock):
+    /// the time a free takes if it comes first.
+    pub fn new(start_ns: u64) -> Self {
+        Self {
+            newest_ts_ns: start_ns,
+        }
     }
-    // SAFETY: the length matches `Event`, a `#[repr(C)]` plain-integer type for which every byte
-    // pattern is valid; `read_unaligned` makes no alignment assumption.
-    let event: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    from_event(&event)
+
+    /// Decodes one record; `None` for a record of neither size or with unknown codes.
+    pub fn decode(&mut self, bytes: &[u8]) -> Option<Decoded> {
+        if bytes.len() == size_of::<FreeEvent>() {
+            // SAFETY: the length matches `FreeEvent`, a `#[repr(C)]` plain-integer type for
+            // which every byte pattern is valid; `read_unaligned` makes no alignment assumption.
+            let free: FreeEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+            // No record before it in the buffer was stamped after it was sent, and nothing it
+            // makes possible was stamped before (see `FreeEvent`).
+            return Some(Decoded {
+                event: HeapEvent::free(self.newest_ts_ns, free.addr),
+                allocator: 0,
+            });
+        }
+        if bytes.len() != size_of::<Event>() {
+            return None;
+        }
+        // SAFETY: the length matches `Event`, a `#[repr(C)]` plain-integer type for which every
+        // byte pattern is valid; `read_unaligned` makes no alignment assumption.
+        let event: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        self.newest_ts_ns = self.newest_ts_ns.max(event.ts_ns);
+        from_event(&event)
+    }
 }
 
 /// Converts a kernel event into a heap-model event and its allocator.
@@ -60,6 +89,10 @@ pub fn from_event(event: &Event) -> Option<Decoded> {
 mod tests {
     use super::*;
     use crate::source::monotonic_now_ns;
+
+    fn decode(bytes: &[u8]) -> Option<Decoded> {
+        Decoder::new(0).decode(bytes)
+    }
 
     fn bytes_of(event: &Event) -> Vec<u8> {
         // SAFETY: `Event` is plain integers with no padding; viewing it as bytes is sound.
@@ -110,6 +143,30 @@ mod tests {
             decode(&bytes_of(&free)).expect("free").event.op,
             Op::Free
         ));
+    }
+
+    #[test]
+    fn a_free_takes_the_newest_time_before_it() {
+        let mut decoder = Decoder::new(100);
+        let free = |addr: u64| addr.to_ne_bytes();
+        // First in the buffer: the time the decoder started from.
+        let first = decoder.decode(&free(0x10)).expect("free").event;
+        assert_eq!((first.op, first.addr, first.ts_ns), (Op::Free, 0x10, 100));
+        assert_eq!(first.kind, AllocKind::Free);
+        let at = |ts_ns: u64| Event {
+            ts_ns,
+            addr: 0x20,
+            size: 8,
+            kind: AllocKind::Malloc as u8,
+            op: EventOp::Alloc as u8,
+            ..Event::default()
+        };
+        decoder.decode(&bytes_of(&at(500))).expect("alloc");
+        // A record stamped earlier but reserved later (another CPU) does not move it back.
+        decoder.decode(&bytes_of(&at(400))).expect("alloc");
+        assert_eq!(decoder.decode(&free(0x20)).expect("free").event.ts_ns, 500);
+        decoder.decode(&bytes_of(&at(900))).expect("alloc");
+        assert_eq!(decoder.decode(&free(0x20)).expect("free").event.ts_ns, 900);
     }
 
     #[test]

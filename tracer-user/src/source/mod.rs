@@ -62,10 +62,26 @@ pub struct HeapEvent {
     pub size: u64,
     /// The allocating call stack ([`NO_STACK`] when none was recorded).
     pub stack: StackKey,
-    /// Thread that made the call.
+    /// Thread that made the call (0 where the source does not say: the kernel's free records).
     pub tid: u32,
     /// Which allocator entry point made the call.
     pub kind: AllocKind,
+}
+
+impl HeapEvent {
+    /// `free(addr)` at `ts_ns` (of no known thread).
+    pub(crate) fn free(ts_ns: u64, addr: u64) -> Self {
+        Self {
+            ts_ns,
+            op: Op::Free,
+            addr,
+            old_addr: 0,
+            size: 0,
+            stack: NO_STACK,
+            tid: 0,
+            kind: AllocKind::Free,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -81,15 +97,6 @@ impl HeapEvent {
             stack,
             tid: 1,
             kind: AllocKind::Malloc,
-        }
-    }
-
-    /// For tests: `free(addr)` at `ts_ns`.
-    pub(crate) fn free(ts_ns: u64, addr: u64) -> Self {
-        Self {
-            op: Op::Free,
-            kind: AllocKind::Free,
-            ..Self::alloc(ts_ns, addr, 0, NO_STACK)
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::{
     export::human_bytes,
     heap::FastHash,
     probe::{KernelCounters, ProbeConfig, Probes, UnwindMode, events},
-    source::{Batch, Health, HealthKind, NewStack, Source, Yields},
+    source::{Batch, Health, HealthKind, NewStack, Source, Yields, monotonic_now_ns},
     target::{Mapping, allocator::Allocators},
     unwind::{
         tables::{TableSummary, UnwindTables},
@@ -81,6 +81,8 @@ pub struct EbpfSource {
     /// Stack ids already yielded.
     known: HashSet<u64, FastHash>,
     undecodable: u64,
+    /// Decodes the event records, stamping frees (which carry no time).
+    decoder: events::Decoder,
     /// `--verify-unwind` records were left for after the maps are read again.
     checks_waited: bool,
     cutoff_ns: Option<u64>,
@@ -177,6 +179,7 @@ impl EbpfSource {
             trampoline_looked: None,
             known: HashSet::default(),
             undecodable: 0,
+            decoder: events::Decoder::new(monotonic_now_ns()),
             checks_waited: false,
             cutoff_ns: None,
             counters_at_cutoff: None,
@@ -384,6 +387,7 @@ impl Source for EbpfSource {
             known,
             undecodable,
             cutoff_ns,
+            decoder,
             ..
         } = self
         else {
@@ -391,10 +395,11 @@ impl Source for EbpfSource {
         };
         // (key, kernel stack id, allocator) of stacks not yielded before.
         let mut new_stacks = Vec::new();
-        // Consecutive events mostly share a stack: look a known one up once.
-        let mut last_known = None;
+        // Consecutive events mostly share a stack or two (an allocation's, then the free's
+        // none): the two last known are checked before the set.
+        let mut last_known: [Option<u64>; 2] = [None; 2];
         while let Some(item) = ring.next() {
-            match events::decode(&item) {
+            match decoder.decode(&item) {
                 Some(decoded) if cutoff_ns.is_some_and(|cutoff| decoded.event.ts_ns > cutoff) => {}
                 Some(events::Decoded {
                     mut event,
@@ -402,11 +407,11 @@ impl Source for EbpfSource {
                 }) => {
                     let stack_id = event.stack;
                     event.stack = stack_key(stack_id, allocator);
-                    if last_known != Some(event.stack) {
+                    if !last_known.contains(&Some(event.stack)) {
                         if known.insert(event.stack) {
                             new_stacks.push((event.stack, stack_id, allocator));
                         } else {
-                            last_known = Some(event.stack);
+                            last_known = [Some(event.stack), last_known[0]];
                         }
                     }
                     out.events.push(event);
