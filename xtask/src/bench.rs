@@ -792,6 +792,90 @@ pub(crate) fn run(workspace: &Path, reps: usize, ops: u64, peers: Peers) -> Resu
     Ok(())
 }
 
+/// `cargo xtask bench-ab`: builds `a` and `b` of leaktrace, each in both unwinding modes,
+/// against the same untraced runs and floor, interleaved run by run so that the machine's drift
+/// falls on both alike; medians of `reps`, and each build's ratio to the floor.
+pub(crate) fn ab(
+    workspace: &Path,
+    a: &Path,
+    b: &Path,
+    reps: usize,
+    ops: u64,
+    mix: bool,
+) -> Result<()> {
+    let workload = workload(workspace)?;
+    let options = RunOptions {
+        mix,
+        ..RunOptions::default()
+    };
+    // (label, binary, configuration); the floor runs with `a` (its program is the same in any).
+    let runs: Vec<(&str, &Path, Config)> = vec![
+        ("untraced", a, Config::Untraced),
+        ("floor", a, Config::Floor),
+        ("a fp", a, Config::LeaktraceFp),
+        ("b fp", b, Config::LeaktraceFp),
+        ("a dwarf", a, Config::LeaktraceDwarf),
+        ("b dwarf", b, Config::LeaktraceDwarf),
+    ];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
+    for rep in 0..reps {
+        for (i, (label, binary, config)) in runs.iter().enumerate() {
+            let sample = run_once(&workload, binary, *config, ops, None, options)?;
+            eprintln!(
+                "bench-ab: rep {rep} {label:<10} {:>8.0} ns/pair{}",
+                sample.ns_per_pair,
+                cpu_note(sample.tracer_cpu_ns)
+            );
+            if sample.lost.unwrap_or(0) != 0 {
+                eprintln!("bench-ab: {label} lost {} events", sample.lost.unwrap_or(0));
+            }
+            samples[i].push(sample.ns_per_pair);
+            if let Some(ns) = sample.tracer_cpu_ns {
+                cpu[i].push(ns);
+            }
+        }
+    }
+    let medians: Vec<f64> = samples.iter_mut().map(|v| median(v)).collect();
+    let floor = medians[1] - medians[0];
+    println!();
+    println!("a: {}", a.display());
+    println!("b: {}", b.display());
+    println!(
+        "{} ({THREADS} threads x {ops}), medians of {reps}:",
+        if mix {
+            "held-out-like mix"
+        } else {
+            "malloc+free pairs, 20 frames"
+        }
+    );
+    println!(
+        "{:<10} {:>10} {:>14} {:>9} {:>18}",
+        "run", "ns/pair", "added us/pair", "vs floor", "tracer CPU us/pair"
+    );
+    for (i, (label, _, _)) in runs.iter().enumerate() {
+        let added = medians[i] - medians[0];
+        let vs_floor = if i == 0 || floor <= 0.0 {
+            String::new()
+        } else {
+            format!("{:.2}x", added / floor)
+        };
+        let tracer = if cpu[i].is_empty() {
+            String::new()
+        } else {
+            format!("{:.2}", median(&mut cpu[i]) / 1000.0)
+        };
+        println!(
+            "{label:<10} {:>10.0} {:>14.2} {:>9} {:>18}",
+            medians[i],
+            added / 1000.0,
+            vs_floor,
+            tracer
+        );
+    }
+    Ok(())
+}
+
 /// The held-out-like mix of the issue that set the 2.0x target: sizes 16 B to 64 KiB, 10 %
 /// calloc, 10 % malloc then realloc, 10 frames; untraced, the floor (which probes malloc and
 /// free only) and full tracing in both unwinding modes, interleaved, medians.

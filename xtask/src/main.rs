@@ -101,6 +101,24 @@ enum Task {
         #[arg(long, default_value_t = 50_000)]
         ops: u64,
     },
+    /// Two builds of leaktrace against each other: untraced, the floor, and full tracing in
+    /// both unwinding modes with each build, interleaved run by run, medians (for changes
+    /// smaller than the machine's noise between separate bench runs).
+    BenchAb {
+        /// The first build's binary.
+        a: PathBuf,
+        /// The second build's binary.
+        b: PathBuf,
+        /// Repetitions of each configuration.
+        #[arg(long, default_value_t = 7)]
+        reps: usize,
+        /// malloc+free pairs per thread per run.
+        #[arg(long, default_value_t = 50_000)]
+        ops: u64,
+        /// The held-out-like mix instead of the malloc+free pairs.
+        #[arg(long)]
+        mix: bool,
+    },
     /// The bench's measurements alone, with nothing installed or built (run inside a kernel
     /// booted by `bench --kernel`).
     #[command(hide = true)]
@@ -176,6 +194,16 @@ fn main() -> Result<()> {
             setup(Need::Bench)?;
             build_release()?;
             bench::programs(&workspace(), ops)
+        }
+        Task::BenchAb {
+            a,
+            b,
+            reps,
+            ops,
+            mix,
+        } => {
+            setup(Need::Bench)?;
+            bench::ab(&workspace(), &a, &b, reps, ops, mix)
         }
         Task::BenchInside { reps, ops } => bench::run(&workspace(), reps, ops, bench::Peers::Skip),
     }
