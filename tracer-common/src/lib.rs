@@ -125,6 +125,16 @@ impl AllocKind {
         AllocKind::Mremap,
     ];
 
+    /// Whether a call of this kind can release a block through a probed free entry point
+    /// before it returns, its return then accounting for the release: `realloc(p, 0)` calls
+    /// `free` in glibc, mimalloc's `mi_realloc` calls `mi_free`, and `__rust_realloc` and
+    /// `reallocarray` go through `realloc`. A free met inside any other call is its own event.
+    pub const fn frees_inside(kind: usize) -> bool {
+        kind == AllocKind::Realloc as usize
+            || kind == AllocKind::ReallocArray as usize
+            || kind == AllocKind::RustRealloc as usize
+    }
+
     /// Decodes a raw kind; `None` for values no program writes.
     pub const fn from_raw(raw: u16) -> Option<Self> {
         Some(match raw {

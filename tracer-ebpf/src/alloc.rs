@@ -21,8 +21,8 @@ use crate::{
     sampling::{SAMPLED, may_release_sampled, requested_bytes, sample_bytes, take_sample},
     stack::{capture_stack, capture_stack_fp, verify_sample},
     state::{
-        arg, args, count, current_tid, inside_outer_call, now_jiffies, now_ns, submit,
-        thread_state, unwind_mode,
+        arg, args, count, current_tid, freeing_call_returned, freeing_call_started,
+        inside_outer_call, now_jiffies, now_ns, submit, thread_state, unwind_mode,
     },
 };
 
@@ -108,8 +108,11 @@ fn enter(ctx: &ProbeContext, session: bool) -> Return {
     state.outer_started_jiffies = now_jiffies();
     state.outer_kind = kind as u32;
     if state.pending[kind].active != 0 {
-        // A call of the same kind is already pending on this thread: its state is replaced.
+        // A call of the same kind is already pending on this thread: its state is replaced
+        // (and, if it can free inside it, this call takes over its count).
         count(Counter::PendingClobbered);
+    } else if AllocKind::frees_inside(kind) {
+        freeing_call_started();
     }
     // The unwinder needs the real return address of calls still in progress: a return probe
     // swaps it for the kernel's trampoline right after this program runs. Where the walk can
@@ -399,6 +402,9 @@ fn leave<const FP_WALK: bool>(ctx: &RetProbeContext) {
         return;
     }
     state.pending[kind].active = 0;
+    if AllocKind::frees_inside(kind) {
+        freeing_call_returned();
+    }
     if state.outer_kind == kind as u32 && state.outer_sp == pending.sp {
         state.outer_sp = 0;
     }

@@ -4,12 +4,14 @@ use core::ffi::c_void;
 use aya_ebpf::{
     EbpfContext as _, helpers::bpf_get_attach_cookie, macros::uprobe, programs::ProbeContext,
 };
-use tracer_common::{Counter, FreeEvent};
+use tracer_common::{AllocKind, Counter, FreeEvent};
 
 use crate::{
     preempt,
     sampling::{SAMPLED, sample_bytes},
-    state::{arg, count, current_tid, inside_outer_call, submit, thread_state},
+    state::{
+        arg, count, current_tid, freeing_calls_in_progress, inside_outer_call, submit, thread_state,
+    },
 };
 
 #[uprobe]
@@ -35,12 +37,18 @@ fn free_body(ctx: *mut c_void) -> u32 {
         // this is what most frees meet when sampling.
         return 0;
     }
-    let tid = current_tid();
-    let inside = match thread_state(tid, false) {
-        // SAFETY: as in `enter`; only read here.
-        Some(state) => inside_outer_call(unsafe { &*state }, regs.rsp),
-        None => false,
-    };
+    // Only while some call that can free inside it is in progress can this free be one; the
+    // thread's state is looked at only then.
+    let inside = freeing_calls_in_progress()
+        && match thread_state(current_tid(), false) {
+            Some(state) => {
+                // SAFETY: as in `enter`; only read here.
+                let state = unsafe { &*state };
+                AllocKind::frees_inside(state.outer_kind as usize)
+                    && inside_outer_call(state, regs.rsp)
+            }
+            None => false,
+        };
     if inside {
         // A free made by the allocator itself (realloc(p, 0) calls free): the outer call's
         // return accounts for it.

@@ -22,6 +22,9 @@
 //! probes each at start (`tracer-user/src/probe/features.rs`).
 #![no_std]
 #![no_main]
+// The atomic add of `state::FREEING_CALLS`: the BPF target's atomics have no `fetch_add`.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod alloc;
 mod exec;

@@ -134,6 +134,47 @@ pub(crate) fn inside_outer_call(state: &ThreadState, sp: u64) -> bool {
 
 /// Sends `event` (a [`tracer_common::Event`] or a [`tracer_common::FreeEvent`]) through the
 /// ring buffer.
+/// Calls in progress, over all threads, that can release a block through a probed free before
+/// they return ([`tracer_common::AllocKind::frees_inside`]): while none is, no free can be
+/// inside one, and `free_enter` skips the thread's state. Counted up when such a call's state
+/// is made pending, down when its return takes it. A call whose return is never seen (its
+/// thread ended, its state was evicted) leaves it counted: frees then look at their thread's
+/// state as they would without it, which is always right.
+#[unsafe(no_mangle)]
+static mut FREEING_CALLS: u64 = 0;
+
+/// Adds `delta` to [`FREEING_CALLS`] in one atomic instruction (`lock xadd`; the BPF target has
+/// no `AtomicU64::fetch_add`, and the old value is not wanted, which older kernels require).
+#[inline(always)]
+fn add_freeing_calls(delta: u64) {
+    // SAFETY: an atomic add to a global of this object, which the kernel keeps in a map.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            &raw mut FREEING_CALLS,
+            delta,
+        );
+    }
+}
+
+/// One more call in progress that can free inside it ([`FREEING_CALLS`]).
+#[inline(always)]
+pub(crate) fn freeing_call_started() {
+    add_freeing_calls(1);
+}
+
+/// One call fewer in progress that can free inside it ([`FREEING_CALLS`]).
+#[inline(always)]
+pub(crate) fn freeing_call_returned() {
+    add_freeing_calls(u64::MAX);
+}
+
+/// Whether any call that can free inside it may be in progress ([`FREEING_CALLS`]).
+#[inline(always)]
+pub(crate) fn freeing_calls_in_progress() -> bool {
+    // SAFETY: a load of a global of this object; volatile, as other CPUs change it.
+    unsafe { core::ptr::read_volatile(&raw const FREEING_CALLS) != 0 }
+}
+
 #[inline(always)]
 pub(crate) fn submit<T: 'static>(event: T) {
     if bench_skips(tracer_common::bench_skip::SUBMIT) {
