@@ -151,12 +151,14 @@ impl Heap {
     pub fn add_source(&mut self, yields: Yields) -> SourceId {
         let id = SourceId(u16::try_from(self.stores.len()).unwrap_or(u16::MAX));
         self.stores.push(match yields {
-            Yields::Events { sample_mean_bytes } => {
-                Store::Events(Box::new(HeapModel::new(HeapConfig {
-                    sample_mean_bytes,
-                    ..HeapConfig::default()
-                })))
-            }
+            Yields::Events {
+                sample_mean_bytes,
+                in_order,
+            } => Store::Events(Box::new(HeapModel::new(HeapConfig {
+                sample_mean_bytes,
+                in_order,
+                ..HeapConfig::default()
+            }))),
             Yields::Snapshots => Store::Snapshot(HashMap::new()),
         });
         id
@@ -336,6 +338,7 @@ mod tests {
         let mut heap = Heap::new();
         let events = heap.add_source(Yields::Events {
             sample_mean_bytes: None,
+            in_order: false,
         });
         let snapshots = heap.add_source(Yields::Snapshots);
         heap.ingest(

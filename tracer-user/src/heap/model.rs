@@ -1,11 +1,13 @@
 //! The live heap model: which blocks the traced process holds right now, grouped by the call
 //! stack that allocated them.
 //!
-//! Events from different CPUs reach user space out of order (a `free` can be read before the
-//! `malloc` it undoes even though its timestamp is later), so [`HeapModel::push`] only puts an
-//! event into a reorder buffer. [`HeapModel::advance`] applies, in timestamp order, every buffered
-//! event older than the newest timestamp seen minus [`HeapConfig::reorder_window_ns`];
-//! [`HeapModel::flush`] applies everything, for the final report.
+//! A source whose events can reach user space out of order (from buffers per CPU, say) has
+//! [`HeapModel::push`] put each event into a reorder buffer: [`HeapModel::advance`] applies, in
+//! timestamp order, every buffered event older than the newest timestamp seen minus
+//! [`HeapConfig::reorder_window_ns`]; [`HeapModel::flush`] applies everything, for the final
+//! report. A source whose order is already right ([`HeapConfig::in_order`]: the kernel's one
+//! ring buffer, read in the order its records were reserved) has each event applied as it is
+//! pushed.
 //!
 //! The model is pure: no I/O, no clock. Callers pass timestamps (`bpf_ktime_get_ns` values) in.
 //!
@@ -62,6 +64,10 @@ pub struct HeapConfig {
     /// Mean bytes between sampled allocations when the kernel samples (`--sample-bytes`);
     /// [`HeapModel::stack_stats`] then gives unbiased estimates instead of counts.
     pub sample_mean_bytes: Option<f64>,
+    /// The events come in an order that already puts every event after those it depends on
+    /// (see [`crate::source::Yields::Events`]): each is applied as it is pushed, with no reorder
+    /// buffer, and its timestamp only dates it.
+    pub in_order: bool,
 }
 
 /// How many allocations of `size` bytes one sampled allocation stands for, under Poisson
@@ -78,6 +84,7 @@ impl Default for HeapConfig {
             reorder_window_ns: DEFAULT_REORDER_WINDOW_NS,
             sample_mean_bytes: None,
             max_live: DEFAULT_MAX_LIVE,
+            in_order: false,
         }
     }
 }
@@ -248,9 +255,13 @@ impl HeapModel {
     }
 
     /// Puts an event into the reorder buffer; [`HeapModel::advance`] or [`HeapModel::flush`]
-    /// applies it.
+    /// applies it. In order ([`HeapConfig::in_order`]), applies it now.
     pub fn push(&mut self, ev: HeapEvent) {
         self.newest_ts_ns = Some(self.newest_ts_ns.map_or(ev.ts_ns, |n| n.max(ev.ts_ns)));
+        if self.config.in_order {
+            self.apply(&ev);
+            return;
+        }
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
         let buffered = Buffered {
@@ -461,7 +472,9 @@ impl HeapModel {
     }
 
     fn apply(&mut self, ev: &HeapEvent) {
-        if self.applied_ts_ns.is_some_and(|applied| ev.ts_ns < applied) {
+        // In arrival order, an event dated a little before one already applied (stamped on
+        // another CPU before it reserved its record) is where it belongs.
+        if !self.config.in_order && self.applied_ts_ns.is_some_and(|applied| ev.ts_ns < applied) {
             self.totals.late_events += 1;
         }
         self.applied_ts_ns = Some(self.applied_ts_ns.map_or(ev.ts_ns, |a| a.max(ev.ts_ns)));
@@ -1228,6 +1241,38 @@ mod tests {
         assert_invariants(&heap);
     }
 
+    #[test]
+    fn in_order_events_apply_as_they_come_whatever_their_timestamps() {
+        // Given a free read after its allocation but stamped before it (on another CPU)
+        let events = [alloc(10, 0x1000, 64, 1), free(9, 0x1000)];
+        // When the source is in order, the free undoes the allocation at once
+        let mut in_order = HeapModel::new(HeapConfig {
+            in_order: true,
+            ..HeapConfig::default()
+        });
+        for ev in events {
+            in_order.push(ev);
+        }
+        assert_eq!(in_order.pending_events(), 0);
+        let totals = in_order.totals();
+        assert_eq!(
+            (
+                totals.live_allocs,
+                totals.unmatched_frees,
+                totals.late_events
+            ),
+            (0, 0, 0)
+        );
+        // And sorted by timestamp instead, the free comes first and matches nothing
+        let mut sorted = model();
+        for ev in events {
+            sorted.push(ev);
+        }
+        sorted.flush();
+        let totals = sorted.totals();
+        assert_eq!((totals.live_allocs, totals.unmatched_frees), (1, 1));
+    }
+
     proptest::proptest! {
         /// The reorder buffer stays sorted by (timestamp, arrival) whatever order events come
         /// in: nearly sorted (the ring buffer's usual few microseconds) or not at all.
@@ -1533,6 +1578,7 @@ mod tests {
             max_live: 40,
             reorder_window_ns: 5,
             sample_mean_bytes: None,
+            in_order: false,
         });
         for i in 0..20_000u64 {
             let r = next();

@@ -198,6 +198,7 @@ mod tests {
         fn yields(&self) -> Yields {
             Yields::Events {
                 sample_mean_bytes: None,
+                in_order: false,
             }
         }
         fn poll(&mut self, out: &mut Batch) {

@@ -167,6 +167,10 @@ pub enum Yields {
         /// Mean bytes between sampled allocations when the source samples: figures are then
         /// unbiased estimates ([`crate::heap::sample_weight`]).
         sample_mean_bytes: Option<f64>,
+        /// The events come in an order that puts every event after those it depends on (a
+        /// block's allocation before its free, a free before the block is handed out again):
+        /// they are applied as they come, not reordered by timestamp.
+        in_order: bool,
     },
     /// Whole-heap snapshots, each replacing the last.
     Snapshots,

@@ -374,6 +374,11 @@ impl Source for EbpfSource {
     fn yields(&self) -> Yields {
         Yields::Events {
             sample_mean_bytes: self.config.sample_bytes.map(|n| n as f64),
+            // One ring buffer, read in the order its records were reserved: a block's allocation
+            // is reserved before the allocating call returns, so before anything can free it,
+            // and a free is reserved at free's entry, so before the block can be handed out
+            // again.
+            in_order: true,
         }
     }
 
