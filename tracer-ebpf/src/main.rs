@@ -22,8 +22,10 @@
 //! probes each at start (`tracer-user/src/probe/features.rs`).
 #![no_std]
 #![no_main]
-// The atomic add of `state::FREEING_CALLS`: the BPF target's atomics have no `fetch_add`.
-#![allow(internal_features)]
+#![allow(
+    internal_features,
+    reason = "the atomic add of `state::FREEING_CALLS`: the BPF target's atomics have no `fetch_add`"
+)]
 #![feature(core_intrinsics)]
 
 mod alloc;
