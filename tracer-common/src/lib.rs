@@ -66,6 +66,8 @@ pub mod names {
     pub const TRAMPOLINE: &str = "TRAMPOLINE";
     /// Ring buffer of [`crate::VerifyRecord`]s (`--verify-unwind`).
     pub const VERIFY: &str = "VERIFY";
+    /// 1 once user space stops the trace: from then on no event is sent.
+    pub const STOPPED: &str = "STOPPED";
 }
 
 /// Which allocator entry point produced an event. Stored as the attach cookie and in [`Event::kind`].
@@ -215,7 +217,10 @@ pub mod flags {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
-    /// `bpf_ktime_get_ns()` at the call's return (a `free` sends a [`FreeEvent`] instead).
+    /// When the call returned, to within one kernel tick (1 to 10 ms): the monotonic clock
+    /// (`bpf_ktime_get_ns()`) as it read at the first event of the current tick on this CPU.
+    /// Events are applied in the ring buffer's order, not by this time, which only dates them.
+    /// (A `free` sends a [`FreeEvent`] instead.)
     pub ts_ns: u64,
     /// The address made live (alloc) or released (free).
     pub addr: u64,
@@ -242,11 +247,9 @@ pub struct Event {
 /// 8 bytes where an [`Event`] takes 48 (told apart by length).
 ///
 /// It carries no time: the reader gives it the newest time of the records before it in the
-/// buffer. That keeps every order the heap model needs. The buffer holds records in the order
-/// they were reserved, and each program reads the clock before it reserves, so no record
-/// before a free was stamped later than the free was reserved; and whatever the free makes
-/// possible (the block handed out again) happens after the free is reserved, so is stamped
-/// later. The clock read it saves costs 35 to 40 ns per free on a virtual machine.
+/// buffer, none of which was stamped after the free was reserved (each program takes its time
+/// before it reserves). Events are applied in the buffer's order, which is the order their
+/// records were reserved in, so the time only dates the free.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FreeEvent {

@@ -21,8 +21,8 @@ use crate::{
     sampling::{SAMPLED, may_release_sampled, requested_bytes, sample_bytes, take_sample},
     stack::{capture_stack, capture_stack_fp, verify_sample},
     state::{
-        arg, args, count, current_tid, freeing_call_returned, freeing_call_started,
-        inside_outer_call, now_jiffies, now_ns, submit, thread_state, unwind_mode,
+        arg, args, count, current_tid, event_time_ns, freeing_call_returned, freeing_call_started,
+        inside_outer_call, now_jiffies, submit, thread_state, unwind_mode,
     },
 };
 
@@ -449,7 +449,7 @@ fn leave<const FP_WALK: bool>(ctx: &RetProbeContext) {
             }
         }
     }
-    let ts_ns = now_ns();
+    let ts_ns = event_time_ns();
     let (stack_id, stack_flags) = match outcome.op {
         EventOp::Alloc | EventOp::Map if FP_WALK => capture_stack_fp(state, ctx),
         EventOp::Alloc | EventOp::Map => capture_stack(ctx, state),

@@ -819,6 +819,24 @@ impl Probes {
             })
     }
 
+    /// Stops the programs sending events ([`names::STOPPED`]): what the buffer holds then is
+    /// the whole trace, up to this moment.
+    pub fn stop_events(&mut self) -> Result<(), ProbeError> {
+        let mut stopped: Array<_, u32> = Array::try_from(
+            self.ebpf
+                .map_mut(names::STOPPED)
+                .ok_or(ProbeError::Missing(names::STOPPED))?,
+        )
+        .map_err(|source| ProbeError::Map {
+            name: names::STOPPED,
+            source,
+        })?;
+        stopped.set(0, 1, 0).map_err(|source| ProbeError::Map {
+            name: names::STOPPED,
+            source,
+        })
+    }
+
     /// Current counter values, summed over CPUs.
     pub fn counters(&self) -> KernelCounters {
         KernelCounters(Counter::ALL.map(|counter| {

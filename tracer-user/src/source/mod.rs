@@ -287,8 +287,8 @@ pub trait Source {
     /// on them current.
     fn mappings_changed(&mut self, _maps: &[Mapping]) {}
 
-    /// Ends tracing at `cutoff_ns` ([`monotonic_now_ns`]): nothing stamped later is yielded,
-    /// its health counters freeze, and it lets go of the target. A last [`Source::poll`] then
+    /// Ends tracing at `cutoff_ns` ([`monotonic_now_ns`], about now): nothing after it is
+    /// yielded, its health counters freeze, and it lets go of the target. A last [`Source::poll`] then
     /// yields what was still buffered.
     fn stop(&mut self, cutoff_ns: u64);
 

@@ -5,8 +5,9 @@
 //! Polling drains the ring buffer into events, reads each stack id it has not yielded before
 //! from the kernel's stack map, and checks `--verify-unwind` samples. When the target's
 //! mappings change it compiles tables for new binaries and republishes the mappings, so
-//! libraries loaded later unwind too. Stopping records the cutoff, freezes the kernel's
-//! counters and detaches every probe; events stamped after the cutoff are dropped.
+//! libraries loaded later unwind too. Stopping tells the programs to send no more events,
+//! freezes the kernel's counters and detaches every probe: what the ring buffer still holds is
+//! the trace up to that moment.
 use std::{
     collections::HashSet,
     num::NonZeroU32,
@@ -85,7 +86,11 @@ pub struct EbpfSource {
     decoder: events::Decoder,
     /// `--verify-unwind` records were left for after the maps are read again.
     checks_waited: bool,
+    /// When the trace was stopped (`None` while it runs).
     cutoff_ns: Option<u64>,
+    /// The programs could not be told to stop sending: events after `cutoff_ns` are dropped
+    /// by their time.
+    cut_by_time: bool,
     counters_at_cutoff: Option<KernelCounters>,
 }
 
@@ -182,6 +187,7 @@ impl EbpfSource {
             decoder: events::Decoder::new(monotonic_now_ns()),
             checks_waited: false,
             cutoff_ns: None,
+            cut_by_time: false,
             counters_at_cutoff: None,
         })
     }
@@ -392,6 +398,7 @@ impl Source for EbpfSource {
             known,
             undecodable,
             cutoff_ns,
+            cut_by_time,
             decoder,
             ..
         } = self
@@ -405,7 +412,9 @@ impl Source for EbpfSource {
         let mut last_known: [Option<u64>; 2] = [None; 2];
         while let Some(item) = ring.next() {
             match decoder.decode(&item) {
-                Some(decoded) if cutoff_ns.is_some_and(|cutoff| decoded.event.ts_ns > cutoff) => {}
+                Some(decoded)
+                    if *cut_by_time
+                        && cutoff_ns.is_some_and(|cutoff| decoded.event.ts_ns > cutoff) => {}
                 Some(events::Decoded {
                     mut event,
                     allocator,
@@ -463,7 +472,9 @@ impl Source for EbpfSource {
     fn stop(&mut self, cutoff_ns: u64) {
         self.cutoff_ns = Some(cutoff_ns);
         // What happens while probes are being removed (returns whose entry probe is already
-        // gone) is not part of the report.
+        // gone) is not part of the report: the programs send nothing from here on. Should the
+        // flag not take, events are cut by their time instead (within a tick of the moment).
+        self.cut_by_time = self.probes.stop_events().is_err();
         self.counters_at_cutoff = Some(self.probes.counters());
         self.probes.detach();
     }
