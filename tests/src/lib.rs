@@ -967,6 +967,13 @@ pub fn kernel_at_least(major: u32, minor: u32) -> bool {
     found >= (major, minor)
 }
 
+/// Whether this kernel refuses a global function call with preemption disabled (6.10, which
+/// added the guards' kfuncs, to 6.14; 6.15 refuses only functions that may sleep), so that
+/// leaktrace loads the unwinder's functions static on its own.
+pub fn kernel_refuses_guarded_global_calls() -> bool {
+    kernel_at_least(6, 10) && !kernel_at_least(6, 15)
+}
+
 /// CPU seconds (user + system) process `pid` has used so far.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

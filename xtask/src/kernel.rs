@@ -15,6 +15,10 @@
 //! the same way from Debian's archive: a current kernel to compare with under the same
 //! emulation (`bench --kernel`).
 //!
+//! `debian-13` is Debian 13's (trixie's) stock kernel, 6.12, fetched the same way: a kernel
+//! from 6.10 to 6.14, which refuses a global function call with preemption disabled, so the
+//! unwinder's functions load static there; the [`SUBSET`] runs in that form.
+//!
 //! `debian` is Debian 12's stock kernel: the package `linux-image-amd64` depends on, fetched
 //! with `apt-get download` and unpacked with `dpkg -x` (never installed). `PATH` is a kernel
 //! image (`vmlinuz-VERSION`) beside a `lib/modules/VERSION` tree, as a package unpacks.
@@ -536,12 +540,13 @@ fn boot(
     Ok((code, body.join("\n")))
 }
 
-/// The kernel `which` names (`debian`, `ubuntu-22.04`, or a kernel image), fetched into
-/// `dir` when needed.
+/// The kernel `which` names (`debian`, `debian-13`, `debian-sid`, `ubuntu-22.04`, or a kernel
+/// image), fetched into `dir` when needed.
 fn kernel_named(which: &str, dir: &Path) -> Result<Kernel> {
     match which {
         "debian" => debian_kernel(dir),
         "debian-sid" => debian_suite_kernel(dir, "sid"),
+        "debian-13" => debian_suite_kernel(dir, "trixie"),
         "ubuntu-22.04" => ubuntu_kernel(dir),
         path => kernel_in(Path::new(path)),
     }
@@ -583,8 +588,8 @@ fn run_in(
 }
 
 /// Runs the end-to-end tests named by `filters` (when empty: the [`SUBSET`], [`OLD_SUBSET`] for
-/// Ubuntu's 5.15, [`NEWEST_SUBSET`] for Debian's newest) inside `which` (`debian`, `ubuntu-22.04`, or a kernel image), with `e2e`
-/// the built test binary and `leaktrace` the binary under test.
+/// Ubuntu's 5.15, [`NEWEST_SUBSET`] for Debian's newest) inside `which` (`debian`, `debian-13`, `debian-sid`, `ubuntu-22.04`, or a kernel
+/// image), with `e2e` the built test binary and `leaktrace` the binary under test.
 pub(crate) fn test(
     workspace: &Path,
     which: &str,

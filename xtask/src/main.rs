@@ -47,11 +47,11 @@ enum Task {
         /// Instead, boot this kernel under qemu and run end-to-end tests in it: `debian`
         /// (Debian 12's stock 6.1, fetched and unpacked, not installed), `ubuntu-22.04`
         /// (Ubuntu's 5.15, from Ubuntu's archive), `debian-sid` (Debian's newest, preemptible),
-        /// or the `vmlinuz-VERSION` of an unpacked kernel package. With a filter, the tests it
+        /// `debian-13` (Debian 13's 6.12, where the unwinder loads static), or the `vmlinuz-VERSION` of an unpacked kernel package. With a filter, the tests it
         /// names; else a subset (attach, launch, exact figures, unwinding, sampling, the live
         /// view, detach; on 5.15 what a kernel without bpf_loop runs; on the newest, threads
         /// preempted in the programs). LEAKTRACE_BIN tests another build.
-        #[arg(long, value_name = "debian|debian-sid|ubuntu-22.04|PATH")]
+        #[arg(long, value_name = "debian|debian-13|debian-sid|ubuntu-22.04|PATH")]
         kernel: Option<String>,
     },
     /// Build what a production host installs, into target/dist: a static x86_64 binary (musl,
@@ -85,8 +85,8 @@ enum Task {
         ops: u64,
         /// Instead, run the bench inside this kernel under qemu (TCG: every instruction is
         /// emulated, so only ratios within that run mean anything), without peer rows:
-        /// `debian`, `debian-sid`, `ubuntu-22.04` or PATH, as for `test --kernel`.
-        #[arg(long, value_name = "debian|debian-sid|ubuntu-22.04|PATH")]
+        /// `debian`, `debian-13`, `debian-sid`, `ubuntu-22.04` or PATH, as for `test --kernel`.
+        #[arg(long, value_name = "debian|debian-13|debian-sid|ubuntu-22.04|PATH")]
         kernel: Option<String>,
     },
     /// The bench's many-stacks part alone (10,000 and 100,000 call paths, headless and in the
@@ -572,6 +572,9 @@ fn test(filter: Option<&str>) -> Result<()> {
         kernel_test(&leaktrace, "ubuntu-22.04", &[])?;
         // And the newest, preemptible, where unguarded programs faulted in the kernel.
         kernel_test(&leaktrace, "debian-sid", &[])?;
+        // And Debian 13's 6.12, which refuses global calls with preemption disabled: the
+        // unwinder's functions load static there.
+        kernel_test(&leaktrace, "debian-13", &[])?;
     }
     Ok(())
 }

@@ -3,9 +3,15 @@
 //! `--unwind fp`, before anything is attached; and frame pointers exact on both.
 //!
 //! The kernel's release is the oracle here, independent of the feature probes under test.
-use std::time::Instant;
+use std::{
+    process::{Command, Stdio},
+    time::Instant,
+};
 
-use leaktrace_tests::{code_changed_in_memory, kernel_at_least, kernel_faults};
+use leaktrace_tests::{
+    code_changed_in_memory, kernel_at_least, kernel_faults, kernel_refuses_guarded_global_calls,
+    leaktrace_bin,
+};
 
 use super::{
     unwinding::{assert_complete, chain},
@@ -56,6 +62,13 @@ fn table_unwinding_runs_or_is_refused_naming_fp_and_fp_is_exact() {
     assert_eq!(
         said("preallocated"),
         !kernel_at_least(6, 1),
+        "{}",
+        finished.stderr
+    );
+    // From 6.10 to 6.14 the unwinder loads static.
+    assert_eq!(
+        said("unwinder: verified as one program"),
+        kernel_refuses_guarded_global_calls(),
         "{}",
         finished.stderr
     );
@@ -132,4 +145,35 @@ fn more_threads_than_cpus_leave_the_kernel_clean_and_the_figures_exact() {
         leaked,
         &["thread_leak", "thread_churn"],
     );
+}
+
+/// The negative control for the static form: with the unwinder's functions kept global, a
+/// kernel from 6.10 to 6.14 refuses the programs (a global call with preemption disabled),
+/// and every other kernel loads them.
+#[test]
+fn global_unwinder_functions_are_refused_only_from_6_10_to_6_14() {
+    require_root();
+    let target = Fixture::start(&fixture(Build::COmitFramePointer));
+    let pid = target.pid.to_string();
+    let mut args = vec!["-p", &pid, "--duration", "1"];
+    // Before 5.17 (no bpf_loop) frame pointers are the only walk, with no global function.
+    if !kernel_at_least(5, 17) {
+        args.extend(["--unwind", "fp"]);
+    }
+    let out = Command::new(leaktrace_bin())
+        .args(&args)
+        .env("LEAKTRACE_STATIC_FUNCTIONS", "0")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("verified as one program"), "{stderr}");
+    let refused = kernel_refuses_guarded_global_calls();
+    assert_eq!(out.status.success(), !refused, "{stderr}");
+    assert_eq!(
+        stderr.contains("global function calls are not allowed with preemption disabled"),
+        refused,
+        "{stderr}"
+    );
+    assert_eq!(code_changed_in_memory(target.pid), Vec::new());
 }

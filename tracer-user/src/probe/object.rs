@@ -45,7 +45,8 @@ pub struct Prepared {
 }
 
 /// Set to 1, makes the stack walks' global functions static on any kernel (to test that form
-/// where the kernel would not need it).
+/// where the kernel would not need it); set to 0, keeps them global on any kernel (to show
+/// that a kernel from 6.10 to 6.14 refuses them).
 pub const STATIC_FUNCTIONS_VAR: &str = "LEAKTRACE_STATIC_FUNCTIONS";
 
 /// The object for this kernel (prepared on first use).
@@ -61,8 +62,11 @@ pub fn prepared() -> &'static Prepared {
             if preallocated {
                 clear_no_prealloc(&mut bytes, &RUN_TIME_ALLOCATED);
             }
-            let static_functions = (guard == Guard::Kfuncs && !global_calls_while_guarded())
-                || std::env::var(STATIC_FUNCTIONS_VAR).is_ok_and(|v| v == "1");
+            let static_functions = match std::env::var(STATIC_FUNCTIONS_VAR).as_deref() {
+                Ok("1") => true,
+                Ok("0") => false,
+                _ => guard == Guard::Kfuncs && !global_calls_while_guarded(),
+            };
             if static_functions {
                 make_static(&mut bytes, &names::GLOBAL_FUNCTIONS);
             }
