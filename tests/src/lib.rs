@@ -80,6 +80,11 @@ pub enum Build {
     Plugin,
     /// `plugin_beta.c`, the same way: loaded in `plugin.c`'s place after it is unloaded.
     PluginBeta,
+    /// `plugin_frames.S` with an 8-byte frame in its allocating function, as a shared library.
+    PluginFramesSmall,
+    /// The same with a 72-byte frame: the same code, the same length, other CFI at the same
+    /// return address.
+    PluginFramesLarge,
     /// `leaky.c` without frame pointers, its debug info split off into
     /// `debug/.build-id/ab/cdef….debug` beside it (see [`debug_dir`]), then stripped.
     CStrippedBuildId,
@@ -294,6 +299,22 @@ pub fn fixture(build: Build) -> PathBuf {
                     ])
                     .args(["-shared", "-fPIC"])
                     .arg(src.join(source))
+                    .arg("-o")
+                    .arg(&out),
+            );
+            out
+        }
+        Build::PluginFramesSmall | Build::PluginFramesLarge => {
+            let (frame, name) = match build {
+                Build::PluginFramesSmall => (8, "libplugin_frames_small.so"),
+                _ => (72, "libplugin_frames_large.so"),
+            };
+            let out = dir.join(name);
+            run_build(
+                Command::new("gcc")
+                    .arg(format!("-DFRAME={frame}"))
+                    .args(["-shared", "-fPIC"])
+                    .arg(src.join("plugin_frames.S"))
                     .arg("-o")
                     .arg(&out),
             );

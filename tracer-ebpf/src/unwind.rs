@@ -4,8 +4,10 @@
 //! `MAPPINGS` holds the target's executable mappings sorted by address, each pointing at its
 //! binary's rows in `UNWIND_ROWS` (sorted by pc). One step per frame, run under `bpf_loop` so the
 //! verifier checks the step once:
-//! 1. find the mapping of the current pc (binary search) and, in it, the last row at or before
-//!    the pc (binary search); a return address is looked up one byte earlier, inside its call;
+//! 1. find the row for the current pc: in the thread's row memo (the rows its last walks used at
+//!    that frame index), else in the per-CPU row cache, else by finding the pc's mapping (binary
+//!    search) and, in it, the last row at or before the pc (binary search); a return address is
+//!    looked up one byte earlier, inside its call;
 //! 2. compute the CFA from rsp or rbp (or the `.plt` rule), read the return address at CFA - 8
 //!    and the caller's rbp where the row says it was saved; a signal frame restores rip, rsp and
 //!    rbp from the `ucontext` on the stack;
@@ -133,19 +135,21 @@ fn mapping_header() -> u32 {
 /// there). Inlined into the walk: a hit costs one lookup, no call.
 #[inline(always)]
 fn unwind_row(pc: u64, header: u32) -> u64 {
-    if let Some(entry) = ROW_CACHE.get_ptr(row_cache_slot(pc)) {
-        // SAFETY: pointer from a successful per-CPU array lookup, valid for the program run.
-        let (entry_pc, packed, check) = unsafe { ((*entry).pc, (*entry).row, (*entry).check) };
-        if entry_pc == pc && check == row_check(pc, packed, header) {
-            return packed;
-        }
-    }
-    leaktrace_find_row(pc, u64::from(header))
+    cached_row(pc, header).unwrap_or_else(|| leaktrace_find_row(pc, u64::from(header)))
 }
 
-/// The unwind row that applies at `pc` under the mappings' `header`, packed, found by the two
-/// binary searches and cached in [`ROW_CACHE`]. A mapping without rows gives the empty row (no
-/// CFI); a pc in no mapping gives [`NO_MAPPING`].
+/// The row [`ROW_CACHE`] holds for `pc` under the mappings' `header`, packed.
+#[inline(always)]
+fn cached_row(pc: u64, header: u32) -> Option<u64> {
+    let entry = ROW_CACHE.get_ptr(row_cache_slot(pc))?;
+    // SAFETY: pointer from a successful per-CPU array lookup, valid for the program run.
+    let (entry_pc, packed, check) = unsafe { ((*entry).pc, (*entry).row, (*entry).check) };
+    (entry_pc == pc && check == row_check(pc, packed, header)).then_some(packed)
+}
+
+/// The unwind row that applies at `pc` under the mappings' `header`, packed: from
+/// [`ROW_CACHE`], else found by the two binary searches and cached there. A mapping without
+/// rows gives the empty row (no CFI); a pc in no mapping gives [`NO_MAPPING`].
 ///
 /// A global function (BTF linkage global, kept by its unmangled name): the kernel verifies it
 /// once on its own, like [`leaktrace_unwind_frames`].
@@ -153,6 +157,9 @@ fn unwind_row(pc: u64, header: u32) -> u64 {
 #[inline(never)]
 extern "C" fn leaktrace_find_row(pc: u64, header: u64) -> u64 {
     let header = header as u32;
+    if let Some(packed) = cached_row(pc, header) {
+        return packed;
+    }
     let packed = match find_mapping(pc, header) {
         Some(mapping) if mapping.rows_len > 0 => {
             pack_row(&find_row(&mapping, pc.wrapping_sub(mapping.bias)).unwrap_or_default())
@@ -200,13 +207,50 @@ pub(crate) struct StackCopy {
     words: [u64; COPY_WORDS + 1],
 }
 
+/// Frames [`RowMemo`] keeps (a power of two: every slot a walk fills).
+const MEMO_FRAMES: usize = 128;
+
+/// The rows this thread's walks used, by frame index: the key (the looked-up pc, tagged with
+/// the mappings' header by [`memo_tag`]) and the packed row.
+///
+/// A service allocates from the same call paths over and over, so the frame at index k is
+/// most often the one the last walk met there. Its row is then read from a place that does not
+/// depend on the pc, and the processor follows the walk from frame to frame as it follows frame
+/// pointers (the pc is compared after the fact, the branch predicted), instead of waiting at
+/// every frame for the pc to be hashed and the row cache read. Only this thread's programs
+/// write it, and they never run at once, so an entry is never torn.
+#[repr(C)]
+pub(crate) struct RowMemo {
+    /// [`memo_tag`] xor the pc looked up at each frame index (0: none; a tag has bit 63 set).
+    keys: [u64; MEMO_FRAMES],
+    /// The packed rows ([`pack_row`]).
+    rows: [u64; MEMO_FRAMES],
+}
+
+/// A thread's task-local storage: its stack copy and its row memo.
+#[repr(C)]
+pub(crate) struct ThreadScratch {
+    /// The copy of the top of its stack.
+    copy: StackCopy,
+    /// The rows its last walks used.
+    memo: RowMemo,
+}
+
+/// What [`RowMemo`]'s keys are tagged with under the mappings' `header`: bit 63 set (no user
+/// pc has it, so a zeroed entry never matches), and the header mixed in (an entry from before
+/// the mappings changed does not match).
+#[inline(always)]
+fn memo_tag(header: u32) -> u64 {
+    u64::from(header).wrapping_mul(0xc2b2_ae3d_27d4_eb4f) | (1 << 63)
+}
+
 /// A task-local storage map definition in the BTF layout the loader reads (aya-ebpf 0.2 has no
 /// task storage type). The fields are never read: their types carry the map's parameters.
 #[repr(C)]
 pub(crate) struct TaskStorage {
     r#type: *const [i32; bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE as usize],
     key: *const i32,
-    value: *const StackCopy,
+    value: *const ThreadScratch,
     max_entries: *const [i32; 0],
     map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
 }
@@ -215,8 +259,8 @@ pub(crate) struct TaskStorage {
 // writes them, so sharing the static is harmless.
 unsafe impl Sync for TaskStorage {}
 
-/// Each thread's stack copy: allocated by the kernel on a thread's first walk, freed with the
-/// thread (or the map), so no memory is reserved for threads that never allocate.
+/// Each thread's stack copy and row memo: allocated by the kernel on a thread's first walk,
+/// freed with the thread (or the map), so no memory is reserved for threads that never allocate.
 #[btf_map]
 static STACK_COPY: TaskStorage = TaskStorage {
     r#type: core::ptr::null(),
@@ -295,8 +339,8 @@ struct Walk {
 struct WalkRun {
     /// This thread's state, whose `stack.ips` the walk fills.
     state: *mut ThreadState,
-    /// This thread's stack copy (null: none), for [`leaktrace_unwind_frames`] to read in place.
-    copy: *const StackCopy,
+    /// This thread's stack copy and row memo (null: none), for [`leaktrace_unwind_frames`].
+    scratch: *mut ThreadScratch,
     /// The walk itself.
     walk: Walk,
 }
@@ -347,21 +391,12 @@ fn read_pair(walk: &Walk, copy: Option<&StackCopy>, addr: u64) -> Option<[u64; 2
 /// the copied words are, as a number (see `read_pair`), and how many bytes were copied; `(0, 0)`
 /// when there is no copy.
 #[inline(always)]
-fn copy_stack(rsp: u64) -> (*const StackCopy, u64, u64) {
-    // SAFETY: the helper returns the current task as a pointer the verifier trusts; task
-    // storage gets (or creates, zeroed) this task's value, or returns null.
-    let copy = unsafe {
-        bpf_task_storage_get(
-            (&raw const STACK_COPY).cast_mut().cast(),
-            bpf_get_current_task_btf().cast(),
-            core::ptr::null_mut(),
-            u64::from(BPF_LOCAL_STORAGE_GET_F_CREATE),
-        )
-    }
-    .cast::<StackCopy>();
-    if copy.is_null() {
-        return (core::ptr::null(), 0, 0);
-    }
+fn copy_stack(rsp: u64) -> (*mut ThreadScratch, u64, u64) {
+    let Some(scratch) = thread_scratch() else {
+        return (core::ptr::null_mut(), 0, 0);
+    };
+    // SAFETY: `scratch` is this task's storage value; its field's address is taken in place.
+    let copy = unsafe { &raw mut (*scratch).copy };
     // SAFETY: `copy` is this task's storage value; the helper writes at most the sizes passed,
     // which fit `words`, and fails (zeroing the destination) instead of faulting.
     unsafe {
@@ -388,7 +423,7 @@ fn copy_stack(rsp: u64) -> (*const StackCopy, u64, u64) {
             size = (size / 4) & !7;
         }
         (
-            copy.cast_const(),
+            scratch,
             core::ptr::read_volatile(&raw const (*copy).address),
             copied,
         )
@@ -397,7 +432,7 @@ fn copy_stack(rsp: u64) -> (*const StackCopy, u64, u64) {
 
 /// This task's `STACK_COPY` value, created on first use (`None`: the kernel could not).
 #[inline(always)]
-fn stack_copy() -> Option<*mut StackCopy> {
+fn thread_scratch() -> Option<*mut ThreadScratch> {
     // SAFETY: the helper returns the current task as a pointer the verifier trusts; task
     // storage gets (or creates, zeroed) this task's value, or returns null.
     let copy = unsafe {
@@ -408,7 +443,7 @@ fn stack_copy() -> Option<*mut StackCopy> {
             u64::from(BPF_LOCAL_STORAGE_GET_F_CREATE),
         )
     }
-    .cast::<StackCopy>();
+    .cast::<ThreadScratch>();
     (!copy.is_null()).then_some(copy)
 }
 
@@ -620,9 +655,9 @@ fn fail(walk: &mut Walk, why: Counter) -> i64 {
 }
 
 /// Frames per call of [`leaktrace_unwind_frames`] where it is global: the `bpf_loop` callback
-/// and the call cost about 20 ns a frame when made for every frame, and a function of a few
-/// frames still verifies quickly on its own.
-const FRAMES_PER_CALL: u32 = 16;
+/// and the call cost about 20 ns each, and a function of 32 frames still verifies quickly on its
+/// own (about 46 ms for `alloc_exit`, as 16 did before the row memo).
+const FRAMES_PER_CALL: u32 = 32;
 
 /// What [`leaktrace_unwind_frames`] returns when the callback is to write the frame it reached
 /// (not written, `walk.len` not moved): one whose return address a return probe may have
@@ -655,7 +690,7 @@ unsafe extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
     }
     // SAFETY: `run.state` is this thread's map value, valid for the program run.
     let stack = unsafe { &raw mut (*run.state).stack };
-    match leaktrace_unwind_frames(&raw mut run.walk, stack, run.copy) {
+    match leaktrace_unwind_frames(&raw mut run.walk, stack, run.scratch) {
         0 => return 0,
         WRITE_FRAME => {}
         _ => return 1,
@@ -704,7 +739,7 @@ unsafe extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
 extern "C" fn leaktrace_unwind_frames(
     walk: *mut Walk,
     stack: *mut StackTrace,
-    copy: *const StackCopy,
+    scratch: *mut ThreadScratch,
 ) -> i64 {
     // SAFETY: the kernel checks every caller passes memory of the pointees' sizes, or null;
     // null is refused here, as it demands.
@@ -715,11 +750,18 @@ extern "C" fn leaktrace_unwind_frames(
         // Verified in every state of the walk, where reading the copy in place went over the
         // verifier's budget: the helper reads it there.
         walk.ra_slot = 0;
-        return match unwind_frame(walk, None, mapping_header()) {
+        return match unwind_frame(walk, None, None, 0, mapping_header()) {
             0 => WRITE_FRAME,
             _ => 1,
         };
     }
+    // Checked once here: a pointer that may be null in every frame would double the paths the
+    // verifier follows. Null only where the kernel could not allocate this thread's storage:
+    // the stack then ends at the first frame, flagged and counted.
+    // SAFETY: as for `walk` (null: none).
+    let Some(scratch) = (unsafe { scratch.as_mut() }) else {
+        return fail(walk, Counter::UnwindReadFailed);
+    };
     let header = mapping_header();
     for _ in 0..FRAMES_PER_CALL {
         // Read afresh each frame: as a count the loop moves, the compiler would index `ips`
@@ -731,12 +773,9 @@ extern "C" fn leaktrace_unwind_frames(
             count(Counter::StackTruncated);
             return 1;
         }
-        // Reloaded each frame: computed once before the loop, the address of its words would
-        // be taken before the null check, which the verifier refuses.
-        // SAFETY: reading a local; `copy` is as for `walk` (null: no copy).
-        let copy = unsafe { core::ptr::read_volatile(&raw const copy).as_ref() };
         walk.ra_slot = 0;
-        if unwind_frame(walk, copy, header) != 0 {
+        let ThreadScratch { copy, memo } = &mut *scratch;
+        if unwind_frame(walk, Some(copy), Some(memo), slot, header) != 0 {
             return 1;
         }
         if walk.ra_slot != 0 {
@@ -748,17 +787,39 @@ extern "C" fn leaktrace_unwind_frames(
     0
 }
 
-/// One frame of the table walk: moves `walk` from the current frame to its caller's. Returns 0
-/// to go on, 1 to stop (the stack is complete, or the walk failed: flagged and counted). Sets
-/// `walk.ra_slot` where the return address may be one a return probe swapped.
+/// One frame of the table walk, the `slot`th: moves `walk` from the current frame to its
+/// caller's. Returns 0 to go on, 1 to stop (the stack is complete, or the walk failed: flagged
+/// and counted). Sets `walk.ra_slot` where the return address may be one a return probe
+/// swapped.
 #[inline(always)]
-fn unwind_frame(walk: &mut Walk, copy: Option<&StackCopy>, header: u32) -> i64 {
+fn unwind_frame(
+    walk: &mut Walk,
+    copy: Option<&StackCopy>,
+    memo: Option<&mut RowMemo>,
+    slot: usize,
+    header: u32,
+) -> i64 {
     let lookup_pc = if walk.exact != 0 {
         walk.rip
     } else {
         walk.rip.wrapping_sub(1)
     };
-    let packed = unwind_row(lookup_pc, header);
+    let packed = match memo {
+        Some(memo) => {
+            let index = slot & (MEMO_FRAMES - 1);
+            let key = lookup_pc ^ memo_tag(header);
+            if memo.keys[index] == key {
+                memo.rows[index]
+            } else {
+                // Not inlined here: one call, and fewer paths for the verifier to follow.
+                let packed = leaktrace_find_row(lookup_pc, u64::from(header));
+                memo.keys[index] = key;
+                memo.rows[index] = packed;
+                packed
+            }
+        }
+        None => unwind_row(lookup_pc, header),
+    };
     if packed == NO_MAPPING {
         // Code leaktrace has no mapping for yet (a library just loaded): frame pointers, but
         // without a frame chain the stack ends here unexplained.
@@ -873,15 +934,15 @@ pub(crate) fn unwind(
 ) -> (u32, u16) {
     // SAFETY: `state` is this thread's map value.
     unsafe { (*state).stack.ips[0] = rip };
-    let (copy, copy_address, copy_len) = copy_stack(rsp);
+    let (scratch, copy_address, copy_len) = copy_stack(rsp);
     let mut run = WalkRun {
         state,
         // Not kept where the step is verified in the walk's context (static): a pointer that
         // may be null would split every state of the walk in two, past the verifier's budget.
-        copy: if static_functions() {
-            core::ptr::null()
+        scratch: if static_functions() {
+            core::ptr::null_mut()
         } else {
-            copy
+            scratch
         },
         walk: Walk {
             rip,
@@ -1078,8 +1139,12 @@ unsafe extern "C" fn fp_step(index: u64, ctx: *mut c_void) -> i64 {
 pub(crate) fn unwind_fp(state: *mut ThreadState, rip: u64, rsp: u64, rbp: u64) -> (u32, u16) {
     // SAFETY: `state` is this thread's map value.
     unsafe { (*state).stack.ips[0] = rip };
-    let (copy, copy_len) = match stack_copy() {
-        Some(copy) => (copy.cast_const(), fill_copy(copy, rsp)),
+    let (copy, copy_len) = match thread_scratch() {
+        // SAFETY: `scratch` is this task's storage value; its field's address is taken in place.
+        Some(scratch) => unsafe {
+            let copy = &raw mut (*scratch).copy;
+            (copy.cast_const(), fill_copy(copy, rsp))
+        },
         None => (core::ptr::null(), 0),
     };
     let mut walk = FpWalk {

@@ -481,3 +481,52 @@ fn attaching_to_a_40_mb_rust_binary_takes_under_a_second() {
     let report = done.report.unwrap();
     assert!(num(&report["diagnostics"], "unwind_table_bytes") > 1 << 20);
 }
+
+/// A library unloaded and another loaded in its place, whose allocating function returns to the
+/// same address with another frame size: the second's stacks are unwound by its own rows, not by
+/// rows the walks remembered for that address (the thread's row memo and the per-CPU row cache
+/// are both keyed by the mappings' generation). Both libraries' stacks are then the same
+/// addresses, one row; a row remembered from the first would read the second's return address
+/// from inside its frame and make another. The allocations run on a thread that makes no others,
+/// so that its last walk before the second library's first is the first library's.
+#[test]
+fn a_library_loaded_where_another_was_is_unwound_by_its_own_rows() {
+    require_root();
+    let small = fixture(Build::PluginFramesSmall);
+    let large = fixture(Build::PluginFramesLarge);
+    let mut target = Fixture::start(&fixture(Build::COmitFramePointer));
+    let tracer = Tracer::attach(target.pid, &[]);
+    let loaded_small = target.cmd(&format!("dlopen {}", small.display()));
+    tracer.wait_for_tables_of("libplugin_frames_small.so", Duration::from_secs(5));
+    target.cmd("pworker 3 64");
+    tracer.wait_for_next_status();
+    target.cmd("dlclose");
+    let loaded_large = target.cmd(&format!("dlopen {}", large.display()));
+    tracer.wait_for_tables_of("libplugin_frames_large.so", Duration::from_secs(5));
+    target.cmd("pworker 5 96");
+    assert_eq!(
+        loaded_small, loaded_large,
+        "the second library must be loaded where the first was"
+    );
+    let report = tracer.interrupt().report.unwrap();
+    let rows = stacks_from(&report, "frame_make");
+    assert_eq!(rows.len(), 1, "{report:#}");
+    let row = rows[0];
+    assert_eq!(
+        (num(row, "live_bytes"), num(row, "live_allocs")),
+        (192 + 480, 3 + 5)
+    );
+    let names = functions(row);
+    assert_eq!(
+        &names[..5],
+        [
+            "frame_make",
+            "plugin_alloc",
+            "call_plugin",
+            "plugin_worker",
+            "start_thread"
+        ],
+        "{names:?}"
+    );
+    assert_complete(row);
+}
